@@ -1,0 +1,1 @@
+"""Static analysis: source files → call-site records → flow graph."""

@@ -1,0 +1,1 @@
+"""The migration executor: phases run on a real PostgreSQL with persisted state."""

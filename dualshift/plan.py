@@ -1,0 +1,397 @@
+"""The migration plan (`dualshift.toml`): the one contract shared by codemods, wrapper and executor.
+
+A plan declares each new table (its columns, key, indexes and checks) and the old tables it
+replaces, in precedence order: when two sources hold the same key, the earlier one wins.
+Each source says how its rows map onto the new table: the key columns, renames (old → new)
+and constant values for new columns. Columns not renamed keep their name when the new table
+has a column of that name; any other old column is dropped (and must be listed in `drop`
+so that `plan check` knows it was meant).
+
+Everything is validated before anything reads it: identifiers, SQL types and snippets,
+references between sections. Errors carry the plan's path and the TOML line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# A column type: letters, digits, spaces, parentheses, commas and brackets (numeric(5,4), text[]).
+SQL_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*(\(\s*\d+\s*(,\s*\d+\s*)?\))?(\[\])*$")
+# SQL snippets (defaults, checks, index predicates) are the plan author's, but a statement
+# separator or a comment in them can never be meant: reject them so a snippet stays one expression.
+FORBIDDEN_IN_SNIPPET = re.compile(r";|--|/\*|\*/")
+
+ScalarValue = str | int | float | bool | None
+
+
+class PlanError(ValueError):
+    """A plan that cannot be used; the message names the file and, where known, the line."""
+
+    def __init__(self, path: Path | str, message: str, line: int | None = None) -> None:
+        self.path = str(path)
+        self.line = line
+        self.detail = message
+        where = f"{self.path}:{line}" if line else self.path
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    nullable: bool = True
+    default: str | None = None  # an SQL expression
+    unique: bool = False
+    references: str | None = None  # "table(column)" among the plan's new tables
+
+
+@dataclass(frozen=True)
+class Index:
+    columns: tuple[str, ...]
+    where: str | None = None  # an SQL predicate for a partial index
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class Source:
+    """An old table that feeds a new one."""
+
+    table: str
+    schema: str = "public"
+    key: tuple[str, ...] = ()  # old columns, in the order of the new table's key
+    rename: Mapping[str, str] = field(default_factory=dict)  # old column → new column
+    constants: Mapping[str, ScalarValue] = field(default_factory=dict)  # new column → value
+    drop: tuple[str, ...] = ()  # old columns deliberately not carried over
+    timestamp: str | None = None  # old column used for freshness checks (e.g. created_at)
+
+    def new_column(self, old_column: str, new_columns: Iterable[str]) -> str | None:
+        """The new column an old column lands in, or None when it is dropped."""
+        if old_column in self.drop:
+            return None
+        target = self.rename.get(old_column, old_column)
+        return target if target in set(new_columns) else None
+
+    def old_column(self, new_column: str) -> str | None:
+        """The old column that feeds a new column (the inverse of `new_column`)."""
+        for old, new in self.rename.items():
+            if new == new_column:
+                return old
+        if new_column in self.rename or new_column in self.drop:
+            return None
+        return new_column
+
+
+@dataclass(frozen=True)
+class NewTable:
+    name: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    sources: tuple[Source, ...]  # precedence order: the first source wins a key conflict
+    indexes: tuple[Index, ...] = ()
+    checks: tuple[str, ...] = ()
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+    def source(self, old_table: str) -> Source | None:
+        return next((s for s in self.sources if s.table == old_table), None)
+
+    def column_mapping(self, old_table: str) -> dict[str, str]:
+        """old column → new column for every new column fed by this source (constants excluded)."""
+        source = self.source(old_table)
+        if source is None:
+            raise KeyError(old_table)
+        mapping: dict[str, str] = {}
+        for column in self.column_names:
+            if column in source.constants:
+                continue
+            old = source.old_column(column)
+            if old is not None:
+                mapping[old] = column
+        return mapping
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_missing_rows: int = 0  # keys in a source that are absent from the new table
+    max_extra_rows: int = 0  # keys in the new table that no source has
+    max_mismatched_rows: int = 0  # rows whose mapped columns differ
+    freshness_hours: int = 24  # the window of the freshness check
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: str
+    tables: tuple[NewTable, ...]
+    new_schema: str = "public"  # where `create` builds the new tables
+    target_schema: str = "public"  # where `cleanup` promotes them
+    archive_schema: str = "dualshift_archive"  # where `cleanup` moves the old tables
+    thresholds: Thresholds = Thresholds()
+
+    def table(self, name: str) -> NewTable | None:
+        return next((t for t in self.tables if t.name == name), None)
+
+    def new_table_for(self, old_table: str) -> NewTable | None:
+        return next((t for t in self.tables if t.source(old_table) is not None), None)
+
+    @property
+    def old_tables(self) -> tuple[str, ...]:
+        return tuple(s.table for t in self.tables for s in t.sources)
+
+    @property
+    def table_mapping(self) -> dict[str, str]:
+        """old table → new table, for every source in the plan."""
+        return {s.table: t.name for t in self.tables for s in t.sources}
+
+
+def load_plan(path: Path | str) -> Plan:
+    """Read and validate a plan file; raise PlanError naming the file and line on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(path, f"cannot read plan: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise PlanError(path, "plan is not UTF-8 text") from exc
+    return parse_plan(text, path)
+
+
+def parse_plan(text: str, path: Path | str = "<plan>") -> Plan:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11's TOMLDecodeError carries the position only in its message.
+        found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise PlanError(path, f"invalid TOML: {message}", int(found.group(1)) if found else None) from exc
+    return _PlanReader(text, path).read(raw)
+
+
+class _PlanReader:
+    """Turns the TOML document into a Plan, locating each error on its TOML line."""
+
+    def __init__(self, text: str, path: Path | str) -> None:
+        self.lines = text.splitlines()
+        self.path = path
+
+    def fail(self, message: str, *needles: str) -> PlanError:
+        return PlanError(self.path, message, self.line_of(*needles))
+
+    def line_of(self, *needles: str) -> int | None:
+        """The first line holding every needle, searched from the line holding the first one."""
+        if not needles:
+            return None
+        for number, line in enumerate(self.lines, start=1):
+            if needles[0] in line:
+                for offset, later in enumerate(self.lines[number - 1 :]):
+                    if all(n in later for n in needles[1:]):
+                        return number + offset
+                return number
+        return None
+
+    def read(self, raw: dict[str, Any]) -> Plan:
+        version = raw.get("version", 1)
+        if version != 1:
+            raise self.fail(f"unsupported plan version {version!r} (this dualshift reads version 1)", "version")
+        schemas = self.table_value(raw, "schemas")
+        new_schema = self.identifier(schemas.get("new", "public"), "schema", "new")
+        target_schema = self.identifier(schemas.get("target", "public"), "schema", "target")
+        archive_schema = self.identifier(schemas.get("archive", "dualshift_archive"), "schema", "archive")
+        if archive_schema in (new_schema, target_schema):
+            raise self.fail("the archive schema must differ from the new and target schemas", "archive")
+        raw_tables = raw.get("tables")
+        if not isinstance(raw_tables, list) or not raw_tables:
+            raise self.fail("the plan declares no tables: add at least one [[tables]] section", "[[tables]]")
+        tables = tuple(self.new_table(t) for t in raw_tables)
+        plan = Plan(
+            path=str(self.path),
+            tables=tables,
+            new_schema=new_schema,
+            target_schema=target_schema,
+            archive_schema=archive_schema,
+            thresholds=self.thresholds(self.table_value(raw, "verify")),
+        )
+        self.check_cross_references(plan)
+        return plan
+
+    def table_value(self, raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.fail(f"`{key}` must be a table", key)
+        return value
+
+    def identifier(self, value: Any, what: str, *context: str) -> str:
+        if not isinstance(value, str) or not IDENTIFIER.match(value):
+            # Point at the offending value as TOML spells it (quotes escaped), else at the context.
+            spelled = json.dumps(value)[1:-1] if isinstance(value, str) else str(value)
+            located = self.line_of(spelled) if spelled else None
+            raise PlanError(
+                self.path,
+                f"{what} name {value!r} is not a plain SQL identifier "
+                "(letters, digits and _, not starting with a digit, at most 63 characters)",
+                located or self.line_of(*context),
+            )
+        return value
+
+    def identifiers(self, values: Any, what: str, *context: str) -> tuple[str, ...]:
+        if isinstance(values, str):
+            values = [values]
+        if not isinstance(values, list):
+            raise self.fail(f"{what} must be a list of names", *context)
+        return tuple(self.identifier(v, what, str(v)) for v in values)
+
+    def snippet(self, value: Any, what: str, *context: str) -> str:
+        if not isinstance(value, str) or not value.strip() or FORBIDDEN_IN_SNIPPET.search(value):
+            raise self.fail(f"{what} {value!r} must be one SQL expression without ; or comments", *context)
+        return value.strip()
+
+    def new_table(self, raw: Mapping[str, Any]) -> NewTable:
+        name = self.identifier(raw.get("name"), "table", f'name = "{raw.get("name")}"')
+        where = f'name = "{name}"'
+        columns = tuple(self.column(c, name) for c in raw.get("columns", []))
+        if not columns:
+            raise self.fail(f"table {name} declares no columns", where)
+        names = [c.name for c in columns]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise self.fail(f"table {name} declares column {duplicates[0]} twice", where)
+        key = self.identifiers(raw.get("key", []), "key column", where)
+        if not key:
+            raise self.fail(f'table {name} has no key: set key = ["..."] to the columns that identify a row', where)
+        for column in key:
+            if column not in names:
+                raise self.fail(f"key column {column} of table {name} is not one of its columns", where, "key")
+        sources = tuple(self.source(s, name, names, len(key)) for s in raw.get("sources", []))
+        if not sources:
+            raise self.fail(f"table {name} replaces no old table: add a [[tables.sources]] section", where)
+        indexes = tuple(self.index(i, name, names) for i in raw.get("indexes", []))
+        checks = tuple(self.snippet(c, "check", where) for c in raw.get("checks", []))
+        return NewTable(name=name, key=key, columns=columns, sources=sources, indexes=indexes, checks=checks)
+
+    def column(self, raw: Any, table: str) -> Column:
+        if not isinstance(raw, Mapping):
+            raise self.fail(f"a column of table {table} must be a table with name and type", table)
+        name = self.identifier(raw.get("name"), "column", f'"{raw.get("name")}"')
+        column_type = raw.get("type")
+        if not isinstance(column_type, str) or not SQL_TYPE.match(column_type.strip()):
+            raise self.fail(f"column {table}.{name} has an invalid SQL type {column_type!r}", f'"{name}"', "type")
+        default = raw.get("default")
+        if default is not None:
+            default = self.snippet(default, f"default of {table}.{name}", f'"{name}"')
+        references = raw.get("references")
+        if references is not None and not re.match(r"^[A-Za-z_]\w*\([A-Za-z_]\w*\)$", str(references)):
+            raise self.fail(f"references of {table}.{name} must look like table(column)", f'"{name}"')
+        return Column(
+            name=name,
+            type=column_type.strip(),
+            nullable=bool(raw.get("nullable", True)),
+            default=default,
+            unique=bool(raw.get("unique", False)),
+            references=references,
+        )
+
+    def source(self, raw: Mapping[str, Any], table: str, new_columns: list[str], key_size: int) -> Source:
+        old = self.identifier(raw.get("table"), "source table", f'table = "{raw.get("table")}"')
+        where = f'table = "{old}"'
+        schema = self.identifier(raw.get("schema", "public"), "schema", where)
+        key = self.identifiers(raw.get("key", []), "source key column", where)
+        if len(key) != key_size:
+            raise self.fail(
+                f"source {old} of {table} has a key of {len(key)} column(s); the new table's key has {key_size}",
+                where,
+                "key =",
+            )
+        rename = raw.get("rename", {})
+        if not isinstance(rename, Mapping):
+            raise self.fail(f'rename of source {old} must be a table old = "new"', where)
+        for old_column, new_column in rename.items():
+            self.identifier(old_column, "column", old_column)
+            self.identifier(new_column, "column", str(new_column))
+            if new_column not in new_columns:
+                raise self.fail(
+                    f"source {old} renames {old_column} to {new_column}, which {table} does not have",
+                    f'{old_column} = "{new_column}"',
+                )
+        constants = raw.get("constants", {})
+        if not isinstance(constants, Mapping):
+            raise self.fail(f"constants of source {old} must be a table column = value", where)
+        for column, value in constants.items():
+            if column not in new_columns:
+                raise self.fail(f"source {old} sets constant {column}, which {table} does not have", column)
+            if not isinstance(value, str | int | float | bool):
+                raise self.fail(f"constant {column} of source {old} must be a string, number or boolean", column)
+        timestamp = raw.get("timestamp")
+        if timestamp is not None:
+            timestamp = self.identifier(timestamp, "timestamp column", where)
+        return Source(
+            table=old,
+            schema=schema,
+            key=key,
+            rename=dict(rename),
+            constants=dict(constants),
+            drop=self.identifiers(raw.get("drop", []), "dropped column", where),
+            timestamp=timestamp,
+        )
+
+    def index(self, raw: Any, table: str, new_columns: list[str]) -> Index:
+        if isinstance(raw, list):
+            raw = {"columns": raw}
+        if not isinstance(raw, Mapping):
+            raise self.fail(f"an index of {table} must be a list of columns or a table", table, "indexes")
+        columns = self.identifiers(raw.get("columns", []), "index column", table)
+        for column in columns:
+            if column not in new_columns:
+                raise self.fail(f"index of {table} names {column}, which {table} does not have", column)
+        where = raw.get("where")
+        return Index(
+            columns=columns,
+            where=None if where is None else self.snippet(where, f"index predicate of {table}", str(where)),
+            descending=bool(raw.get("descending", False)),
+        )
+
+    def thresholds(self, raw: Mapping[str, Any]) -> Thresholds:
+        values: dict[str, int] = {}
+        for name in ("max_missing_rows", "max_extra_rows", "max_mismatched_rows", "freshness_hours"):
+            if name in raw:
+                value = raw[name]
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise self.fail(f"verify.{name} must be a whole number >= 0", name)
+                values[name] = value
+        return Thresholds(**values)
+
+    def check_cross_references(self, plan: Plan) -> None:
+        new_names = {t.name for t in plan.tables}
+        if len(new_names) != len(plan.tables):
+            raise self.fail("two [[tables]] sections declare the same new table", "[[tables]]")
+        seen: dict[str, str] = {}
+        for table in plan.tables:
+            for source in table.sources:
+                if source.table in seen:
+                    raise self.fail(
+                        f"old table {source.table} feeds both {seen[source.table]} and {table.name}",
+                        f'table = "{source.table}"',
+                    )
+                if source.table in new_names:
+                    raise self.fail(
+                        f"old table {source.table} has the name of a new table", f'table = "{source.table}"'
+                    )
+                seen[source.table] = table.name
+            for column in table.columns:
+                if column.references:
+                    ref_table = column.references.split("(")[0]
+                    if ref_table not in new_names:
+                        raise self.fail(
+                            f"{table.name}.{column.name} references {ref_table}, which is not a new table of the plan",
+                            column.references,
+                        )

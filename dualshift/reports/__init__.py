@@ -1,0 +1,1 @@
+"""Reports: the interaction map, data-flow diagrams and the HTML report."""
