@@ -1,9 +1,117 @@
-"""Commands of the analyzer area."""
+"""`dualshift scan`: map every place the code touches the database."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dualshift.analyzer.scan import DEFAULT_MAX_BYTES, ScanResult, scan_tree
+from dualshift.reports.interaction_map import DEFAULT_NAME, write_map
+
+PROGRESS_THRESHOLD = 200  # files; smaller trees finish before a bar is worth drawing
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
+    app.command("scan")(scan)
+
+
+def scan(
+    root: Path = typer.Argument(..., help="Root of the source tree to analyze (TypeScript, JavaScript, Python)."),
+    out: Path = typer.Option(Path(DEFAULT_NAME), "--out", "-o", help="Where to write the interaction map (JSON)."),
+    include: list[str] = typer.Option(
+        [], "--include", help="Only analyze files matching this gitignore-style glob (repeatable)."
+    ),
+    exclude: list[str] = typer.Option(
+        [], "--exclude", help="Skip files matching this gitignore-style glob (repeatable)."
+    ),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes; 0 means one per CPU core."),
+    no_cache: bool = typer.Option(
+        False,
+        "--no-cache",
+        help="Do not read or write the on-disk cache of per-file results ($XDG_CACHE_HOME/dualshift).",
+    ),
+    max_file_mb: float = typer.Option(
+        DEFAULT_MAX_BYTES / 1_048_576, "--max-file-mb", help="Files larger than this are reported, not analyzed."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
+) -> None:
+    """Find every Supabase query-builder call (table, operation, columns, filters) and write the map.
+
+    Honours .gitignore, skips node_modules, build output and .d.ts files. Files that cannot be read or
+    parsed are listed in the map's `failures` and on stderr; they never stop the scan.
+    """
+    console = Console(stderr=False, quiet=quiet)
+    errors = Console(stderr=True)
+    if not root.is_dir():
+        errors.print(f"dualshift: {root}: not a directory", markup=False, highlight=False)
+        raise typer.Exit(2)
+    result = _scan_with_progress(root, include, exclude, jobs or None, not no_cache, max_file_mb, console)
+    try:
+        data = write_map(result, out)
+    except OSError as exc:
+        errors.print(f"dualshift: {out}: cannot write map: {exc.strerror}", markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+    for failure in result.failures:
+        errors.print(f"dualshift: {failure.file}: {failure.reason}", markup=False, highlight=False)
+    _print_summary(console, data, out)
+
+
+def _scan_with_progress(
+    root: Path,
+    include: list[str],
+    exclude: list[str],
+    jobs: int | None,
+    use_cache: bool,
+    max_file_mb: float,
+    console: Console,
+) -> ScanResult:
+    max_bytes = int(max_file_mb * 1_048_576)
+    with Progress(
+        TextColumn("[bold]scanning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=console.quiet,
+    ) as bar:
+        task = bar.add_task("scan", total=None, visible=False)
+
+        def advance(done: int, total: int) -> None:
+            if total >= PROGRESS_THRESHOLD:
+                bar.update(task, completed=done, total=total, visible=True)
+
+        return scan_tree(root, include, exclude, jobs=jobs, progress=advance, use_cache=use_cache, max_bytes=max_bytes)
+
+
+def _print_summary(console: Console, data: dict, out: Path) -> None:
+    summary = data["summary"]
+    table = Table(title=f"Database interactions — {summary['filesScanned']} files scanned", title_justify="left")
+    table.add_column("table")
+    for column in ("reads", "inserts", "updates", "upserts", "deletes", "total"):
+        table.add_column(column, justify="right")
+    counts: dict[str, dict[str, int]] = {}
+    for call in data["calls"]:
+        row = counts.setdefault(
+            call["table"] or "(dynamic)",
+            dict.fromkeys(("select", "insert", "update", "upsert", "delete", "unknown"), 0),
+        )
+        row[call["operation"]] += 1
+        for embedded in call["embedded"]:
+            counts.setdefault(embedded, dict.fromkeys(row, 0))["select"] += 1
+    for name, row in sorted(counts.items(), key=lambda item: (-sum(item[1].values()), item[0])):
+        table.add_row(
+            name, *(str(row[k]) for k in ("select", "insert", "update", "upsert", "delete")), str(sum(row.values()))
+        )
+    console.print(table)
+    console.print(
+        f"{summary['totalInteractions']} table calls on {summary['totalTables']} tables"
+        f" in {summary['totalFiles']} files"
+        f" · {summary['dynamic']} dynamic · {summary['storageCalls']} storage · {summary['rpcCalls']} rpc"
+        f" · {summary['failedFiles']} failed files → {out}",
+        highlight=False,
+    )

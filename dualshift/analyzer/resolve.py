@@ -1,0 +1,121 @@
+"""Whole-tree resolution of table names: imported constants and helper parameters.
+
+`typescript.analyze` resolves what one file can; what needs another module is left as a
+Reference. Here the modules meet: an imported name is looked up in the module it comes from,
+and a table name that is a helper's parameter is resolved from every call of that helper.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import defaultdict
+from dataclasses import replace
+
+from dualshift.analyzer.records import CallSite
+from dualshift.analyzer.typescript import CallArgument, ModuleFacts, Reference, lookup
+
+_MODULE_SUFFIXES = (".ts", ".tsx", ".mts", ".cts", ".js", ".jsx", ".mjs", ".cjs")
+_ALIAS_PREFIXES = {"@/": ("src/", ""), "~/": ("src/", ""), "src/": ("src/",)}
+
+
+def _module_key(path: str) -> str:
+    for suffix in _MODULE_SUFFIXES:
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
+class ModuleIndex:
+    def __init__(self, modules: dict[str, ModuleFacts]) -> None:
+        self.modules = modules
+        self.by_key = {_module_key(path): path for path in modules}
+
+    def find(self, importer: str, specifier: str) -> str | None:
+        """The scanned file an import specifier names, or None (a package, or outside the tree)."""
+        candidates: list[str] = []
+        if specifier.startswith("."):
+            candidates.append(posixpath.normpath(posixpath.join(posixpath.dirname(importer), specifier)))
+        else:
+            for prefix, replacements in _ALIAS_PREFIXES.items():
+                if specifier.startswith(prefix):
+                    candidates.extend(r + specifier[len(prefix) :] for r in replacements)
+        for candidate in candidates:
+            key = _module_key(candidate)
+            for option in (key, f"{key}/index"):
+                if option in self.by_key:
+                    return self.by_key[option]
+        return None
+
+    def resolve_import(self, importer: str, reference: Reference, depth: int = 0) -> tuple[str | None, str, str]:
+        """(value, kind, resolution) for an imported name, following re-imports a few levels."""
+        target = self.find(importer, reference.module)
+        if target is None or depth > 4:
+            return None, "dynamic", f"{reference.name} is imported from {reference.module}, outside the scanned tree"
+        facts = self.modules[target]
+        path = reference.path if reference.imported == "*" else (reference.imported, *reference.path)
+        if not path:
+            return None, "dynamic", f"{reference.name} is a namespace import"
+        value, kind = lookup(facts.symbols, path)
+        if value is not None:
+            spelled = ".".join((reference.name, *reference.path))
+            return value, "imported" if kind == "constant" else kind, f"{spelled} imported from {target}"
+        if path[0] in facts.imports:
+            module, imported = facts.imports[path[0]]
+            onward = Reference("import", path[0], path[1:], module, imported)
+            return self.resolve_import(target, onward, depth + 1)
+        return None, "dynamic", f"{reference.name} from {target} is not a string constant"
+
+
+def resolve(modules: dict[str, ModuleFacts]) -> list[CallSite]:
+    """Every call of every module with its table resolved as far as the whole tree allows."""
+    index = ModuleIndex(modules)
+    arguments = _arguments_by_callee(index)
+    resolved: list[CallSite] = []
+    for path in sorted(modules):
+        facts = modules[path]
+        for position, call in enumerate(facts.calls):
+            reference = facts.pending.get(position)
+            if reference is None:
+                resolved.append(call)
+            elif reference.kind == "import":
+                value, kind, how = index.resolve_import(path, reference)
+                resolved.append(replace(call, table=value, table_kind=kind, resolution=how))  # type: ignore[arg-type]
+            else:
+                resolved.extend(_from_callers(call, reference, arguments))
+    return resolved
+
+
+def _arguments_by_callee(index: ModuleIndex) -> dict[str, list[tuple[str, CallArgument]]]:
+    by_callee: dict[str, list[tuple[str, CallArgument]]] = defaultdict(list)
+    for path, facts in index.modules.items():
+        for argument in facts.call_arguments:
+            if argument.reference is not None:
+                value, _, _ = index.resolve_import(path, argument.reference)
+                argument = replace(argument, value=value, reference=None)
+            by_callee[argument.callee].append((path, argument))
+    return by_callee
+
+
+def _from_callers(
+    call: CallSite, reference: Reference, arguments: dict[str, list[tuple[str, CallArgument]]]
+) -> list[CallSite]:
+    """One record per table the helper's callers pass, or the call left dynamic."""
+    callers = [(p, a) for p, a in arguments.get(reference.name, []) if a.index == reference.param_index]
+    values = [a.value for _, a in callers]
+    parameter = call.table_expression
+    if not callers or any(v is None for v in values):
+        why = (
+            f"parameter {parameter} of {reference.name}: no caller passes a resolvable table name"
+            if not callers
+            else f"parameter {parameter} of {reference.name}: some callers pass a name known only at run time"
+        )
+        return [replace(call, table=None, table_kind="dynamic", resolution=why)]
+    tables = tuple(sorted({v for v in values if v is not None}))
+    files = sorted({p for p, _ in callers})
+    how = (
+        f"parameter {parameter} of {reference.name}; {len(callers)} call(s) in "
+        f"{', '.join(files)} pass {', '.join(tables)}"
+    )
+    return [
+        replace(call, table=table, table_kind="callers", resolution=how, resolved_tables=tables) for table in tables
+    ]

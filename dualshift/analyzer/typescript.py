@@ -1,0 +1,820 @@
+"""TypeScript / TSX / JavaScript call sites with tree-sitter.
+
+One tree-sitter query finds every `<receiver>.from(...)` and `<receiver>.rpc(...)` call (also the
+`await x.from<Row>('t')` shape that tree-sitter-typescript misparses as `(await x.from)<Row>('t')`);
+from each anchor the chain is climbed through the syntax tree. Table names that need other modules
+(imports, helper parameters) are left as references for `resolve.py`, which sees the whole tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import cache
+
+import tree_sitter as ts
+import tree_sitter_typescript as ts_typescript
+
+from dualshift.analyzer.records import CallSite, Filter, SideCall
+from dualshift.analyzer.select_string import columns_in_filter_expression, parse_select
+
+TS_SUFFIXES = {".ts": "typescript", ".mts": "typescript", ".cts": "typescript"}
+TSX_SUFFIXES = {".tsx": "tsx", ".jsx": "javascript", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript"}
+SUFFIXES = {**TS_SUFFIXES, **TSX_SUFFIXES}
+
+OPERATIONS = ("insert", "upsert", "update", "delete", "select")
+FILTERS_WITH_COLUMN = frozenset(
+    [
+        "eq",
+        "neq",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "like",
+        "ilike",
+        "likeAllOf",
+        "likeAnyOf",
+        "ilikeAllOf",
+        "ilikeAnyOf",
+        "is",
+        "in",
+        "contains",
+        "containedBy",
+        "rangeGt",
+        "rangeGte",
+        "rangeLt",
+        "rangeLte",
+        "rangeAdjacent",
+        "overlaps",
+        "textSearch",
+        "not",
+        "filter",
+    ]
+)
+FILTERS_WITH_OBJECT = frozenset({"match"})
+FILTERS_WITH_EXPRESSION = frozenset({"or"})
+# Receivers that are classes or namespaces, never Supabase clients: `Array.from`, `Buffer.from`, ...
+_TRANSPARENT = frozenset({"parenthesized_expression", "non_null_expression", "as_expression", "satisfies_expression"})
+
+_ANCHOR_QUERY = """
+(call_expression
+  function: (member_expression property: (property_identifier) @method) @member
+  arguments: (arguments) @args
+  (#any-of? @method "from" "rpc")) @call
+(call_expression
+  function: (await_expression (member_expression property: (property_identifier) @method) @member)
+  arguments: (arguments) @args
+  (#any-of? @method "from" "rpc")) @call
+"""
+
+
+@cache
+def _language(grammar: str) -> ts.Language:
+    if grammar == "tsx":
+        return ts.Language(ts_typescript.language_tsx())
+    return ts.Language(ts_typescript.language_typescript())
+
+
+@cache
+def _anchor_query(grammar: str) -> ts.Query:
+    return ts.Query(_language(grammar), _ANCHOR_QUERY)
+
+
+def grammar_for(suffix: str) -> str:
+    return "typescript" if suffix in TS_SUFFIXES else "tsx"
+
+
+def parse(source: bytes, suffix: str) -> ts.Tree:
+    return ts.Parser(_language(grammar_for(suffix))).parse(source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts of one module, handed to the resolver
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A table name that only the whole tree can resolve."""
+
+    kind: str  # "import" | "param"
+    name: str  # the local name (import) or the function's name (param)
+    path: tuple[str, ...] = ()  # member path after the imported name: TABLES.USERS.name → ("USERS", "name")
+    module: str = ""  # import specifier
+    imported: str = ""  # the exported name the local one refers to ("default" for default imports)
+    param_index: int = -1
+
+
+@dataclass(frozen=True)
+class CallArgument:
+    """A string-valued argument of a call, kept for resolving helper parameters from their callers."""
+
+    callee: str
+    index: int
+    value: str | None  # the literal, or None when the argument is a reference
+    reference: Reference | None = None
+
+
+@dataclass
+class ModuleFacts:
+    calls: list[CallSite] = field(default_factory=list)
+    pending: dict[int, Reference] = field(default_factory=dict)  # index into calls → reference
+    side_calls: list[SideCall] = field(default_factory=list)
+    symbols: dict[str, object] = field(default_factory=dict)  # const strings, enums, as-const objects
+    imports: dict[str, tuple[str, str]] = field(default_factory=dict)  # local → (specifier, exported)
+    call_arguments: list[CallArgument] = field(default_factory=list)
+    syntax_error_line: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Small node helpers
+
+
+def _text(node: ts.Node) -> str:
+    return node.text.decode("utf-8", "replace") if node.text is not None else ""
+
+
+def _unwrap(node: ts.Node) -> ts.Node:
+    while node.type in _TRANSPARENT or node.type == "await_expression":
+        inner = node.named_children[0] if node.named_children else None
+        if inner is None:
+            break
+        node = inner
+    return node
+
+
+def string_value(node: ts.Node | None) -> str | None:
+    """The value of a string literal or a template literal without substitutions."""
+    if node is None:
+        return None
+    node = _unwrap(node)
+    if node.type == "string":
+        return "".join(_text(c) for c in node.named_children if c.type in ("string_fragment", "escape_sequence"))
+    if node.type == "template_string":
+        if any(c.type == "template_substitution" for c in node.named_children):
+            return None
+        return _text(node)[1:-1]
+    return None
+
+
+def _member_path(node: ts.Node) -> tuple[str, ...] | None:
+    """`TABLES.USERS.name` → ("TABLES", "USERS", "name"); None for anything else."""
+    node = _unwrap(node)
+    if node.type == "identifier":
+        return (_text(node),)
+    if node.type == "member_expression":
+        obj = node.child_by_field_name("object")
+        prop = node.child_by_field_name("property")
+        head = _member_path(obj) if obj is not None else None
+        if head is None or prop is None:
+            return None
+        return (*head, _text(prop))
+    if node.type == "subscript_expression":
+        obj = node.child_by_field_name("object")
+        key = string_value(node.child_by_field_name("index"))
+        head = _member_path(obj) if obj is not None else None
+        return None if head is None or key is None else (*head, key)
+    return None
+
+
+def _arguments(call: ts.Node) -> list[ts.Node]:
+    args = call.child_by_field_name("arguments")
+    return [] if args is None else [a for a in args.named_children if a.type != "comment"]
+
+
+def _line_col(node: ts.Node) -> tuple[int, int]:
+    return node.start_point.row + 1, node.start_point.column + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Module symbols: const strings, enums and `as const` objects
+
+
+def _literal_value(node: ts.Node) -> object | None:
+    value = string_value(node)
+    if value is not None:
+        return value
+    node = _unwrap(node)
+    if node.type == "object":
+        members: dict[str, object] = {}
+        for pair in node.named_children:
+            if pair.type != "pair":
+                continue
+            key_node = pair.child_by_field_name("key")
+            value_node = pair.child_by_field_name("value")
+            if key_node is None or value_node is None:
+                continue
+            key = string_value(key_node) if key_node.type == "string" else _text(key_node)
+            inner = _literal_value(value_node)
+            if inner is not None:
+                members[key] = inner
+        return members
+    return None
+
+
+def _collect_symbols(root: ts.Node) -> dict[str, object]:
+    symbols: dict[str, object] = {}
+    ambiguous: set[str] = set()
+
+    def remember(name: str, value: object) -> None:
+        if name in symbols and symbols[name] != value:
+            ambiguous.add(name)
+        symbols[name] = value
+
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "lexical_declaration" and node.child(0) is not None and node.child(0).type == "const":
+            for declarator in node.named_children:
+                if declarator.type != "variable_declarator":
+                    continue
+                name = declarator.child_by_field_name("name")
+                value = declarator.child_by_field_name("value")
+                if name is not None and name.type == "identifier" and value is not None:
+                    literal = _literal_value(value)
+                    if literal is not None:
+                        remember(_text(name), literal)
+        elif node.type == "enum_declaration":
+            name = node.child_by_field_name("name")
+            body = node.child_by_field_name("body")
+            members: dict[str, object] = {}
+            for member in body.named_children if body is not None else []:
+                if member.type == "enum_assignment":
+                    key = member.child_by_field_name("name")
+                    value = string_value(member.child_by_field_name("value"))
+                    if key is not None and value is not None:
+                        members[_text(key)] = value
+            if name is not None:
+                remember(_text(name), {"__enum__": True, **members})
+        stack.extend(reversed(node.named_children))
+    for name in ambiguous:
+        del symbols[name]
+    return symbols
+
+
+def _collect_imports(root: ts.Node) -> dict[str, tuple[str, str]]:
+    imports: dict[str, tuple[str, str]] = {}
+    for statement in root.named_children:
+        if statement.type != "import_statement":
+            continue
+        source = string_value(statement.child_by_field_name("source"))
+        clause = next((c for c in statement.named_children if c.type == "import_clause"), None)
+        if source is None or clause is None:
+            continue
+        for part in clause.named_children:
+            if part.type == "identifier":
+                imports[_text(part)] = (source, "default")
+            elif part.type == "named_imports":
+                for spec in part.named_children:
+                    if spec.type != "import_specifier":
+                        continue
+                    name = spec.child_by_field_name("name")
+                    alias = spec.child_by_field_name("alias")
+                    if name is not None:
+                        imports[_text(alias or name)] = (source, _text(name))
+            elif part.type == "namespace_import":
+                ident = next((c for c in part.named_children if c.type == "identifier"), None)
+                if ident is not None:
+                    imports[_text(ident)] = (source, "*")
+    return imports
+
+
+def lookup(symbols: dict[str, object], path: tuple[str, ...]) -> tuple[str | None, str]:
+    """Follow a member path through module symbols: (value, kind) or (None, "")."""
+    value: object = symbols.get(path[0])
+    is_enum = isinstance(value, dict) and bool(value.get("__enum__"))
+    for key in path[1:]:
+        if not isinstance(value, dict):
+            return None, ""
+        value = value.get(key)
+    if not isinstance(value, str):
+        return None, ""
+    if len(path) == 1:
+        return value, "constant"
+    return value, "enum" if is_enum else "object_member"
+
+
+# ---------------------------------------------------------------------------------------------
+# Functions: names and parameters
+
+
+_FUNCTION_TYPES = frozenset(
+    {
+        "function_declaration",
+        "function_expression",
+        "arrow_function",
+        "method_definition",
+        "generator_function_declaration",
+    }
+)
+
+
+def _enclosing_function(node: ts.Node) -> ts.Node | None:
+    current = node.parent
+    while current is not None:
+        if current.type in _FUNCTION_TYPES:
+            return current
+        current = current.parent
+    return None
+
+
+def _function_name(function: ts.Node | None) -> str | None:
+    if function is None:
+        return None
+    name = function.child_by_field_name("name")
+    if function.type == "method_definition" and name is not None:
+        owner = function.parent.parent if function.parent is not None else None
+        owner_name = owner.child_by_field_name("name") if owner is not None else None
+        return f"{_text(owner_name)}.{_text(name)}" if owner_name is not None else _text(name)
+    if name is not None:
+        return _text(name)
+    parent = function.parent
+    if parent is not None and parent.type == "variable_declarator":
+        declared = parent.child_by_field_name("name")
+        return _text(declared) if declared is not None else None
+    if parent is not None and parent.type in ("pair", "public_field_definition"):
+        key = parent.child_by_field_name("key") or parent.child_by_field_name("name")
+        return _text(key) if key is not None else None
+    if parent is not None and parent.type == "arguments":
+        outer = _enclosing_function(function)
+        return _function_name(outer)
+    return None
+
+
+def _parameter_index(function: ts.Node, name: str) -> int:
+    params = function.child_by_field_name("parameters")
+    if params is None:
+        single = function.child_by_field_name("parameter")
+        return 0 if single is not None and _text(single) == name else -1
+    for index, param in enumerate(params.named_children):
+        pattern = param.child_by_field_name("pattern") if param.type != "identifier" else param
+        if pattern is not None and _text(pattern) == name:
+            return index
+    return -1
+
+
+def _callable_name(function: ts.Node) -> str | None:
+    """The bare name callers use: `insertRow` for `async insertRow(...)` or `const insertRow = ...`."""
+    qualified = _function_name(function)
+    return qualified.rsplit(".", 1)[-1] if qualified else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Chains
+
+
+@dataclass
+class _Step:
+    method: str
+    call: ts.Node
+
+
+def _method_of(call: ts.Node) -> str | None:
+    function = call.child_by_field_name("function")
+    if function is None:
+        return None
+    function = _unwrap(function) if function.type != "await_expression" else function.named_children[0]
+    if function.type == "member_expression":
+        prop = function.child_by_field_name("property")
+        return _text(prop) if prop is not None else None
+    if function.type == "subscript_expression":
+        return string_value(function.child_by_field_name("index"))
+    return None
+
+
+def _climb(start: ts.Node) -> tuple[list[_Step], ts.Node]:
+    """Follow `.method(...)` calls upward from `start`; return the steps and the outermost call."""
+    steps: list[_Step] = []
+    current = start
+    while True:
+        parent = current.parent
+        while parent is not None and parent.type in _TRANSPARENT:
+            current, parent = parent, parent.parent
+        if parent is None or parent.type not in ("member_expression", "subscript_expression"):
+            break
+        if parent.child_by_field_name("object") != current:
+            break
+        call = parent.parent
+        if call is None or call.type != "call_expression" or call.child_by_field_name("function") != parent:
+            break
+        method = _method_of(call)
+        if method is None:
+            break
+        steps.append(_Step(method, call))
+        current = call
+    return steps, current
+
+
+def _outermost(node: ts.Node) -> ts.Node:
+    while node.parent is not None and node.parent.type in _TRANSPARENT:
+        node = node.parent
+    return node
+
+
+def _bound_variable(chain_top: ts.Node) -> str | None:
+    """The variable a builder is stored in: `const q = <chain>` or `q = <chain>`."""
+    node = _outermost(chain_top)
+    parent = node.parent
+    if parent is None:
+        return None
+    if parent.type == "variable_declarator" and parent.child_by_field_name("value") == node:
+        name = parent.child_by_field_name("name")
+        return _text(name) if name is not None and name.type == "identifier" else None
+    if parent.type == "assignment_expression" and parent.child_by_field_name("right") == node:
+        left = parent.child_by_field_name("left")
+        return _text(left) if left is not None and left.type == "identifier" else None
+    return None
+
+
+def _continuations(variable: str, chain_top: ts.Node, scope: ts.Node) -> tuple[list[_Step], bool]:
+    """Later uses of a builder variable: `q = q.eq(...)`, `await q.insert(row)`; and whether it escapes."""
+    steps: list[_Step] = []
+    escapes = False
+    stack = [scope]
+    uses: list[ts.Node] = []
+    while stack:
+        node = stack.pop()
+        if node.end_byte <= chain_top.end_byte and node is not scope:
+            continue
+        if node.type == "identifier" and _text(node) == variable and node.start_byte >= chain_top.end_byte:
+            uses.append(node)
+        stack.extend(node.named_children)
+    for use in sorted(uses, key=lambda n: n.start_byte):
+        parent = use.parent
+        while parent is not None and parent.type in _TRANSPARENT:
+            use, parent = parent, parent.parent
+        if parent is None:
+            continue
+        if parent.type in ("member_expression", "subscript_expression") and parent.child_by_field_name("object") == use:
+            more, _ = _climb(use)
+            steps.extend(more)
+        elif parent.type in ("arguments", "return_statement", "pair", "array", "shorthand_property_identifier") or (
+            parent.type == "arrow_function" and parent.child_by_field_name("body") == use
+        ):
+            escapes = True
+    return steps, escapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns and filters
+
+
+def _object_keys(node: ts.Node | None) -> list[str]:
+    if node is None:
+        return []
+    node = _unwrap(node)
+    if node.type == "array":
+        keys: list[str] = []
+        for element in node.named_children:
+            keys.extend(k for k in _object_keys(element) if k not in keys)
+        return keys
+    if node.type != "object":
+        return []
+    keys = []
+    for member in node.named_children:
+        if member.type == "pair":
+            key = member.child_by_field_name("key")
+            if key is None:
+                continue
+            name = string_value(key) if key.type in ("string", "template_string") else _text(key)
+            if key.type == "computed_property_name":
+                continue
+            if name and name not in keys:
+                keys.append(name)
+        elif member.type == "shorthand_property_identifier" and _text(member) not in keys:
+            keys.append(_text(member))
+    return keys
+
+
+def _option(node: ts.Node | None, name: str) -> ts.Node | None:
+    if node is None:
+        return None
+    node = _unwrap(node)
+    if node.type != "object":
+        return None
+    for member in node.named_children:
+        if member.type == "pair":
+            key = member.child_by_field_name("key")
+            if key is not None and (_text(key) == name or string_value(key) == name):
+                return member.child_by_field_name("value")
+    return None
+
+
+@dataclass
+class _Columns:
+    select: list[str] = field(default_factory=list)
+    write: list[str] = field(default_factory=list)
+    filters: list[Filter] = field(default_factory=list)
+    on_conflict: list[str] = field(default_factory=list)
+    embedded: list[str] = field(default_factory=list)
+
+
+def _read_columns(steps: list[_Step]) -> _Columns:
+    found = _Columns()
+    for step in steps:
+        args = _arguments(step.call)
+        first = args[0] if args else None
+        if step.method == "select":
+            text = string_value(first)
+            if text is not None:
+                parsed = parse_select(text)
+                found.select.extend(c for c in parsed.columns if c not in found.select)
+                found.embedded.extend(t for t in parsed.embedded if t not in found.embedded)
+        elif step.method in ("insert", "upsert", "update"):
+            found.write.extend(k for k in _object_keys(first) if k not in found.write)
+            if step.method == "upsert" and len(args) > 1:
+                conflict = string_value(_option(args[1], "onConflict"))
+                if conflict:
+                    found.on_conflict.extend(c.strip() for c in conflict.split(",") if c.strip())
+        elif step.method in FILTERS_WITH_COLUMN:
+            column = string_value(first)
+            value = _text(args[-1]) if len(args) > 1 else None
+            if step.method == "not" and column is not None and "," in column:
+                for name in columns_in_filter_expression(column):
+                    found.filters.append(Filter(step.method, name, value))
+            else:
+                found.filters.append(Filter(step.method, column, value))
+        elif step.method in FILTERS_WITH_OBJECT:
+            for key in _object_keys(first):
+                found.filters.append(Filter(step.method, key, None))
+        elif step.method in FILTERS_WITH_EXPRESSION:
+            text = string_value(first)
+            names = columns_in_filter_expression(text) if text is not None else ()
+            found.filters.extend(Filter(step.method, name, text) for name in names)
+            if not names:
+                found.filters.append(Filter(step.method, None, _text(first) if first is not None else None))
+    return found
+
+
+def _operation(methods: list[str]) -> str:
+    for operation in ("insert", "upsert", "update", "delete"):
+        if operation in methods:
+            return operation
+    return "select" if "select" in methods else "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# The file
+
+
+def _is_class_like(receiver: ts.Node) -> bool:
+    """`Array.from`, `Buffer.from`, `Uint8Array.from`, `Observable.from`: classes, not clients."""
+    node = _unwrap(receiver)
+    if node.type == "identifier":
+        name = _text(node)
+        return name[:1].isupper()
+    return node.type in ("new_expression", "array", "string", "template_string", "number")
+
+
+def analyze(rel_path: str, source: bytes, suffix: str) -> ModuleFacts:
+    tree = parse(source, suffix)
+    root = tree.root_node
+    language = SUFFIXES[suffix]
+    facts = ModuleFacts(symbols=_collect_symbols(root), imports=_collect_imports(root))
+    if root.has_error:
+        facts.syntax_error_line = _first_error_line(root)
+    cursor = ts.QueryCursor(_anchor_query(grammar_for(suffix)))
+    for _, captures in cursor.matches(root):
+        call = captures["call"][0]
+        member = captures["member"][0]
+        method = _text(captures["method"][0])
+        if _inside_error(call):
+            continue
+        receiver = member.child_by_field_name("object")
+        if receiver is None or _is_class_like(receiver):
+            continue
+        if method == "rpc":
+            _record_rpc(facts, rel_path, call, receiver)
+        else:
+            _record_from(facts, rel_path, source, call, receiver, language)
+    _collect_call_arguments(facts, root)
+    return facts
+
+
+def _first_error_line(root: ts.Node) -> int:
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR" or node.is_missing:
+            return node.start_point.row + 1
+        stack.extend(reversed(node.children))
+    return 1
+
+
+def _inside_error(node: ts.Node) -> bool:
+    current: ts.Node | None = node
+    while current is not None:
+        if current.type == "ERROR":
+            return True
+        current = current.parent
+    return False
+
+
+def _storage_bucket_receiver(receiver: ts.Node) -> ts.Node | None:
+    node = _unwrap(receiver)
+    if node.type == "member_expression":
+        prop = node.child_by_field_name("property")
+        if prop is not None and _text(prop) == "storage":
+            return node.child_by_field_name("object")
+    return None
+
+
+def _record_rpc(facts: ModuleFacts, rel_path: str, call: ts.Node, receiver: ts.Node) -> None:
+    args = _arguments(call)
+    _steps, top = _climb(call)
+    line, column = _line_col(call.child_by_field_name("function").child_by_field_name("property") or call)
+    facts.side_calls.append(
+        SideCall(
+            file=rel_path,
+            line=line,
+            column=column,
+            kind="rpc",
+            name=string_value(args[0]) if args else None,
+            operation=None,
+            client=_text(receiver),
+            code=_text(top).strip(),
+            function=_function_name(_enclosing_function(call)),
+        )
+    )
+
+
+def _record_from(
+    facts: ModuleFacts, rel_path: str, source: bytes, call: ts.Node, receiver: ts.Node, language: str
+) -> None:
+    args = _arguments(call)
+    steps, top = _climb(call)
+    function = call.child_by_field_name("function")
+    member = function.named_children[0] if function.type == "await_expression" else function
+    prop = member.child_by_field_name("property")
+    line, column = _line_col(prop)
+    storage_client = _storage_bucket_receiver(receiver)
+    if storage_client is not None:
+        facts.side_calls.append(
+            SideCall(
+                file=rel_path,
+                line=line,
+                column=column,
+                kind="storage",
+                name=string_value(args[0]) if args else None,
+                operation=steps[0].method if steps else None,
+                client=_text(storage_client),
+                code=_text(top).strip(),
+                function=_function_name(_enclosing_function(call)),
+            )
+        )
+        return
+    methods = [s.method for s in steps]
+    table_arg = args[0] if args else None
+    if table_arg is None:
+        return
+    literal = string_value(table_arg)
+    known_method = any(m in OPERATIONS or m in FILTERS_WITH_COLUMN for m in methods)
+    if literal is None and not known_method and _member_path(table_arg) is None:
+        return  # `moment(a).from(b)` and friends: not a query builder
+    schema, client_node = _schema_of(receiver)
+    enclosing = _enclosing_function(call)
+    variable = _bound_variable(top)
+    escapes = False
+    if variable is not None:
+        more, escapes = _continuations(variable, top, enclosing if enclosing is not None else _program(call))
+        steps = steps + more
+    else:
+        escapes = _escapes(top) and not any(m in OPERATIONS for m in methods)
+    columns = _read_columns(steps)
+    chain = ("from", *(s.method for s in steps))
+    all_columns = list(columns.select)
+    for name in [*columns.write, *(f.column for f in columns.filters if f.column), *columns.on_conflict]:
+        if name not in all_columns:
+            all_columns.append(name)
+    kind, table, resolution, reference = _table_name(facts, table_arg, enclosing)
+    record = CallSite(
+        file=rel_path,
+        line=line,
+        column=column,
+        start_byte=_outermost(top).start_byte,
+        end_byte=_outermost(top).end_byte,
+        receiver_start=client_node.start_byte,
+        receiver_end=client_node.end_byte,
+        table_arg_start=table_arg.start_byte,
+        table_arg_end=table_arg.end_byte,
+        table=table,
+        table_kind=kind,
+        table_expression=_text(table_arg),
+        operation=_operation([s.method for s in steps]),  # type: ignore[arg-type]
+        chain=chain,
+        client=_text(client_node),
+        language=language,  # type: ignore[arg-type]
+        code=_text(_outermost(top)).strip(),
+        function=_function_name(enclosing),
+        schema=schema,
+        columns=tuple(all_columns),
+        select_columns=tuple(columns.select),
+        write_columns=tuple(columns.write),
+        filters=tuple(columns.filters),
+        on_conflict=tuple(columns.on_conflict),
+        embedded=tuple(columns.embedded),
+        resolution=resolution,
+        builder_variable=variable,
+        crosses_function=escapes,
+    )
+    if reference is not None:
+        facts.pending[len(facts.calls)] = reference
+    facts.calls.append(record)
+
+
+def _escapes(top: ts.Node) -> bool:
+    """A builder returned or passed on unexecuted: `return db.from('t')`, `run(db.from('t'))`."""
+    parent = _outermost(top).parent
+    if parent is None:
+        return False
+    if parent.type in ("return_statement", "arguments"):
+        return True
+    return parent.type == "arrow_function" and parent.child_by_field_name("body") == _outermost(top)
+
+
+def _program(node: ts.Node) -> ts.Node:
+    while node.parent is not None:
+        node = node.parent
+    return node
+
+
+def _schema_of(receiver: ts.Node) -> tuple[str | None, ts.Node]:
+    """`client.schema('s')` → ("s", client); anything else → (None, receiver)."""
+    node = _unwrap(receiver)
+    if node.type == "call_expression" and _method_of(node) == "schema":
+        function = _unwrap(node.child_by_field_name("function"))
+        args = _arguments(node)
+        inner = function.child_by_field_name("object")
+        if inner is not None:
+            return (string_value(args[0]) if args else None), inner
+    return None, receiver
+
+
+def _table_name(
+    facts: ModuleFacts, arg: ts.Node, enclosing: ts.Node | None
+) -> tuple[str, str | None, str | None, Reference | None]:
+    """(table_kind, table, resolution, reference-for-the-resolver)."""
+    unwrapped = _unwrap(arg)
+    if unwrapped.type == "string":
+        return "literal", string_value(unwrapped), None, None
+    literal = string_value(unwrapped)
+    if literal is not None:
+        return "template", literal, None, None
+    path = _member_path(unwrapped)
+    if path is None:
+        return "dynamic", None, "the table name is computed at run time", None
+    value, kind = lookup(facts.symbols, path)
+    if value is not None:
+        return kind, value, f"{'.'.join(path)} defined in this file", None
+    if path[0] in facts.imports:
+        module, imported = facts.imports[path[0]]
+        return "dynamic", None, None, Reference("import", path[0], path[1:], module, imported)
+    if enclosing is not None and len(path) == 1:
+        index = _parameter_index(enclosing, path[0])
+        name = _callable_name(enclosing)
+        if index >= 0 and name:
+            return "dynamic", None, None, Reference("param", name, (), param_index=index)
+    return "dynamic", None, f"{'.'.join(path)} is not a constant dualshift can resolve", None
+
+
+def _collect_call_arguments(facts: ModuleFacts, root: ts.Node) -> None:
+    """String-ish arguments of plain calls, for resolving helper parameters from their callers."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.named_children)
+        if node.type != "call_expression":
+            continue
+        function = node.child_by_field_name("function")
+        if function is None:
+            continue
+        function = _unwrap(function)
+        if function.type == "identifier":
+            callee = _text(function)
+        elif function.type == "member_expression":
+            prop = function.child_by_field_name("property")
+            callee = _text(prop) if prop is not None else ""
+        else:
+            continue
+        if callee in ("from", "rpc", "select", "eq", "log", "error", "warn", "info", "require"):
+            continue
+        for index, arg in enumerate(_arguments(node)):
+            value = string_value(arg)
+            if value is not None:
+                facts.call_arguments.append(CallArgument(callee, index, value))
+                continue
+            path = _member_path(arg)
+            if path is None:
+                continue
+            resolved, _ = lookup(facts.symbols, path)
+            if resolved is not None:
+                facts.call_arguments.append(CallArgument(callee, index, resolved))
+            elif path[0] in facts.imports:
+                module, imported = facts.imports[path[0]]
+                reference = Reference("import", path[0], path[1:], module, imported)
+                facts.call_arguments.append(CallArgument(callee, index, None, reference))
+
+
+def with_table(
+    record: CallSite, table: str | None, kind: str, resolution: str, tables: tuple[str, ...] = ()
+) -> CallSite:
+    return replace(record, table=table, table_kind=kind, resolution=resolution, resolved_tables=tables)  # type: ignore[arg-type]

@@ -1,0 +1,133 @@
+"""DATABASE_INTERACTION_MAP.json: the seeds' map (001, Task 1.1) done right, plus the records codemods need."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dualshift import __version__
+from dualshift.analyzer.records import CallSite, ParseFailure, SideCall
+
+MAP_FORMAT = 1
+DEFAULT_NAME = "DATABASE_INTERACTION_MAP.json"
+SCHEMA_PATH = Path(__file__).parent / "schema" / "interaction_map.schema.json"
+TOP = 20
+
+# The seeds' four buckets; an upsert counts as an update there.
+_BUCKETS = {"select": "reads", "insert": "writes", "update": "updates", "upsert": "updates", "delete": "deletes"}
+
+
+@dataclass
+class LoadedMap:
+    root: str
+    files_scanned: int
+    calls: list[CallSite] = field(default_factory=list)
+    side_calls: list[SideCall] = field(default_factory=list)
+    failures: list[ParseFailure] = field(default_factory=list)
+
+
+def tables_read(call: CallSite) -> list[str]:
+    """The tables a call reads: its own for a select, and every embedded resource."""
+    tables = [call.table] if call.operation == "select" and call.table else []
+    return tables + [t for t in call.embedded if t not in tables]
+
+
+def build_map(result: Any) -> dict[str, Any]:
+    """The map as a JSON-ready dict, from a ScanResult (or anything with the same attributes)."""
+    calls: list[CallSite] = list(result.calls)
+    interactions: dict[str, list[dict[str, Any]]] = {"reads": [], "writes": [], "updates": [], "deletes": []}
+    per_table: Counter[str] = Counter()
+    per_file: Counter[str] = Counter()
+    for call in calls:
+        per_file[call.file] += 1
+        bucket = _BUCKETS.get(call.operation)
+        if call.table:
+            per_table[call.table] += 1
+        for embedded in call.embedded:
+            if embedded != call.table:
+                per_table[embedded] += 1
+                interactions["reads"].append(_interaction(call, embedded))
+        if bucket and call.table:
+            interactions[bucket].append(_interaction(call, call.table))
+    summary = {
+        "totalInteractions": len(calls),
+        "totalTables": len(per_table),
+        "totalFiles": len(per_file),
+        "filesScanned": result.files_scanned,
+        "reads": len(interactions["reads"]),
+        "writes": len(interactions["writes"]),
+        "updates": len(interactions["updates"]),
+        "deletes": len(interactions["deletes"]),
+        "dynamic": sum(1 for c in calls if c.table is None),
+        "storageCalls": sum(1 for c in result.side_calls if c.kind == "storage"),
+        "rpcCalls": sum(1 for c in result.side_calls if c.kind == "rpc"),
+        "failedFiles": len(result.failures),
+    }
+    return {
+        "format": MAP_FORMAT,
+        "version": __version__,
+        "tool": f"dualshift {__version__}",
+        "root": Path(result.root).name,
+        "summary": summary,
+        "topTables": [{"table": t, "queries": n} for t, n in _ranked(per_table)],
+        "topFiles": [{"file": f, "queries": n} for f, n in _ranked(per_file)],
+        "interactions": interactions,
+        "calls": [c.to_dict() for c in calls],
+        "storage_calls": [c.to_dict() for c in result.side_calls if c.kind == "storage"],
+        "rpc_calls": [c.to_dict() for c in result.side_calls if c.kind == "rpc"],
+        "failures": [f.to_dict() for f in result.failures],
+    }
+
+
+def _ranked(counter: Counter[str]) -> list[tuple[str, int]]:
+    return sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:TOP]
+
+
+def _interaction(call: CallSite, table: str) -> dict[str, Any]:
+    first_line = call.code.splitlines()[0].strip() if call.code else ""
+    return {"file": call.file, "lineNum": call.line, "table": table, "code": first_line}
+
+
+def render_map(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_map(result: Any, out: Path) -> dict[str, Any]:
+    """Write the map atomically: a reader never sees half a file."""
+    data = build_map(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(render_map(data))
+    os.replace(handle.name, out)
+    return data
+
+
+class MapError(ValueError):
+    pass
+
+
+def load_map(path: Path) -> LoadedMap:
+    """Read a map back into records; raises MapError naming the file and the problem."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MapError(f"{path}: cannot read map: {exc.strerror}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MapError(f"{path}: not a JSON interaction map: {exc}") from exc
+    if not isinstance(data, dict) or "calls" not in data:
+        raise MapError(f"{path}: not a dualshift interaction map (no `calls`); run `dualshift scan` to make one")
+    try:
+        return LoadedMap(
+            root=str(data.get("root", "")),
+            files_scanned=int(data.get("summary", {}).get("filesScanned", 0)),
+            calls=[CallSite.from_dict(c) for c in data["calls"]],
+            side_calls=[SideCall.from_dict(c) for c in [*data.get("storage_calls", []), *data.get("rpc_calls", [])]],
+            failures=[ParseFailure(**f) for f in data.get("failures", [])],
+        )
+    except (TypeError, KeyError) as exc:
+        raise MapError(f"{path}: malformed call record: {exc}") from exc
