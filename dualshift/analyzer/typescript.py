@@ -334,10 +334,8 @@ def _function_name(function: ts.Node | None) -> str | None:
     if parent is not None and parent.type in ("pair", "public_field_definition"):
         key = parent.child_by_field_name("key") or parent.child_by_field_name("name")
         return _text(key) if key is not None else None
-    if parent is not None and parent.type == "arguments":
-        outer = _enclosing_function(function)
-        return _function_name(outer)
-    return None
+    # An anonymous callback (`useEffect(() => ...)`, an IIFE) belongs to the function around it.
+    return _function_name(_enclosing_function(function))
 
 
 def _parameter_index(function: ts.Node, name: str) -> int:
@@ -368,7 +366,7 @@ class _Step:
     call: ts.Node
 
 
-def _method_of(call: ts.Node) -> str | None:
+def _method_of(call: ts.Node, symbols: dict[str, object] | None = None) -> str | None:
     function = call.child_by_field_name("function")
     if function is None:
         return None
@@ -377,11 +375,16 @@ def _method_of(call: ts.Node) -> str | None:
         prop = function.child_by_field_name("property")
         return _text(prop) if prop is not None else None
     if function.type == "subscript_expression":
-        return string_value(function.child_by_field_name("index"))
+        index = function.child_by_field_name("index")
+        value = string_value(index)
+        if value is None and index is not None and index.type == "identifier" and symbols:
+            constant = symbols.get(_text(index))
+            value = constant if isinstance(constant, str) else None
+        return value
     return None
 
 
-def _climb(start: ts.Node) -> tuple[list[_Step], ts.Node]:
+def _climb(start: ts.Node, symbols: dict[str, object] | None = None) -> tuple[list[_Step], ts.Node]:
     """Follow `.method(...)` calls upward from `start`; return the steps and the outermost call."""
     steps: list[_Step] = []
     current = start
@@ -396,7 +399,7 @@ def _climb(start: ts.Node) -> tuple[list[_Step], ts.Node]:
         call = parent.parent
         if call is None or call.type != "call_expression" or call.child_by_field_name("function") != parent:
             break
-        method = _method_of(call)
+        method = _method_of(call, symbols)
         if method is None:
             break
         steps.append(_Step(method, call))
@@ -425,7 +428,9 @@ def _bound_variable(chain_top: ts.Node) -> str | None:
     return None
 
 
-def _continuations(variable: str, chain_top: ts.Node, scope: ts.Node) -> tuple[list[_Step], bool]:
+def _continuations(
+    variable: str, chain_top: ts.Node, scope: ts.Node, symbols: dict[str, object]
+) -> tuple[list[_Step], bool]:
     """Later uses of a builder variable: `q = q.eq(...)`, `await q.insert(row)`; and whether it escapes."""
     steps: list[_Step] = []
     escapes = False
@@ -445,7 +450,7 @@ def _continuations(variable: str, chain_top: ts.Node, scope: ts.Node) -> tuple[l
         if parent is None:
             continue
         if parent.type in ("member_expression", "subscript_expression") and parent.child_by_field_name("object") == use:
-            more, _ = _climb(use)
+            more, _ = _climb(use, symbols)
             steps.extend(more)
         elif parent.type in ("arguments", "return_statement", "pair", "array", "shorthand_property_identifier") or (
             parent.type == "arrow_function" and parent.child_by_field_name("body") == use
@@ -641,7 +646,7 @@ def _record_from(
     facts: ModuleFacts, rel_path: str, source: bytes, call: ts.Node, receiver: ts.Node, language: str
 ) -> None:
     args = _arguments(call)
-    steps, top = _climb(call)
+    steps, top = _climb(call, facts.symbols)
     function = call.child_by_field_name("function")
     member = function.named_children[0] if function.type == "await_expression" else function
     prop = member.child_by_field_name("property")
@@ -675,7 +680,8 @@ def _record_from(
     variable = _bound_variable(top)
     escapes = False
     if variable is not None:
-        more, escapes = _continuations(variable, top, enclosing if enclosing is not None else _program(call))
+        scope = enclosing if enclosing is not None else _program(call)
+        more, escapes = _continuations(variable, top, scope, facts.symbols)
         steps = steps + more
     else:
         escapes = _escapes(top) and not any(m in OPERATIONS for m in methods)
