@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dualshift.analyzer.scan import DEFAULT_MAX_BYTES, ScanResult, scan_tree
+from dualshift.console import error, fail
 from dualshift.reports.interaction_map import DEFAULT_NAME, write_map
 
 PROGRESS_THRESHOLD = 200  # files; smaller trees finish before a bar is worth drawing
@@ -45,18 +46,15 @@ def scan(
     parsed are listed in the map's `failures` and on stderr; they never stop the scan.
     """
     console = Console(stderr=False, quiet=quiet)
-    errors = Console(stderr=True)
     if not root.is_dir():
-        errors.print(f"dualshift: {root}: not a directory", markup=False, highlight=False)
-        raise typer.Exit(2)
+        raise fail(f"{root}: not a directory")
     result = _scan_with_progress(root, include, exclude, jobs or None, not no_cache, max_file_mb, console)
     try:
         data = write_map(result, out)
     except OSError as exc:
-        errors.print(f"dualshift: {out}: cannot write map: {exc.strerror}", markup=False, highlight=False)
-        raise typer.Exit(2) from exc
+        raise fail(f"{out}: cannot write map: {exc.strerror}") from exc
     for failure in result.failures:
-        errors.print(f"dualshift: {failure.file}: {failure.reason}", markup=False, highlight=False)
+        error(f"{failure.file}: {failure.reason}")
     _print_summary(console, data, out)
 
 

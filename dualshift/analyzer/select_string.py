@@ -39,9 +39,10 @@ def split_top_level(text: str, separator: str = ",") -> list[str]:
 
 
 def _column_name(item: str) -> str | None:
-    if ":" in item.split("(")[0] and "::" not in item.split(":", 1)[0] + ":":
+    item = _CAST.sub("", item.strip())
+    if ":" in item:
         item = item.split(":", 1)[1]  # alias:column
-    item = _JSON_PATH.sub("", _CAST.sub("", item.strip())).strip().strip('"')
+    item = _JSON_PATH.sub("", item).strip().strip('"')
     return item if _IDENT.match(item) else None
 
 

@@ -673,7 +673,7 @@ def _record_from(
         return
     literal = string_value(table_arg)
     known_method = any(m in OPERATIONS or m in FILTERS_WITH_COLUMN for m in methods)
-    if literal is None and not known_method and _member_path(table_arg) is None:
+    if literal is None and not known_method and not _names_a_string(facts, table_arg):
         return  # `moment(a).from(b)` and friends: not a query builder
     schema, client_node = _schema_of(receiver)
     enclosing = _enclosing_function(call)
@@ -725,6 +725,14 @@ def _record_from(
     if reference is not None:
         facts.pending[len(facts.calls)] = reference
     facts.calls.append(record)
+
+
+def _names_a_string(facts: ModuleFacts, arg: ts.Node) -> bool:
+    """Whether an argument is a constant string of this module or a name imported from another one."""
+    path = _member_path(arg)
+    if path is None:
+        return False
+    return lookup(facts.symbols, path)[0] is not None or path[0] in facts.imports
 
 
 def _escapes(top: ts.Node) -> bool:
@@ -809,15 +817,14 @@ def _collect_call_arguments(facts: ModuleFacts, root: ts.Node) -> None:
                 facts.call_arguments.append(CallArgument(callee, index, value))
                 continue
             path = _member_path(arg)
-            if path is None:
-                continue
-            resolved, _ = lookup(facts.symbols, path)
-            if resolved is not None:
-                facts.call_arguments.append(CallArgument(callee, index, resolved))
-            elif path[0] in facts.imports:
+            resolved = lookup(facts.symbols, path)[0] if path is not None else None
+            if path is not None and resolved is None and path[0] in facts.imports:
                 module, imported = facts.imports[path[0]]
                 reference = Reference("import", path[0], path[1:], module, imported)
                 facts.call_arguments.append(CallArgument(callee, index, None, reference))
+            else:
+                # None: a value known only at run time, which keeps the helper's table dynamic.
+                facts.call_arguments.append(CallArgument(callee, index, resolved))
 
 
 def with_table(

@@ -1,0 +1,106 @@
+"""Bad input is reported in the map and on stderr, and never stops the scan."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dualshift.analyzer.scan import scan_tree
+from dualshift.cli import app
+
+from .conftest import XBOT
+
+GOOD = "export async function ok(db: any) { await db.from('posts').insert({ content: 'x' }); }\n"
+
+
+@pytest.fixture
+def messy_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "messy"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "good.ts").write_text(GOOD)
+    (root / "src" / "broken.ts").write_text(
+        "const half = ;\nexport async function fine(db: any) { await db.from('outcomes').select('likes'); }\n"
+    )
+    (root / "src" / "latin1.ts").write_bytes(
+        "const s = 'caf\xe9';\nawait db.from('posts').select();\n".encode("latin-1")
+    )
+    (root / "src" / "binary.js").write_bytes(b"\x00\x01\x02from('x')\x00")
+    chunk = "export const rows = [" + ",".join(f"{{ id: {i}, name: 'row{i}' }}" for i in range(2000)) + "];\n"
+    (root / "src" / "generated_big.ts").write_text(chunk * (5 * 1024 * 1024 // len(chunk) + 1))
+    os.symlink("loop_b.ts", root / "src" / "loop_a.ts")
+    os.symlink("loop_a.ts", root / "src" / "loop_b.ts")
+    os.symlink("..", root / "src" / "parent_link")  # a directory loop
+    os.mkfifo(root / "src" / "pipe.ts")  # exists, but cannot be read as a file (tests run as root)
+    return root
+
+
+def test_bad_files_are_reported_and_the_rest_is_scanned(messy_tree: Path) -> None:
+    result = scan_tree(messy_tree, use_cache=False, jobs=1)
+    reasons = {f.file: f.reason for f in result.failures}
+    assert reasons["src/broken.ts"].startswith("syntax error at line 1;")
+    assert reasons["src/latin1.ts"].startswith("not UTF-8 text (byte 0xe9")
+    assert reasons["src/binary.js"] == "binary file (NUL bytes)"
+    assert reasons["src/generated_big.ts"].startswith("too large to analyze (5.")
+    assert "symbolic link" in reasons["src/loop_a.ts"] and "symbolic link" in reasons["src/loop_b.ts"]
+    assert reasons["src/pipe.ts"] == "not a regular file"
+    tables = sorted((c.file, c.table) for c in result.calls)
+    # The good file, and the valid function after the syntax error, are still analyzed.
+    assert tables == [("src/broken.ts", "outcomes"), ("src/good.ts", "posts")]
+
+
+def test_cli_reports_failures_on_stderr_and_in_the_map(messy_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "map.json"
+    runner = CliRunner()
+    result = runner.invoke(app, ["scan", str(messy_tree), "--out", str(out), "--no-cache", "--quiet"])
+    assert result.exit_code == 0
+    assert "dualshift: src/latin1.ts: not UTF-8 text" in result.stderr
+    data = json.loads(out.read_text())
+    assert {f["file"] for f in data["failures"]} >= {"src/broken.ts", "src/binary.js", "src/pipe.ts"}
+    assert data["summary"]["failedFiles"] == len(data["failures"])
+
+
+def test_missing_root_is_a_one_line_error(tmp_path: Path) -> None:
+    out = tmp_path / "map.json"
+    result = CliRunner().invoke(app, ["scan", str(tmp_path / "nope"), "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith("nope: not a directory")
+    assert not out.exists()
+
+
+def test_gitignore_node_modules_build_output_and_declarations_are_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "xbot"
+    shutil.copytree(XBOT, root, symlinks=True)
+    (root / "src" / "generated").mkdir()
+    (root / "src" / "generated" / "client.ts").write_text("db.from('ignored_by_gitignore').select();")
+    (root / "src" / "api.generated.ts").write_text("db.from('ignored_by_pattern').select();")
+    (root / "dist").mkdir()
+    (root / "dist" / "bundle.js").write_text("db.from('build_output').select();")
+    (root / "src" / "nested").mkdir()
+    (root / "src" / "nested" / ".gitignore").write_text("local_only.ts\n")
+    (root / "src" / "nested" / "local_only.ts").write_text("db.from('nested_ignore').select();")
+    (root / "src" / "nested" / "kept.ts").write_text("db.from('kept_table').select();")
+    tables = {c.table for c in scan_tree(root, use_cache=False, jobs=1).calls}
+    assert "kept_table" in tables
+    assert not tables & {"ignored_by_gitignore", "ignored_by_pattern", "build_output", "nested_ignore"}
+    assert "should_not_appear" not in tables  # node_modules
+    assert not any(c.file.endswith(".d.ts") for c in scan_tree(root, use_cache=False).calls)
+
+
+def test_include_and_exclude_globs(tmp_path: Path) -> None:
+    only_jobs = scan_tree(XBOT, include=["src/jobs/**"], use_cache=False, jobs=1)
+    assert only_jobs.calls and all(c.file.startswith("src/jobs/") for c in only_jobs.calls)
+    no_scripts = scan_tree(XBOT, exclude=["scripts/"], use_cache=False, jobs=1)
+    assert not any(c.file.startswith("scripts/") for c in no_scripts.calls)
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner().invoke(app, ["scan", str(XBOT), "--out", str(blocker / "map.json"), "--no-cache", "-q"])
+    assert result.exit_code == 2
+    assert "cannot write map" in result.stderr
