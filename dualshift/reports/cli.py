@@ -1,9 +1,60 @@
-"""Commands of the reports area."""
+"""`dualshift report`: the data-flow graph, its flows and diagrams, and the HTML report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from dualshift.console import fail
+from dualshift.plan import PlanError, load_plan
+from dualshift.reports.diagrams import DiagramError
+from dualshift.reports.interaction_map import MapError, load_map
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
+    app.command("report")(report)
+
+
+def report(
+    source: Path = typer.Argument(
+        ..., help="An interaction map (DATABASE_INTERACTION_MAP.json from `dualshift scan`) or a source tree to scan."
+    ),
+    out_dir: Path = typer.Option(Path("dualshift-report"), "--out-dir", "-o", help="Directory for the reports."),
+    plan: Path | None = typer.Option(None, "--plan", help="A plan (dualshift.toml): adds the before/after view."),
+    focus: str | None = typer.Option(None, "--focus", help="Draw only this table's neighbourhood."),
+    title: str = typer.Option("", "--title", help="Title shown on the reports (default: the source's name)."),
+    link_base: str = typer.Option(
+        "", "--link-base", help="Prefix for file links in report.html, e.g. a repository URL ending in /blob/main/."
+    ),
+) -> None:
+    """Write DATA_FLOW_ANALYSIS.json, the graph (node-link JSON, GraphML), DATA_FLOW_DIAGRAM.md (Mermaid),
+    data-flow.svg/.png (Graphviz) and a self-contained report.html."""
+    from dualshift.analyzer.scan import scan_tree
+    from dualshift.reports.writer import write_reports
+
+    console = Console()
+    if source.is_dir():
+        calls = scan_tree(source).calls
+    elif source.is_file():
+        try:
+            calls = load_map(source).calls
+        except MapError as exc:
+            raise fail(str(exc)) from exc
+    else:
+        raise fail(f"{source}: no such map file or source directory")
+    loaded_plan = None
+    if plan is not None:
+        try:
+            loaded_plan = load_plan(plan)
+        except PlanError as exc:
+            raise fail(str(exc)) from exc
+    try:
+        written = write_reports(calls, out_dir, loaded_plan, focus, title or source.resolve().name, link_base=link_base)
+    except DiagramError as exc:
+        raise fail(str(exc)) from exc
+    except OSError as exc:
+        raise fail(f"{out_dir}: cannot write reports: {exc.strerror}") from exc
+    for path in written:
+        console.print(f"wrote {path}", highlight=False)
