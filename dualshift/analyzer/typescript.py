@@ -68,16 +68,31 @@ _ANCHOR_QUERY = """
 """
 
 
+_SYMBOL_QUERY = """
+(lexical_declaration kind: "const" (variable_declarator name: (identifier) @name value: (_) @value))
+(enum_declaration name: (identifier) @enum body: (enum_body) @body)
+"""
+_CALL_QUERY = """
+(call_expression
+  function: [(identifier) @callee (member_expression property: (property_identifier) @callee)]
+  arguments: (arguments) @args)
+"""
+
+
+# Pattern indices of the combined query, in the order the texts are joined in `_matches`.
+_PATTERN_GROUPS = ("anchor", "anchor", "symbol", "symbol", "call")
+
+
+@cache
+def _query(grammar: str, text: str) -> ts.Query:
+    return ts.Query(_language(grammar), text)
+
+
 @cache
 def _language(grammar: str) -> ts.Language:
     if grammar == "tsx":
         return ts.Language(ts_typescript.language_tsx())
     return ts.Language(ts_typescript.language_typescript())
-
-
-@cache
-def _anchor_query(grammar: str) -> ts.Query:
-    return ts.Query(_language(grammar), _ANCHOR_QUERY)
 
 
 def grammar_for(suffix: str) -> str:
@@ -211,7 +226,8 @@ def _literal_value(node: ts.Node) -> object | None:
     return None
 
 
-def _collect_symbols(root: ts.Node) -> dict[str, object]:
+def _collect_symbols(matches: list[dict[str, list[ts.Node]]]) -> dict[str, object]:
+    """Const strings, `as const` objects and string enums of the module, by name (ambiguous names dropped)."""
     symbols: dict[str, object] = {}
     ambiguous: set[str] = set()
 
@@ -220,32 +236,20 @@ def _collect_symbols(root: ts.Node) -> dict[str, object]:
             ambiguous.add(name)
         symbols[name] = value
 
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node.type == "lexical_declaration" and node.child(0) is not None and node.child(0).type == "const":
-            for declarator in node.named_children:
-                if declarator.type != "variable_declarator":
-                    continue
-                name = declarator.child_by_field_name("name")
-                value = declarator.child_by_field_name("value")
-                if name is not None and name.type == "identifier" and value is not None:
-                    literal = _literal_value(value)
-                    if literal is not None:
-                        remember(_text(name), literal)
-        elif node.type == "enum_declaration":
-            name = node.child_by_field_name("name")
-            body = node.child_by_field_name("body")
-            members: dict[str, object] = {}
-            for member in body.named_children if body is not None else []:
-                if member.type == "enum_assignment":
-                    key = member.child_by_field_name("name")
-                    value = string_value(member.child_by_field_name("value"))
-                    if key is not None and value is not None:
-                        members[_text(key)] = value
-            if name is not None:
-                remember(_text(name), {"__enum__": True, **members})
-        stack.extend(reversed(node.named_children))
+    for captures in matches:
+        if "name" in captures:
+            literal = _literal_value(captures["value"][0])
+            if literal is not None:
+                remember(_text(captures["name"][0]), literal)
+            continue
+        members: dict[str, object] = {}
+        for member in captures["body"][0].named_children:
+            if member.type == "enum_assignment":
+                key = member.child_by_field_name("name")
+                value = string_value(member.child_by_field_name("value"))
+                if key is not None and value is not None:
+                    members[_text(key)] = value
+        remember(_text(captures["enum"][0]), {"__enum__": True, **members})
     for name in ambiguous:
         del symbols[name]
     return symbols
@@ -574,11 +578,11 @@ def analyze(rel_path: str, source: bytes, suffix: str) -> ModuleFacts:
     tree = parse(source, suffix)
     root = tree.root_node
     language = SUFFIXES[suffix]
-    facts = ModuleFacts(symbols=_collect_symbols(root), imports=_collect_imports(root))
+    groups = _matches(root, grammar_for(suffix))
+    facts = ModuleFacts(symbols=_collect_symbols(groups["symbol"]), imports=_collect_imports(root))
     if root.has_error:
         facts.syntax_error_line = _first_error_line(root)
-    cursor = ts.QueryCursor(_anchor_query(grammar_for(suffix)))
-    for _, captures in cursor.matches(root):
+    for captures in groups["anchor"]:
         call = captures["call"][0]
         member = captures["member"][0]
         method = _text(captures["method"][0])
@@ -591,8 +595,17 @@ def analyze(rel_path: str, source: bytes, suffix: str) -> ModuleFacts:
             _record_rpc(facts, rel_path, call, receiver)
         else:
             _record_from(facts, rel_path, source, call, receiver, language)
-    _collect_call_arguments(facts, root)
+    _collect_call_arguments(facts, groups["call"])
     return facts
+
+
+def _matches(root: ts.Node, grammar: str) -> dict[str, list[dict[str, list[ts.Node]]]]:
+    """One pass of the combined query over the tree, its matches grouped by what they are for."""
+    groups: dict[str, list[dict[str, list[ts.Node]]]] = {"anchor": [], "symbol": [], "call": []}
+    query = _query(grammar, _ANCHOR_QUERY + _SYMBOL_QUERY + _CALL_QUERY)
+    for pattern, captures in ts.QueryCursor(query).matches(root):
+        groups[_PATTERN_GROUPS[pattern]].append(captures)
+    return groups
 
 
 def _first_error_line(root: ts.Node) -> int:
@@ -790,28 +803,17 @@ def _table_name(
     return "dynamic", None, f"{'.'.join(path)} is not a constant dualshift can resolve", None
 
 
-def _collect_call_arguments(facts: ModuleFacts, root: ts.Node) -> None:
-    """String-ish arguments of plain calls, for resolving helper parameters from their callers."""
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        stack.extend(node.named_children)
-        if node.type != "call_expression":
+_NOT_HELPERS = frozenset({"from", "rpc", "select", "eq", "log", "error", "warn", "info", "require", "format"})
+
+
+def _collect_call_arguments(facts: ModuleFacts, matches: list[dict[str, list[ts.Node]]]) -> None:
+    """The arguments of plain calls, for resolving helper parameters from their callers."""
+    for captures in matches:
+        callee = _text(captures["callee"][0])
+        if callee in _NOT_HELPERS:
             continue
-        function = node.child_by_field_name("function")
-        if function is None:
-            continue
-        function = _unwrap(function)
-        if function.type == "identifier":
-            callee = _text(function)
-        elif function.type == "member_expression":
-            prop = function.child_by_field_name("property")
-            callee = _text(prop) if prop is not None else ""
-        else:
-            continue
-        if callee in ("from", "rpc", "select", "eq", "log", "error", "warn", "info", "require"):
-            continue
-        for index, arg in enumerate(_arguments(node)):
+        arguments = [a for a in captures["args"][0].named_children if a.type != "comment"]
+        for index, arg in enumerate(arguments):
             value = string_value(arg)
             if value is not None:
                 facts.call_arguments.append(CallArgument(callee, index, value))
