@@ -2,8 +2,186 @@
 
 from __future__ import annotations
 
+import sys
+from collections import Counter, defaultdict
+from functools import partial
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from dualshift.codemods.result import FileOutcome
+from dualshift.codemods.runner import RunOptions, revert, run_codemod
+from dualshift.codemods.unwrap import unwrap_typescript
+from dualshift.codemods.wrap import is_wrapped, wrap_typescript
+from dualshift.console import fail
 
 codemod_app = typer.Typer(
     help="Rewrite call sites to and from the dual-write wrapper, one file at a time.", no_args_is_help=True
 )
+DEFAULT_WRAPPER = "src/db/dualWrite.ts"
+
+ROOT = typer.Argument(..., help="Root of the source tree (the directory `dualshift scan` mapped).")
+PLAN = typer.Option(..., "--plan", help="The plan (dualshift.toml).")
+FILES = typer.Option([], "--file", "-f", help="Only this file, relative to ROOT (repeatable).")
+APPLY = typer.Option(False, "--apply", help="Write the files (atomically); without it, print the diffs only.")
+PATCH_DIR = typer.Option(None, "--patch-dir", help="Also write one .patch per file that `git apply` accepts.")
+INTERACTIVE = typer.Option(False, "--interactive", "-i", help="With --apply: show each diff and ask yes/no/all/quit.")
+FORCE = typer.Option(False, "--force", help="Rewrite files with uncommitted git changes too.")
+WRAPPER = typer.Option(DEFAULT_WRAPPER, "--wrapper", help="Path of the generated wrapper module, relative to ROOT.")
+
+
+def _transform(kind: str, plan, wrapper: str, reads: bool):
+    def typescript_or_python(source: str, rel: str, calls):
+        if rel.endswith(".py"):
+            from dualshift.codemods import python_rewrite  # issue 6: supabase-py
+
+            if kind == "wrap":
+                return python_rewrite.wrap_python_source(source, rel, plan, wrapper_module=wrapper, reads=reads)
+            return python_rewrite.unwrap_python_source(source, rel, plan)
+        if kind == "wrap":
+            return wrap_typescript(source, rel, calls, plan, wrapper, reads)
+        return unwrap_typescript(source, rel, calls, plan, wrapper)
+
+    return typescript_or_python
+
+
+def _ask(console: Console, state: dict, outcome: FileOutcome) -> bool | None:
+    if state.get("all"):
+        return True
+    typer.echo(outcome.diff, nl=False)
+    answer = typer.prompt(f"apply to {outcome.path}? [y]es / [n]o / [a]ll / [q]uit", default="n").strip().lower()
+    if answer.startswith("a"):
+        state["all"] = True
+        return True
+    if answer.startswith("q"):
+        return None
+    return answer.startswith("y")
+
+
+def _report(console: Console, outcomes: list[FileOutcome], apply: bool) -> None:
+    for outcome in outcomes:
+        if outcome.status == "changed" and not apply:
+            typer.echo(outcome.diff, nl=False)
+        elif outcome.status == "failed":
+            typer.echo(f"dualshift: {outcome.path}: {outcome.reason}", err=True)
+        for site in outcome.skipped_sites:
+            console.print(
+                f"skipped {outcome.path}:{site.line} ({site.table or 'dynamic'}): {site.reason}", highlight=False
+            )
+    counts = Counter(o.status for o in outcomes)
+    reasons = Counter(o.reason for o in outcomes if o.status == "skipped" and o.reason and not o.skipped_sites)
+    detail = "".join(f"; {n} {r}" for r, n in reasons.items())
+    verb = "changed" if apply else "would change"
+    typer.echo(
+        f"{counts['changed']} {verb}, {counts['unchanged']} unchanged, {counts['skipped']} skipped{detail}, "
+        f"{counts['failed']} failed"
+    )
+
+
+def _run(kind: str, root: Path, plan_path: Path, files, apply, patch_dir, interactive, force, wrapper, reads=False):
+    from dualshift.codemods.cli import read_plan
+
+    if not root.is_dir():
+        raise fail(f"{root}: not a directory")
+    plan = read_plan(plan_path)
+    console = Console()
+    state: dict = {}
+    decide = partial(_ask, console, state) if interactive and apply else None
+    wrapper_rel = Path(wrapper).as_posix()
+    try:
+        outcomes = run_codemod(
+            kind,
+            root,
+            _transform(kind, plan, wrapper_rel, reads),
+            RunOptions(apply=apply, force=force, patch_dir=patch_dir, files=tuple(files)),
+            decide,
+            skip=lambda rel: rel == wrapper_rel,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    _report(console, outcomes, apply)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+@codemod_app.command("wrap")
+def wrap(
+    root: Path = ROOT,
+    plan: Path = PLAN,
+    files: list[str] = FILES,
+    reads: bool = typer.Option(False, "--reads", help="Route reads (selects) through the wrapper too."),
+    apply: bool = APPLY,
+    patch_dir: Path | None = PATCH_DIR,
+    interactive: bool = INTERACTIVE,
+    force: bool = FORCE,
+    wrapper: str = WRAPPER,
+) -> None:
+    """Route write call sites on the plan's old tables through dualWrite(client); add the import once per file."""
+    _run("wrap", root, plan, files, apply, patch_dir, interactive, force, wrapper, reads)
+
+
+@codemod_app.command("unwrap")
+def unwrap(
+    root: Path = ROOT,
+    plan: Path = PLAN,
+    files: list[str] = FILES,
+    apply: bool = APPLY,
+    patch_dir: Path | None = PATCH_DIR,
+    interactive: bool = INTERACTIVE,
+    force: bool = FORCE,
+    wrapper: str = WRAPPER,
+) -> None:
+    """Cleanup: back to plain client calls on the new tables, columns mapped, the wrapper import removed."""
+    _run("unwrap", root, plan, files, apply, patch_dir, interactive, force, wrapper)
+
+
+@codemod_app.command("revert")
+def revert_command(
+    root: Path = ROOT,
+    files: list[str] = FILES,
+    force: bool = typer.Option(False, "--force", help="Restore even files edited since the codemod."),
+) -> None:
+    """Restore files exactly as they were before their last codemod (from the ledger in ROOT/.dualshift)."""
+    try:
+        outcomes = revert(root, files, force)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    console = Console()
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            typer.echo(f"dualshift: {outcome.path}: {outcome.reason}", err=True)
+        elif outcome.status == "changed":
+            console.print(f"reverted {outcome.path}", highlight=False)
+    _report(Console(quiet=True), outcomes, True)
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+@codemod_app.command("status")
+def status(root: Path = ROOT, plan: Path = PLAN) -> None:
+    """Per old table of the plan: files whose write call sites are all wrapped, and files still pending."""
+    from dualshift.analyzer.scan import scan_tree
+    from dualshift.codemods.cli import read_plan
+
+    loaded = read_plan(plan)
+    calls = [c for c in scan_tree(root).calls if c.is_write and c.table in loaded.table_mapping]
+    done: dict[str, set[str]] = defaultdict(set)
+    pending: dict[str, set[str]] = defaultdict(set)
+    for call in calls:
+        (done if is_wrapped(call) else pending)[call.table].add(call.file)
+    for table in done:
+        done[table] -= pending[table]
+    table = Table(title="Write call sites on planned tables")
+    for column in ("old table", "new table", "files done", "files pending", "pending"):
+        table.add_column(column)
+    for old in loaded.old_tables:
+        table.add_row(
+            old,
+            loaded.table_mapping[old],
+            str(len(done[old])),
+            str(len(pending[old])),
+            ", ".join(sorted(pending[old])[:4]) + (" …" if len(pending[old]) > 4 else ""),
+        )
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)

@@ -1,0 +1,197 @@
+"""Run a codemod over files: one file's text in, one FileOutcome out; writing is the runner's decision.
+
+A file is rewritten only when every check passes: not modified in git (unless forced), unchanged since
+its dry run, and the result parses without new syntax errors. Writes are atomic (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dualshift.analyzer import typescript
+from dualshift.analyzer.records import CallSite
+from dualshift.analyzer.scan import scan_tree
+from dualshift.codemods.ledger import Ledger, digest
+from dualshift.codemods.result import FileOutcome, Rewrite
+
+Transform = Callable[[str, str, list[CallSite]], Rewrite]
+Decide = Callable[[FileOutcome], bool]  # the --interactive question; True: apply this file
+
+
+@dataclass
+class RunOptions:
+    apply: bool = False
+    force: bool = False
+    patch_dir: Path | None = None
+    files: tuple[str, ...] = ()  # relative paths; empty: every source file under root
+
+
+def unified_diff(rel: str, before: str, after: str) -> str:
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True), after.splitlines(keepends=True), fromfile=f"a/{rel}", tofile=f"b/{rel}"
+    )
+    out = []
+    for line in lines:
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
+
+
+def git_dirty(root: Path, path: Path) -> bool:
+    """Whether git knows of uncommitted changes to the file (False outside a repository)."""
+    try:
+        result = subprocess.run(
+            ["git", "status", "--porcelain", "--", str(path)], cwd=root, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def write_atomically(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o7777
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, newline="") as handle:
+        handle.write(text)
+    os.chmod(handle.name, mode)
+    os.replace(handle.name, path)
+
+
+def _new_syntax_errors(rel: str, before: str, after: str) -> int:
+    suffix = Path(rel).suffix
+    if suffix not in typescript.SUFFIXES:
+        return 0
+    old = typescript.error_count(typescript.parse(before.encode(), suffix))
+    new = typescript.error_count(typescript.parse(after.encode(), suffix))
+    return new - old
+
+
+def _calls_by_file(root: Path) -> tuple[dict[str, list[CallSite]], dict[str, str], list[str]]:
+    """Whole-tree analysis, so that table names imported from other files are resolved."""
+    scanned = scan_tree(root)
+    by_file: dict[str, list[CallSite]] = {}
+    for call in scanned.calls:
+        by_file.setdefault(call.file, []).append(call)
+    failures = {f.file: f.reason for f in scanned.failures}
+    files = sorted(set(by_file) | set(failures))
+    return by_file, failures, files
+
+
+def run_codemod(
+    name: str,
+    root: Path,
+    transform: Transform,
+    options: RunOptions,
+    decide: Decide | None = None,
+    skip: Callable[[str], bool] = lambda rel: False,
+) -> list[FileOutcome]:
+    root = root.resolve()
+    ledger = Ledger.load(root)
+    outcomes: list[FileOutcome] = []
+    quit_requested = False
+    calls_by_file, failures, files = _calls_by_file(root)
+    for rel in options.files or files:
+        rel = Path(rel).as_posix()
+        if quit_requested:
+            outcomes.append(FileOutcome(rel, "skipped", "quit before this file"))
+            continue
+        outcome, new_text, old_text = _one_file(
+            root / rel, rel, transform, skip, calls_by_file.get(rel, []), failures.get(rel)
+        )
+        if outcome.status != "changed":
+            outcomes.append(outcome)
+            continue
+        if options.patch_dir is not None:
+            patch = options.patch_dir / (rel.replace("/", "__") + ".patch")
+            patch.parent.mkdir(parents=True, exist_ok=True)
+            patch.write_text(outcome.diff, encoding="utf-8")
+        if not options.apply:
+            ledger.preview(rel, name, old_text)
+            outcomes.append(outcome)
+            continue
+        if decide is not None:
+            answer = decide(outcome)
+            if answer is None:
+                quit_requested = True
+                outcomes.append(FileOutcome(rel, "skipped", "quit", outcome.diff, outcome.skipped_sites))
+                continue
+            if not answer:
+                outcomes.append(FileOutcome(rel, "skipped", "declined", outcome.diff, outcome.skipped_sites))
+                continue
+        outcomes.append(_apply(name, root, rel, old_text, new_text, outcome, ledger, options.force))
+    ledger.save()
+    return outcomes
+
+
+def _one_file(
+    path: Path, rel: str, transform: Transform, skip, calls: list[CallSite], failure: str | None
+) -> tuple[FileOutcome, str, str]:
+    if skip(rel):
+        return FileOutcome(rel, "skipped", "the wrapper module itself"), "", ""
+    try:
+        old_text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return FileOutcome(rel, "failed", f"cannot read: {getattr(exc, 'strerror', None) or exc}"), "", ""
+    if not path.is_file():
+        return FileOutcome(rel, "failed", "no such file"), "", ""
+    if failure is not None and not calls:
+        return FileOutcome(rel, "skipped", failure), "", old_text
+    try:
+        rewrite = transform(old_text, rel, calls)
+    except ValueError as exc:
+        return FileOutcome(rel, "failed", str(exc)), "", old_text
+    if not rewrite.changed(old_text):
+        status = "skipped" if rewrite.skipped_sites else "unchanged"
+        reason = "; ".join(f"line {s.line}: {s.reason}" for s in rewrite.skipped_sites) or None
+        return FileOutcome(rel, status, reason, skipped_sites=rewrite.skipped_sites), old_text, old_text
+    if _new_syntax_errors(rel, old_text, rewrite.new_source) > 0:
+        return FileOutcome(rel, "failed", "the rewritten file does not parse; left untouched"), "", old_text
+    diff = unified_diff(rel, old_text, rewrite.new_source)
+    return FileOutcome(rel, "changed", None, diff, rewrite.skipped_sites), rewrite.new_source, old_text
+
+
+def _apply(name, root, rel, old_text, new_text, outcome, ledger: Ledger, force: bool) -> FileOutcome:
+    path = root / rel
+    previewed = ledger.previews.get(rel)
+    current = path.read_text(encoding="utf-8")
+    if current != old_text or (previewed and previewed["sha"] != digest(current)):
+        return FileOutcome(rel, "failed", "changed on disk since the dry run; run the dry run again", outcome.diff)
+    if not force and git_dirty(root, path):
+        return FileOutcome(rel, "failed", "has uncommitted changes in git (commit them, or use --force)", outcome.diff)
+    try:
+        write_atomically(path, new_text)
+    except OSError as exc:
+        return FileOutcome(rel, "failed", f"cannot write: {exc.strerror}", outcome.diff)
+    ledger.record(rel, name, old_text, new_text)
+    return outcome
+
+
+def revert(root: Path, files: Iterable[str], force: bool) -> list[FileOutcome]:
+    """Put files back exactly as they were before their last codemod."""
+    root = root.resolve()
+    ledger = Ledger.load(root)
+    targets = list(files) or sorted(f for f, entries in ledger.applied.items() if entries)
+    outcomes = []
+    for rel in targets:
+        entry = ledger.last(rel)
+        if entry is None:
+            outcomes.append(FileOutcome(rel, "skipped", "no codemod applied to this file"))
+            continue
+        path = root / rel
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if digest(current) != entry.result_sha and not force:
+            outcomes.append(FileOutcome(rel, "failed", "edited since the codemod; revert by hand or use --force"))
+            continue
+        write_atomically(path, entry.original) if path.exists() else path.write_text(entry.original, encoding="utf-8")
+        ledger.pop(rel)
+        outcomes.append(
+            FileOutcome(
+                rel, "changed", f"restored from before {entry.codemod}", unified_diff(rel, current, entry.original)
+            )
+        )
+    ledger.save()
+    return outcomes
