@@ -803,6 +803,18 @@ def _table_name(
     return "dynamic", None, f"{'.'.join(path)} is not a constant dualshift can resolve", None
 
 
+def _could_name_a_table(arg: ts.Node) -> bool:
+    """Names, member lookups and string templates could carry a table name; numbers, objects and
+    functions cannot (keeping them out keeps the per-file facts small)."""
+    return _unwrap(arg).type in (
+        "identifier",
+        "member_expression",
+        "subscript_expression",
+        "template_string",
+        "call_expression",
+    )
+
+
 _NOT_HELPERS = frozenset({"from", "rpc", "select", "eq", "log", "error", "warn", "info", "require", "format"})
 
 
@@ -824,7 +836,7 @@ def _collect_call_arguments(facts: ModuleFacts, matches: list[dict[str, list[ts.
                 module, imported = facts.imports[path[0]]
                 reference = Reference("import", path[0], path[1:], module, imported)
                 facts.call_arguments.append(CallArgument(callee, index, None, reference))
-            else:
+            elif resolved is not None or _could_name_a_table(arg):
                 # None: a value known only at run time, which keeps the helper's table dynamic.
                 facts.call_arguments.append(CallArgument(callee, index, resolved))
 

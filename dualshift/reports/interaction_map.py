@@ -93,8 +93,20 @@ def _interaction(call: CallSite, table: str) -> dict[str, Any]:
     return {"file": call.file, "lineNum": call.line, "table": table, "code": first_line}
 
 
+_ONE_PER_LINE = ("calls", "storage_calls", "rpc_calls", "failures")
+
+
 def render_map(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    """Indented JSON, except that each call record stands on one line: diffable, and fast to write
+    (the C encoder does the records; the indenting encoder only the small parts)."""
+    head = {k: v for k, v in data.items() if k not in _ONE_PER_LINE}
+    text = json.dumps(head, indent=2, ensure_ascii=False)[:-2]  # without the closing "\n}"
+    parts = [text]
+    for key in _ONE_PER_LINE:
+        records = data.get(key, [])
+        body = ",\n    ".join(json.dumps(r, ensure_ascii=False) for r in records)
+        parts.append(f',\n  "{key}": [\n    {body}\n  ]' if records else f',\n  "{key}": []')
+    return "".join(parts) + "\n}\n"
 
 
 def write_map(result: Any, out: Path) -> dict[str, Any]:
