@@ -59,6 +59,21 @@ def view_statement(plan: Plan, mapping: SourceMapping) -> sql.Composable:
     )
 
 
+def _same_grants(conn: psycopg.Connection, archived_schema: str, schema: str, name: str) -> list[sql.Composable]:
+    """The view answers to the roles the old table answered to (the new table's rights apply beneath it)."""
+    owner = conn.execute("SELECT current_user").fetchone()[0]
+    rows = conn.execute(
+        "SELECT grantee, privilege_type FROM information_schema.role_table_grants"
+        " WHERE table_schema = ANY(%s) AND table_name = %s AND grantee <> %s ORDER BY 1, 2",
+        ([archived_schema, schema], name, owner),
+    ).fetchall()
+    return [
+        sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), sql.Identifier(schema, name), sql.Identifier(role))
+        for role, privilege in rows
+        if privilege in ("SELECT", "INSERT", "UPDATE", "DELETE")
+    ]
+
+
 def run(conn: psycopg.Connection, plan: Plan, mappings: dict, dsn: str, backup_dir: Path, sink: Sink) -> dict:
     where = backup(conn, plan, dsn, backup_dir, sink)
     views = []
@@ -83,6 +98,8 @@ def run(conn: psycopg.Connection, plan: Plan, mappings: dict, dsn: str, backup_d
         for table in plan.tables:
             for source in table.sources:
                 sink.run(view_statement(plan, mappings[(table.name, source.table)]))
+                for statement in _same_grants(conn, plan.archive_schema, source.schema, source.table):
+                    sink.run(statement)
                 views.append(f"{source.schema}.{source.table}")
     return {"backup": where, "views": views}
 

@@ -1,0 +1,113 @@
+"""A backfill killed mid-run, and who may read what once the new tables and views exist."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dualshift.executor.backfill import BackfillOptions
+from dualshift.executor.connection import connect
+from dualshift.executor.phases import Executor
+from dualshift.plan import load_plan
+
+from .conftest import PLAN
+
+DUALSHIFT = Path(sys.executable).parent / "dualshift"
+
+
+def test_backfill_killed_with_sigkill_resumes_and_parity_holds(dsn: str, db: psycopg.Connection) -> None:
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    command = [
+        str(DUALSHIFT),
+        "migrate",
+        "--dsn",
+        dsn,
+        "--plan",
+        str(PLAN),
+        "backfill",
+        "--batch-size",
+        "100",
+        "--max-rows-per-s",
+        "1500",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    copied = 0
+    while time.monotonic() < deadline and copied < 600:  # let a few batches commit
+        time.sleep(0.2)
+        copied = db.execute("SELECT coalesce(sum(rows_copied), 0) FROM dualshift.checkpoints").fetchone()[0]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    assert copied > 0
+    unfinished = db.execute("SELECT count(*) FROM dualshift.checkpoints WHERE NOT done").fetchone()[0]
+    assert unfinished >= 1  # it really died mid-way
+    resumed = subprocess.run([*command[:-4], "--batch-size", "1000"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert ex.verify()["passed"]
+
+
+@pytest.fixture
+def roles(admin_dsn: str):
+    """Two roles of our own (roles are cluster-wide): one may read the content tables only."""
+    names = {kind: f"ds_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("reader", "outsider")}
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for name in names.values():
+            conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(name)))
+    yield names
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        for name in names.values():
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _can_read(db: psycopg.Connection, role: str, relation: str) -> bool:
+    return db.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (role, relation)).fetchone()[0]
+
+
+def _reads(db: psycopg.Connection, role: str, relation: str) -> bool:
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        try:
+            with db.transaction():
+                db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(relation))).fetchone()
+            return True
+        except psycopg.errors.InsufficientPrivilege:
+            return False
+
+
+def test_no_role_gains_access_through_new_tables_or_views(roles, dsn: str, db: psycopg.Connection, tmp_path) -> None:
+    reader, outsider = roles["reader"], roles["outsider"]
+    db.execute(
+        sql.SQL("GRANT USAGE ON SCHEMA public TO {}, {}").format(sql.Identifier(reader), sql.Identifier(outsider))
+    )
+    db.execute(
+        sql.SQL("GRANT SELECT ON content_metadata, content_generation_metadata_comprehensive, tweets TO {}").format(
+            sql.Identifier(reader)
+        )
+    )
+    db.execute("ALTER TABLE posted_decisions ENABLE ROW LEVEL SECURITY")
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    assert _can_read(db, reader, "content_queue")  # it could read both content sources
+    assert not _can_read(db, reader, "posted_content")  # it could read tweets, not posted_decisions or posts
+    assert not _can_read(db, outsider, "content_queue")
+    assert db.execute("SELECT relrowsecurity FROM pg_class WHERE relname = 'posted_content'").fetchone()[0]
+    ex.backfill(BackfillOptions())
+    assert ex.verify()["passed"]
+    ex.cleanup(tmp_path)
+    assert _reads(db, reader, "content_metadata")  # the compatibility view, over content_queue
+    assert not _reads(db, outsider, "content_metadata")
+    assert not _reads(db, reader, "posted_content")
+    # The view over posted_content runs as the caller (security_invoker): no access through it either.
+    db.execute(sql.SQL("GRANT SELECT ON tweets TO {}").format(sql.Identifier(outsider)))
+    assert not _reads(db, outsider, "tweets")
