@@ -9,9 +9,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from dualshift.analyzer.cache import ScanCache, default_cache_dir
 from dualshift.analyzer.scan import DEFAULT_MAX_BYTES, ScanResult, scan_tree
 from dualshift.console import error, fail
-from dualshift.reports.interaction_map import DEFAULT_NAME, write_map
+from dualshift.reports.interaction_map import DEFAULT_NAME, summarize, write_map
 
 PROGRESS_THRESHOLD = 200  # files; smaller trees finish before a bar is worth drawing
 
@@ -49,13 +50,17 @@ def scan(
     if not root.is_dir():
         raise fail(f"{root}: not a directory")
     result = _scan_with_progress(root, include, exclude, jobs or None, not no_cache, max_file_mb, console)
+    cache = None if no_cache else ScanCache.open(default_cache_dir(), root.resolve())
+    text = cache.map_text(result.tree_key) if cache is not None else None
     try:
-        data = write_map(result, out)
+        rendered = write_map(result, out, text)
     except OSError as exc:
         raise fail(f"{out}: cannot write map: {exc.strerror}") from exc
+    if cache is not None and text is None:
+        cache.put_map_text(result.tree_key, rendered)
     for failure in result.failures:
         error(f"{failure.file}: {failure.reason}")
-    _print_summary(console, data, out)
+    _print_summary(console, result, out)
 
 
 def _scan_with_progress(
@@ -86,20 +91,22 @@ def _scan_with_progress(
         return scan_tree(root, include, exclude, jobs=jobs, progress=advance, use_cache=use_cache, max_bytes=max_bytes)
 
 
-def _print_summary(console: Console, data: dict, out: Path) -> None:
-    summary = data["summary"]
+def _print_summary(console: Console, result: ScanResult, out: Path) -> None:
+    if console.quiet:
+        return
+    summary = summarize(result)
     table = Table(title=f"Database interactions — {summary['filesScanned']} files scanned", title_justify="left")
     table.add_column("table")
     for column in ("reads", "inserts", "updates", "upserts", "deletes", "total"):
         table.add_column(column, justify="right")
     counts: dict[str, dict[str, int]] = {}
-    for call in data["calls"]:
+    for call in result.calls:
         row = counts.setdefault(
-            call["table"] or "(dynamic)",
+            call.table or "(dynamic)",
             dict.fromkeys(("select", "insert", "update", "upsert", "delete", "unknown"), 0),
         )
-        row[call["operation"]] += 1
-        for embedded in call["embedded"]:
+        row[call.operation] += 1
+        for embedded in call.embedded:
             counts.setdefault(embedded, dict.fromkeys(row, 0))["select"] += 1
     for name, row in sorted(counts.items(), key=lambda item: (-sum(item[1].values()), item[0])):
         table.add_row(

@@ -6,11 +6,8 @@ not parse is reported as a ParseFailure and the scan goes on.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -18,9 +15,9 @@ from pathlib import Path
 
 import pathspec
 
-from dualshift import __version__
 from dualshift.analyzer import python as python_analyzer
 from dualshift.analyzer import typescript
+from dualshift.analyzer.cache import ScanCache, content_hash, default_cache_dir, tree_key
 from dualshift.analyzer.records import CallSite, FileResult, ParseFailure, SideCall
 from dualshift.analyzer.resolve import resolve
 
@@ -46,7 +43,6 @@ SKIPPED_DIRECTORIES = frozenset(
     }
 )
 DEFAULT_MAX_BYTES = 2 * 1024 * 1024
-_CACHE_FORMAT = 1
 
 Progress = Callable[[int, int], None]
 
@@ -58,6 +54,7 @@ class ScanResult:
     calls: list[CallSite] = field(default_factory=list)
     side_calls: list[SideCall] = field(default_factory=list)
     failures: list[ParseFailure] = field(default_factory=list)
+    tree_key: str = ""  # identifies the tree's listing; the CLI caches the rendered map under it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,62 +174,22 @@ def analyze_source(rel: str, source: bytes, suffix: str) -> tuple[typescript.Mod
     return facts, failure
 
 
-def _cache_key(rel: str, source: bytes) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"{_CACHE_FORMAT}\0{__version__}\0{rel}\0".encode())
-    digest.update(source)
-    return digest.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dualshift" / "scan"
-
-
-def _cached(cache_dir: Path | None, key: str) -> tuple[typescript.ModuleFacts, ParseFailure | None] | None:
-    if cache_dir is None:
-        return None
-    try:
-        with open(cache_dir / key[:2] / key, "rb") as handle:
-            return pickle.load(handle)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
-        return None
-
-
-def _store(cache_dir: Path | None, key: str, value: tuple[typescript.ModuleFacts, ParseFailure | None]) -> None:
-    if cache_dir is None:
-        return
-    folder = cache_dir / key[:2]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, delete=False) as handle:
-            pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(handle.name, folder / key)
-    except OSError:
-        pass  # a cache that cannot be written only costs speed
-
-
 def _analyze_one(
-    job: tuple[str, str, str | None, int],
-) -> tuple[str, typescript.ModuleFacts | None, ParseFailure | None]:
-    path, rel, cache_dir_text, max_bytes = job
-    cache_dir = Path(cache_dir_text) if cache_dir_text else None
+    job: tuple[str, str, int],
+) -> tuple[str, str | None, typescript.ModuleFacts | None, ParseFailure | None]:
+    """Read, hash and analyze one file: (rel, content hash, facts, failure)."""
+    path, rel, max_bytes = job
     data = _read(Path(path), rel, max_bytes)
     if isinstance(data, ParseFailure):
-        return rel, None, data
-    key = _cache_key(rel, data)
-    hit = _cached(cache_dir, key)
-    if hit is not None:
-        return rel, hit[0], hit[1]
+        return rel, None, None, data
     try:
-        value = analyze_source(rel, data, os.path.splitext(rel)[1])
+        facts, failure = analyze_source(rel, data, os.path.splitext(rel)[1])
     except RecursionError:
-        return rel, None, ParseFailure(rel, "nesting too deep to analyze")
-    _store(cache_dir, key, value)
-    return rel, value[0], value[1]
+        return rel, content_hash(data), None, ParseFailure(rel, "nesting too deep to analyze")
+    return rel, content_hash(data), facts, failure
 
 
-def _run(jobs: list[tuple[str, str, str | None, int]], workers: int) -> Iterator[tuple]:
+def _run(jobs: list[tuple[str, str, int]], workers: int) -> Iterator[tuple]:
     if workers <= 1 or len(jobs) < 64:
         yield from map(_analyze_one, jobs)
         return
@@ -251,6 +208,14 @@ def analyze_file(root: Path, path: Path) -> FileResult:
     return FileResult(file=rel, calls=calls, side_calls=list(facts.side_calls), failure=failure)
 
 
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return -1, -1
+    return info.st_size, info.st_mtime_ns
+
+
 def scan_tree(
     root: Path,
     include: Iterable[str] = (),
@@ -262,23 +227,52 @@ def scan_tree(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ScanResult:
     root = Path(root).resolve()
+    include, exclude = list(include), list(exclude)
     found = discover(root, include, exclude)
-    if use_cache and cache_dir is None:
-        cache_dir = default_cache_dir()
-    cache_text = str(cache_dir) if use_cache and cache_dir is not None else None
-    work = [(str(p), p.relative_to(root).as_posix(), cache_text, max_bytes) for p in found.files]
-    workers = jobs if jobs is not None else (os.cpu_count() or 1)
-    result = ScanResult(root=root, files_scanned=len(work), failures=list(found.failures))
+    listing = [(p.relative_to(root).as_posix(), *_stat(p)) for p in found.files]
+    key = tree_key(repr((include, exclude, max_bytes)), listing)
+    cache = ScanCache.open(cache_dir or default_cache_dir(), root) if use_cache else None
+    if cache is not None:
+        cached = cache.tree(key)
+        if isinstance(cached, ScanResult):
+            cached.tree_key = key
+            return cached
+    result = ScanResult(root=root, files_scanned=len(listing), failures=list(found.failures), tree_key=key)
     modules: dict[str, typescript.ModuleFacts] = {}
-    for done, (rel, facts, failure) in enumerate(_run(work, workers), start=1):
-        if facts is not None:
-            modules[rel] = facts
-            result.side_calls.extend(facts.side_calls)
-        if failure is not None:
-            result.failures.append(failure)
+    work: list[tuple[str, str, int]] = []
+    stats = {rel: (size, mtime) for rel, size, mtime in listing}
+    for rel, size, mtime in listing:
+        hit = cache.unchanged(rel, size, mtime) if cache is not None else None
+        if hit is not None:
+            _collect(result, modules, rel, *hit)
+        else:
+            work.append((str(root / rel), rel, max_bytes))
+    workers = jobs if jobs is not None else (os.cpu_count() or 1)
+    for done, (rel, sha, facts, failure) in enumerate(_run(work, workers), start=1):
+        _collect(result, modules, rel, facts, failure)
+        if cache is not None and sha is not None:
+            cache.put(rel, *stats[rel], sha, (facts, failure))
         if progress is not None:
             progress(done, len(work))
     result.calls = sorted(resolve(modules), key=lambda c: (c.file, c.start_byte, c.line, c.column, c.table or ""))
     result.side_calls.sort(key=lambda c: (c.file, c.line, c.column))
     result.failures.sort(key=lambda f: f.file)
+    if cache is not None:
+        cache.keep_only(set(stats))
+        cache.save()
+        cache.put_tree(key, result)
     return result
+
+
+def _collect(
+    result: ScanResult,
+    modules: dict[str, typescript.ModuleFacts],
+    rel: str,
+    facts: typescript.ModuleFacts | None,
+    failure: ParseFailure | None,
+) -> None:
+    if facts is not None:
+        modules[rel] = facts
+        result.side_calls.extend(facts.side_calls)
+    if failure is not None:
+        result.failures.append(failure)

@@ -8,7 +8,7 @@ from each anchor the chain is climbed through the syntax tree. Table names that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 
 import tree_sitter as ts
@@ -820,93 +820,29 @@ _NOT_HELPERS = frozenset({"from", "rpc", "select", "eq", "log", "error", "warn",
 
 def _collect_call_arguments(facts: ModuleFacts, matches: list[dict[str, list[ts.Node]]]) -> None:
     """The arguments of plain calls, for resolving helper parameters from their callers."""
+    seen: set[CallArgument] = set()
+
+    def add(argument: CallArgument) -> None:
+        if argument not in seen:  # a file calls the same helper the same way many times: keep one
+            seen.add(argument)
+            facts.call_arguments.append(argument)
+
     for captures in matches:
         callee = _text(captures["callee"][0])
-        if callee in _NOT_HELPERS:
+        if callee in _NOT_HELPERS or callee[:1].isupper():  # String(x), Number(x): classes, not helpers
             continue
         arguments = [a for a in captures["args"][0].named_children if a.type != "comment"]
         for index, arg in enumerate(arguments):
             value = string_value(arg)
             if value is not None:
-                facts.call_arguments.append(CallArgument(callee, index, value))
+                add(CallArgument(callee, index, value))
                 continue
             path = _member_path(arg)
             resolved = lookup(facts.symbols, path)[0] if path is not None else None
             if path is not None and resolved is None and path[0] in facts.imports:
                 module, imported = facts.imports[path[0]]
                 reference = Reference("import", path[0], path[1:], module, imported)
-                facts.call_arguments.append(CallArgument(callee, index, None, reference))
+                add(CallArgument(callee, index, None, reference))
             elif resolved is not None or _could_name_a_table(arg):
                 # None: a value known only at run time, which keeps the helper's table dynamic.
-                facts.call_arguments.append(CallArgument(callee, index, resolved))
-
-
-def with_table(
-    record: CallSite, table: str | None, kind: str, resolution: str, tables: tuple[str, ...] = ()
-) -> CallSite:
-    return replace(record, table=table, table_kind=kind, resolution=resolution, resolved_tables=tables)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------------------------------
-# For codemods: the syntax nodes of a recorded chain
-
-
-@dataclass(frozen=True)
-class ChainNodes:
-    from_call: ts.Node
-    steps: tuple[tuple[str, ts.Node], ...]  # (method, call node) after `from`
-
-    def arguments(self, call: ts.Node) -> list[ts.Node]:
-        return _arguments(call)
-
-
-def chain_at(tree: ts.Tree, table_arg_start: int, table_arg_end: int, symbols: dict[str, object]) -> ChainNodes | None:
-    """The chain whose table argument spans these bytes (as recorded in a CallSite)."""
-    node = tree.root_node.descendant_for_byte_range(table_arg_start, table_arg_end)
-    while node is not None and node.type != "arguments":
-        node = node.parent
-    call = node.parent if node is not None else None
-    if call is None or call.type != "call_expression":
-        return None
-    steps, _ = _climb(call, symbols)
-    return ChainNodes(call, tuple((s.method, s.call) for s in steps))
-
-
-def module_symbols(tree: ts.Tree, suffix: str) -> dict[str, object]:
-    return _collect_symbols(_matches(tree.root_node, grammar_for(suffix))["symbol"])
-
-
-def object_pairs(node: ts.Node | None) -> list[tuple[str, ts.Node, ts.Node | None]]:
-    """(key, key node, value node) of an object literal; shorthand properties have no value node."""
-    if node is None:
-        return []
-    node = _unwrap(node)
-    pairs: list[tuple[str, ts.Node, ts.Node | None]] = []
-    if node.type != "object":
-        return pairs
-    for member in node.named_children:
-        if member.type == "pair":
-            key = member.child_by_field_name("key")
-            if key is None or key.type == "computed_property_name":
-                continue
-            name = string_value(key) if key.type in ("string", "template_string") else _text(key)
-            pairs.append((name or "", key, member.child_by_field_name("value")))
-        elif member.type == "shorthand_property_identifier":
-            pairs.append((_text(member), member, None))
-    return pairs
-
-
-def unwrap_expression(node: ts.Node) -> ts.Node:
-    return _unwrap(node)
-
-
-def error_count(tree: ts.Tree) -> int:
-    count = 0
-    stack = [tree.root_node]
-    while stack:
-        node = stack.pop()
-        if node.type == "ERROR" or node.is_missing:
-            count += 1
-        if node.has_error:
-            stack.extend(node.children)
-    return count
+                add(CallArgument(callee, index, resolved))

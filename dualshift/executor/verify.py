@@ -34,6 +34,8 @@ def _expected(plan: Plan, table: NewTable, mappings: list[SourceMapping], column
                 sql.Literal(mapping.precedence), select, sql.Identifier(mapping.source.schema, mapping.source.table)
             )
         )
+    if len(branches) == 1:
+        return branches[0]  # one source: its rows are the expected rows, no precedence to sort out
     keys = sql.SQL(", ").join(map(sql.Identifier, table.key))
     return sql.SQL("SELECT DISTINCT ON ({keys}) * FROM ({union}) u ORDER BY {keys}, __precedence").format(
         keys=keys, union=sql.SQL(" UNION ALL ").join(branches)
@@ -145,9 +147,9 @@ def _source_figures(conn, plan: Plan, table: NewTable, mapping: SourceMapping, n
         )
     rows, missing, recent, recent_missing = conn.execute(
         sql.SQL(
-            "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM {new} n WHERE {match})),"
-            " count(*) FILTER (WHERE {fresh}),"
-            " count(*) FILTER (WHERE {fresh} AND NOT EXISTS (SELECT 1 FROM {new} n WHERE {match})) FROM {old} o"
+            "SELECT count(*), count(*) FILTER (WHERE absent), count(*) FILTER (WHERE fresh),"
+            " count(*) FILTER (WHERE fresh AND absent) FROM ("
+            "SELECT {fresh} AS fresh, NOT EXISTS (SELECT 1 FROM {new} n WHERE {match}) AS absent FROM {old} o) s"
         ).format(new=new, match=match, fresh=fresh, old=old)
     ).fetchone()
     return {

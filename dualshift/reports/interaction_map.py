@@ -37,8 +37,12 @@ def tables_read(call: CallSite) -> list[str]:
     return tables + [t for t in call.embedded if t not in tables]
 
 
-def build_map(result: Any) -> dict[str, Any]:
-    """The map as a JSON-ready dict, from a ScanResult (or anything with the same attributes)."""
+def summarize(result: Any) -> dict[str, int]:
+    """The seeds' summary of a scan (what `build_map` puts under `summary`)."""
+    return _tally(result)[0]
+
+
+def _tally(result: Any) -> tuple[dict[str, int], dict[str, list[dict[str, Any]]], Counter[str], Counter[str]]:
     calls: list[CallSite] = list(result.calls)
     interactions: dict[str, list[dict[str, Any]]] = {"reads": [], "writes": [], "updates": [], "deletes": []}
     per_table: Counter[str] = Counter()
@@ -68,6 +72,13 @@ def build_map(result: Any) -> dict[str, Any]:
         "rpcCalls": sum(1 for c in result.side_calls if c.kind == "rpc"),
         "failedFiles": len(result.failures),
     }
+    return summary, interactions, per_table, per_file
+
+
+def build_map(result: Any) -> dict[str, Any]:
+    """The map as a JSON-ready dict, from a ScanResult (or anything with the same attributes)."""
+    summary, interactions, per_table, per_file = _tally(result)
+    calls: list[CallSite] = list(result.calls)
     return {
         "format": MAP_FORMAT,
         "version": __version__,
@@ -109,14 +120,15 @@ def render_map(data: dict[str, Any]) -> str:
     return "".join(parts) + "\n}\n"
 
 
-def write_map(result: Any, out: Path) -> dict[str, Any]:
-    """Write the map atomically: a reader never sees half a file."""
-    data = build_map(result)
+def write_map(result: Any, out: Path, text: str | None = None) -> str:
+    """Write the map atomically (a reader never sees half a file); `text` is an already rendered map."""
+    if text is None:
+        text = render_map(build_map(result))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(render_map(data))
+        handle.write(text)
     os.replace(handle.name, out)
-    return data
+    return text
 
 
 class MapError(ValueError):

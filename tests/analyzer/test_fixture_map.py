@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -85,3 +86,23 @@ def test_seed_summary_counts_upserts_as_updates() -> None:
     embedded_reads = sum(len([t for t in c["embedded"] if t != c["table"]]) for c in data["calls"])
     assert summary["reads"] == operations.count("select") + embedded_reads
     assert data["topTables"][0] == {"table": "content_metadata", "queries": 12}
+
+
+def test_the_cache_sees_every_change(tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "xbot"
+    shutil.copytree(XBOT, root, symlinks=True)
+    cache = tmp_path / "cache"
+    first = scan_tree(root, cache_dir=cache, jobs=1)
+    assert scan_tree(root, cache_dir=cache, jobs=1).calls == first.calls  # the whole-tree entry
+    job = root / "src" / "jobs" / "replyJob.ts"
+    job.write_text(job.read_text().replace("'reply_opportunities'", "'reply_targets'", 1))
+    os.utime(job, ns=(1, 1))  # even with an old mtime, the size changed
+    changed = scan_tree(root, cache_dir=cache, jobs=1)
+    assert "reply_targets" in {c.table for c in changed.calls}
+    (root / "src" / "jobs" / "newJob.ts").write_text("export const f = (db: any) => db.from('posts').delete();\n")
+    added = scan_tree(root, cache_dir=cache, jobs=1)
+    assert any(c.file == "src/jobs/newJob.ts" for c in added.calls)
+    (root / "src" / "jobs" / "newJob.ts").unlink()
+    assert scan_tree(root, cache_dir=cache, jobs=1).calls == changed.calls

@@ -1,0 +1,123 @@
+"""The scan cache: per-file analysis results keyed by content, and the last result of a whole tree.
+
+One directory per scanned root under $XDG_CACHE_HOME/dualshift/scan/ holds
+- `files.pickle`: for every file, (size, mtime, sha256 of the content, its analysis); a file whose
+  size and mtime are unchanged is not read again (the heuristic git and rsync use), a changed one is
+  re-read, and re-analyzed only if its content hash changed;
+- `tree.pickle` and `map.json`: the resolved result and the rendered map of the last scan, keyed by
+  the whole tree's listing, so that re-scanning an unchanged tree costs a directory walk.
+Everything is written atomically; a cache that cannot be read or written only costs speed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dualshift import __version__
+
+FORMAT = 2
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dualshift" / "scan"
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tree_key(settings: str, listing: list[tuple[str, int, int]]) -> str:
+    digest = hashlib.sha256(f"{FORMAT}\0{__version__}\0{settings}\0".encode())
+    for rel, size, mtime in listing:
+        digest.update(f"{rel}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
+
+
+def _load(path: Path) -> Any:
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError):
+        return None
+
+
+def _dump(path: Path, value: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
+            pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(handle.name, path)
+    except OSError:
+        pass
+
+
+@dataclass
+class ScanCache:
+    folder: Path
+    _files: dict[str, tuple[int, int, str, Any]] | None = None  # rel → (size, mtime, sha, value); read lazily
+    dirty: bool = False
+
+    @classmethod
+    def open(cls, cache_dir: Path, root: Path) -> ScanCache:
+        return cls(cache_dir / hashlib.sha256(str(root).encode()).hexdigest()[:24])
+
+    @property
+    def files(self) -> dict[str, tuple[int, int, str, Any]]:
+        # Only a tree that changed needs the per-file entries; an unchanged one is answered by `tree`.
+        if self._files is None:
+            stored = _load(self.folder / "files.pickle")
+            valid = isinstance(stored, dict) and stored.get("format") == (FORMAT, __version__)
+            self._files = stored["files"] if valid else {}
+        return self._files
+
+    def unchanged(self, rel: str, size: int, mtime: int) -> Any | None:
+        entry = self.files.get(rel)
+        return entry[3] if entry is not None and entry[0] == size and entry[1] == mtime else None
+
+    def same_content(self, rel: str, sha: str) -> Any | None:
+        entry = self.files.get(rel)
+        return entry[3] if entry is not None and entry[2] == sha else None
+
+    def put(self, rel: str, size: int, mtime: int, sha: str, value: Any) -> None:
+        self.files[rel] = (size, mtime, sha, value)
+        self.dirty = True
+
+    def keep_only(self, rels: set[str]) -> None:
+        gone = set(self.files) - rels
+        for rel in gone:
+            del self.files[rel]
+        self.dirty = self.dirty or bool(gone)
+
+    def save(self) -> None:
+        if self.dirty and self._files is not None:
+            _dump(self.folder / "files.pickle", {"format": (FORMAT, __version__), "files": self.files})
+
+    def tree(self, key: str) -> Any | None:
+        stored = _load(self.folder / "tree.pickle")
+        return stored[1] if isinstance(stored, tuple) and stored[0] == key else None
+
+    def put_tree(self, key: str, result: Any) -> None:
+        _dump(self.folder / "tree.pickle", (key, result))
+
+    def map_text(self, key: str) -> str | None:
+        try:
+            head, _, text = (self.folder / "map.json").read_text(encoding="utf-8").partition("\n")
+        except OSError:
+            return None
+        return text if head == key else None
+
+    def put_map_text(self, key: str, text: str) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=self.folder, delete=False) as handle:
+                handle.write(key + "\n" + text)
+            os.replace(handle.name, self.folder / "map.json")
+        except OSError:
+            pass
