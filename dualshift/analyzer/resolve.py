@@ -14,7 +14,7 @@ from dataclasses import replace
 from dualshift.analyzer.records import CallSite
 from dualshift.analyzer.typescript import CallArgument, ModuleFacts, Reference, lookup
 
-_MODULE_SUFFIXES = (".ts", ".tsx", ".mts", ".cts", ".js", ".jsx", ".mjs", ".cjs")
+_MODULE_SUFFIXES = (".ts", ".tsx", ".mts", ".cts", ".js", ".jsx", ".mjs", ".cjs", ".py")
 _ALIAS_PREFIXES = {"@/": ("src/", ""), "~/": ("src/", ""), "src/": ("src/",)}
 
 
@@ -39,9 +39,10 @@ class ModuleIndex:
             for prefix, replacements in _ALIAS_PREFIXES.items():
                 if specifier.startswith(prefix):
                     candidates.extend(r + specifier[len(prefix) :] for r in replacements)
+            candidates.append(specifier)  # a Python package path from the root: app/config/tables
         for candidate in candidates:
             key = _module_key(candidate)
-            for option in (key, f"{key}/index"):
+            for option in (key, f"{key}/index", f"{key}/__init__"):
                 if option in self.by_key:
                     return self.by_key[option]
         return None

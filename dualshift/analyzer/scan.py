@@ -164,9 +164,9 @@ def _read(path: Path, rel: str, max_bytes: int) -> bytes | ParseFailure:
 def analyze_source(rel: str, source: bytes, suffix: str) -> tuple[typescript.ModuleFacts, ParseFailure | None]:
     """Analyze one file's bytes. Python files are complete on their own; TS files may hold references."""
     if suffix in PYTHON_SUFFIXES:
-        result = python_analyzer.analyze_python(rel, source)
-        facts = typescript.ModuleFacts(calls=list(result.calls), side_calls=list(result.side_calls))
-        return facts, result.failure
+        facts = python_analyzer.analyze_module(rel, source)
+        failure = ParseFailure(rel, facts.syntax_error) if facts.syntax_error else None
+        return facts, failure
     facts = typescript.analyze(rel, source, suffix)
     failure = None
     if facts.syntax_error_line is not None:
