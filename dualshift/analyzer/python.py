@@ -28,7 +28,31 @@ RENAMED = {
     "text_search": "textSearch",
 }
 FILTERS_WITH_COLUMN = frozenset(
-    ["eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "is", "in", "contains", "containedBy", "range_gt", "range_gte", "range_lt", "range_lte", "overlaps", "textSearch", "filter", "like_all_of", "like_any_of", "ilike_all_of", "ilike_any_of"]
+    [
+        "eq",
+        "neq",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "like",
+        "ilike",
+        "is",
+        "in",
+        "contains",
+        "containedBy",
+        "range_gt",
+        "range_gte",
+        "range_lt",
+        "range_lte",
+        "overlaps",
+        "textSearch",
+        "filter",
+        "like_all_of",
+        "like_any_of",
+        "ilike_all_of",
+        "ilike_any_of",
+    ]
 )
 WRITES = ("insert", "upsert", "update", "delete")
 

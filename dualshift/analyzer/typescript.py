@@ -846,3 +846,68 @@ def _collect_call_arguments(facts: ModuleFacts, matches: list[dict[str, list[ts.
             elif resolved is not None or _could_name_a_table(arg):
                 # None: a value known only at run time, which keeps the helper's table dynamic.
                 add(CallArgument(callee, index, resolved))
+
+
+# ---------------------------------------------------------------------------------------------
+# For codemods: the syntax nodes of a recorded chain
+
+
+@dataclass(frozen=True)
+class ChainNodes:
+    from_call: ts.Node
+    steps: tuple[tuple[str, ts.Node], ...]  # (method, call node) after `from`
+
+    def arguments(self, call: ts.Node) -> list[ts.Node]:
+        return _arguments(call)
+
+
+def chain_at(tree: ts.Tree, table_arg_start: int, table_arg_end: int, symbols: dict[str, object]) -> ChainNodes | None:
+    """The chain whose table argument spans these bytes (as recorded in a CallSite)."""
+    node = tree.root_node.descendant_for_byte_range(table_arg_start, table_arg_end)
+    while node is not None and node.type != "arguments":
+        node = node.parent
+    call = node.parent if node is not None else None
+    if call is None or call.type != "call_expression":
+        return None
+    steps, _ = _climb(call, symbols)
+    return ChainNodes(call, tuple((s.method, s.call) for s in steps))
+
+
+def module_symbols(tree: ts.Tree, suffix: str) -> dict[str, object]:
+    return _collect_symbols(_matches(tree.root_node, grammar_for(suffix))["symbol"])
+
+
+def object_pairs(node: ts.Node | None) -> list[tuple[str, ts.Node, ts.Node | None]]:
+    """(key, key node, value node) of an object literal; shorthand properties have no value node."""
+    if node is None:
+        return []
+    node = _unwrap(node)
+    pairs: list[tuple[str, ts.Node, ts.Node | None]] = []
+    if node.type != "object":
+        return pairs
+    for member in node.named_children:
+        if member.type == "pair":
+            key = member.child_by_field_name("key")
+            if key is None or key.type == "computed_property_name":
+                continue
+            name = string_value(key) if key.type in ("string", "template_string") else _text(key)
+            pairs.append((name or "", key, member.child_by_field_name("value")))
+        elif member.type == "shorthand_property_identifier":
+            pairs.append((_text(member), member, None))
+    return pairs
+
+
+def unwrap_expression(node: ts.Node) -> ts.Node:
+    return _unwrap(node)
+
+
+def error_count(tree: ts.Tree) -> int:
+    count = 0
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR" or node.is_missing:
+            count += 1
+        if node.has_error:
+            stack.extend(node.children)
+    return count

@@ -29,17 +29,25 @@ APPLY = typer.Option(False, "--apply", help="Write the files (atomically); witho
 PATCH_DIR = typer.Option(None, "--patch-dir", help="Also write one .patch per file that `git apply` accepts.")
 INTERACTIVE = typer.Option(False, "--interactive", "-i", help="With --apply: show each diff and ask yes/no/all/quit.")
 FORCE = typer.Option(False, "--force", help="Rewrite files with uncommitted git changes too.")
-WRAPPER = typer.Option(DEFAULT_WRAPPER, "--wrapper", help="Path of the generated wrapper module, relative to ROOT.")
+WRAPPER = typer.Option(DEFAULT_WRAPPER, "--wrapper", help="Path of the generated TypeScript wrapper, relative to ROOT.")
+PY_WRAPPER = typer.Option(
+    "dual_write.py",
+    "--python-wrapper",
+    help="Path of the generated Python wrapper, relative to ROOT (its module path).",
+)
 
 
-def _transform(kind: str, plan, wrapper: str, reads: bool):
+def _transform(kind: str, plan, wrapper: str, reads: bool, python_wrapper: str = "dual_write.py"):
     def typescript_or_python(source: str, rel: str, calls):
         if rel.endswith(".py"):
-            from dualshift.codemods import python_rewrite  # issue 6: supabase-py
+            from dualshift.codemods import python_rewrite
 
+            module = python_wrapper
             if kind == "wrap":
-                return python_rewrite.wrap_python_source(source, rel, plan, wrapper_module=wrapper, reads=reads)
-            return python_rewrite.unwrap_python_source(source, rel, plan)
+                return python_rewrite.wrap_python_source(
+                    source, rel, plan, wrapper_module=module, reads=reads, calls=calls
+                )
+            return python_rewrite.unwrap_python_source(source, rel, plan, calls=calls, wrapper_module=module)
         if kind == "wrap":
             return wrap_typescript(source, rel, calls, plan, wrapper, reads)
         return unwrap_typescript(source, rel, calls, plan, wrapper)
@@ -80,7 +88,19 @@ def _report(console: Console, outcomes: list[FileOutcome], apply: bool) -> None:
     )
 
 
-def _run(kind: str, root: Path, plan_path: Path, files, apply, patch_dir, interactive, force, wrapper, reads=False):
+def _run(
+    kind: str,
+    root: Path,
+    plan_path: Path,
+    files,
+    apply,
+    patch_dir,
+    interactive,
+    force,
+    wrapper,
+    python_wrapper,
+    reads=False,
+):
     from dualshift.codemods.cli import read_plan
 
     if not root.is_dir():
@@ -94,10 +114,10 @@ def _run(kind: str, root: Path, plan_path: Path, files, apply, patch_dir, intera
         outcomes = run_codemod(
             kind,
             root,
-            _transform(kind, plan, wrapper_rel, reads),
+            _transform(kind, plan, wrapper_rel, reads, python_wrapper),
             RunOptions(apply=apply, force=force, patch_dir=patch_dir, files=tuple(files)),
             decide,
-            skip=lambda rel: rel == wrapper_rel,
+            skip=lambda rel: rel in (wrapper_rel, python_wrapper),
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc
@@ -117,9 +137,11 @@ def wrap(
     interactive: bool = INTERACTIVE,
     force: bool = FORCE,
     wrapper: str = WRAPPER,
+    python_wrapper: str = PY_WRAPPER,
 ) -> None:
-    """Route write call sites on the plan's old tables through dualWrite(client); add the import once per file."""
-    _run("wrap", root, plan, files, apply, patch_dir, interactive, force, wrapper, reads)
+    """Route write call sites on the plan's old tables through dualWrite(client) (dual_write(client) in
+    Python); add the import once per file."""
+    _run("wrap", root, plan, files, apply, patch_dir, interactive, force, wrapper, python_wrapper, reads)
 
 
 @codemod_app.command("unwrap")
@@ -132,9 +154,10 @@ def unwrap(
     interactive: bool = INTERACTIVE,
     force: bool = FORCE,
     wrapper: str = WRAPPER,
+    python_wrapper: str = PY_WRAPPER,
 ) -> None:
     """Cleanup: back to plain client calls on the new tables, columns mapped, the wrapper import removed."""
-    _run("unwrap", root, plan, files, apply, patch_dir, interactive, force, wrapper)
+    _run("unwrap", root, plan, files, apply, patch_dir, interactive, force, wrapper, python_wrapper)
 
 
 @codemod_app.command("revert")

@@ -9,10 +9,12 @@ from dualshift.codemods.result import Rewrite, SkippedSite
 from dualshift.plan import Plan
 
 WRAPPER_NAME = "dualWrite"
+PYTHON_WRAPPER_NAME = "dual_write"
 
 
 def is_wrapped(call: CallSite) -> bool:
-    return call.client.replace(" ", "").startswith(f"{WRAPPER_NAME}(")
+    name = PYTHON_WRAPPER_NAME if call.language == "python" else WRAPPER_NAME
+    return call.client.replace(" ", "").startswith(f"{name}(")
 
 
 def _planned(call: CallSite, plan: Plan) -> bool:
@@ -35,10 +37,10 @@ def why_not(call: CallSite, plan: Plan, reads: bool) -> str | None:
     return None
 
 
-def wrap_typescript(
-    source: str, rel_path: str, calls: list[CallSite], plan: Plan, wrapper_path: str, reads: bool
-) -> Rewrite:
-    raw = source.encode("utf-8")
+def receiver_edits(
+    calls: list[CallSite], plan: Plan, reads: bool, name: str
+) -> tuple[list[Edit], list[SkippedSite], int]:
+    """`client` → `name(client)` at every site to wrap; the sites left alone, with their reasons."""
     edits: list[Edit] = []
     skipped: list[SkippedSite] = []
     done: set[tuple[int, int]] = set()
@@ -55,10 +57,17 @@ def wrap_typescript(
         if span in done:
             continue  # one site resolved to several tables: one rewrite
         done.add(span)
-        edits.append(Edit(call.receiver_start, call.receiver_start, f"{WRAPPER_NAME}("))
+        edits.append(Edit(call.receiver_start, call.receiver_start, f"{name}("))
         edits.append(Edit(call.receiver_end, call.receiver_end, ")"))
+    return edits, skipped, len(done)
+
+
+def wrap_typescript(
+    source: str, rel_path: str, calls: list[CallSite], plan: Plan, wrapper_path: str, reads: bool
+) -> Rewrite:
+    edits, skipped, count = receiver_edits(calls, plan, reads, WRAPPER_NAME)
     if not edits:
         return Rewrite(source, 0, tuple(skipped))
-    rewritten = apply_edits(raw, edits).decode("utf-8")
+    rewritten = apply_edits(source.encode("utf-8"), edits).decode("utf-8")
     rewritten = add_import(rewritten, WRAPPER_NAME, module_specifier(rel_path, wrapper_path))
-    return Rewrite(rewritten, len(done), tuple(skipped))
+    return Rewrite(rewritten, count, tuple(skipped))

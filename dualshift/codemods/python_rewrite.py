@@ -1,0 +1,250 @@
+"""The codemods for supabase-py files: `client.table('t')` ⇄ `dual_write(client).table('t')`.
+
+Receivers are rewritten by byte range (what the analyzer recorded), so nothing else in the file moves;
+imports are added and removed with LibCST's import visitors, which know Python's import forms.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import libcst as cst
+from libcst.codemod import CodemodContext
+from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
+from libcst.metadata import ByteSpanPositionProvider, MetadataWrapper, ParentNodeProvider
+
+from dualshift.analyzer.records import CallSite
+from dualshift.analyzer.select_string import split_top_level
+from dualshift.codemods.edits import Edit, apply_edits
+from dualshift.codemods.result import Rewrite, SkippedSite
+from dualshift.codemods.wrap import PYTHON_WRAPPER_NAME, is_wrapped, receiver_edits
+from dualshift.plan import NewTable, Plan, Source
+
+
+def wrapper_module_name(wrapper_path: str) -> str:
+    """`worker/db/dual_write.py` → `worker.db.dual_write`."""
+    return re.sub(r"\.py$", "", wrapper_path).replace("/", ".")
+
+
+def _with_import(source: str, module: str, add: bool) -> str:
+    tree = cst.parse_module(source)
+    context = CodemodContext()
+    if add:
+        AddImportsVisitor.add_needed_import(context, module, PYTHON_WRAPPER_NAME)
+        return AddImportsVisitor(context).transform_module(tree).code
+    RemoveImportsVisitor.remove_unused_import(context, module, PYTHON_WRAPPER_NAME)
+    return RemoveImportsVisitor(context).transform_module(tree).code
+
+
+def wrap_python_source(
+    source: str, rel_path: str, plan: Plan, *, wrapper_module: str, reads: bool = False, calls: list[CallSite]
+) -> Rewrite:
+    edits, skipped, count = receiver_edits(calls, plan, reads, PYTHON_WRAPPER_NAME)
+    if not edits:
+        return Rewrite(source, 0, tuple(skipped))
+    rewritten = apply_edits(source.encode("utf-8"), edits).decode("utf-8")
+    return Rewrite(_with_import(rewritten, wrapper_module_name(wrapper_module), True), count, tuple(skipped))
+
+
+# ---------------------------------------------------------------------------------------------
+# unwrap
+
+
+class CannotMap(ValueError):
+    pass
+
+
+def _string_value(node: cst.BaseExpression) -> str | None:
+    if isinstance(node, cst.SimpleString):
+        value = node.evaluated_value
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _quoted(text: str, like: cst.SimpleString | None) -> str:
+    quote = like.quote if like is not None and like.quote in ('"', "'") else '"'
+    return quote + text.replace("\\", "\\\\").replace(quote, "\\" + quote) + quote
+
+
+class _Mapper:
+    def __init__(self, table: NewTable, source: Source, spans) -> None:
+        self.table, self.source, self.spans = table, source, spans
+        self.mapping = table.column_mapping(source.table)
+        self.edits: list[Edit] = []
+
+    def span(self, node: cst.CSTNode) -> tuple[int, int]:
+        span = self.spans[node]
+        return span.start, span.start + span.length
+
+    def column(self, name: str) -> str:
+        if name in self.mapping:
+            return self.mapping[name]
+        raise CannotMap(f"column {name} of {self.source.table} has no place in {self.table.name}")
+
+    def string(self, node: cst.BaseExpression, transform) -> None:
+        value = _string_value(node)
+        if value is None:
+            raise CannotMap("a column given as an expression cannot be mapped")
+        mapped = transform(value)
+        if mapped != value:
+            self.edits.append(Edit(*self.span(node), _quoted(mapped, node)))
+
+    def rows(self, node: cst.BaseExpression, constants: bool) -> None:
+        if isinstance(node, cst.List | cst.Tuple):
+            for element in node.elements:
+                self.rows(element.value, constants)
+            return
+        if not isinstance(node, cst.Dict):
+            raise CannotMap("rows built elsewhere cannot have their columns renamed here")
+        present = set()
+        for element in node.elements:
+            if not isinstance(element, cst.DictElement) or _string_value(element.key) is None:
+                raise CannotMap("a row with computed keys cannot be mapped")
+            new = self.column(_string_value(element.key))
+            present.add(new)
+            self.string(element.key, lambda _value, new=new: new)
+        if constants:
+            missing = [(c, v) for c, v in self.source.constants.items() if c not in present]
+            if missing:
+                text = ", ".join(
+                    f"{_quoted(c, None)}: {json.dumps(v) if not isinstance(v, bool) else str(v)}" for c, v in missing
+                )
+                if node.elements:
+                    end = self.span(node.elements[-1])[1]
+                    self.edits.append(Edit(end, end, ", " + text))
+                else:
+                    start, stop = self.span(node)
+                    self.edits.append(Edit(start, stop, "{" + text + "}"))
+
+    def select(self, text: str) -> str:
+        parts = []
+        for item in split_top_level(text):
+            if "(" in item or item.strip() == "*":
+                parts.append(item)
+                continue
+            alias, _, column = item.rpartition(":")
+            mapped = self.column(column.strip())
+            parts.append(item if mapped == column.strip() else f"{alias or column.strip()}:{mapped}")
+        return ", ".join(parts)
+
+    def conflict(self, text: str) -> str:
+        return ",".join(self.column(c.strip()) for c in text.split(",") if c.strip())
+
+    def expression(self, text: str) -> str:
+        return re.sub(
+            r"(^|[,(])([A-Za-z_][A-Za-z0-9_]*)(?=\.)",
+            lambda m: m.group(0) if m.group(2) in ("and", "or", "not") else m.group(1) + self.column(m.group(2)),
+            text,
+        )
+
+
+FILTERS = frozenset(
+    [
+        "eq",
+        "neq",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "like",
+        "ilike",
+        "is_",
+        "in_",
+        "contains",
+        "contained_by",
+        "range_gt",
+        "range_gte",
+        "range_lt",
+        "range_lte",
+        "overlaps",
+        "text_search",
+        "filter",
+        "order",
+    ]
+)
+
+
+def _chain_calls(call: cst.Call, parents) -> list[tuple[str, cst.Call]]:
+    steps = []
+    current: cst.CSTNode = call
+    while True:
+        parent = parents.get(current)
+        if not isinstance(parent, cst.Attribute) or parent.value is not current:
+            return steps
+        grand = parents.get(parent)
+        if isinstance(grand, cst.Call) and grand.func is parent:
+            steps.append((parent.attr.value, grand))
+            current = grand
+        elif parent.attr.value == "not_":
+            current = parent
+        else:
+            return steps
+
+
+def unwrap_python_source(
+    source: str, rel_path: str, plan: Plan, *, calls: list[CallSite], wrapper_module: str
+) -> Rewrite:
+    wrapper = MetadataWrapper(cst.parse_module(source), unsafe_skip_copy=True)
+    spans = wrapper.resolve(ByteSpanPositionProvider)
+    parents = wrapper.resolve(ParentNodeProvider)
+    anchors = {
+        (span.start, span.start + span.length): node
+        for node, span in spans.items()
+        if isinstance(node, cst.Arg) and isinstance(parents.get(node), cst.Call)
+    }
+    raw = source.encode("utf-8")
+    edits: list[Edit] = []
+    skipped: list[SkippedSite] = []
+    done = 0
+    for call in calls:
+        if not is_wrapped(call):
+            continue
+        table = plan.new_table_for(call.table or "")
+        arg = anchors.get((call.table_arg_start, call.table_arg_end))
+        if table is None or arg is None:
+            skipped.append(
+                SkippedSite(call.line, call.table, "not an old table of the plan: remove dual_write( ) by hand")
+            )
+            continue
+        mapper = _Mapper(table, table.source(call.table), spans)
+        try:
+            for method, node in _chain_calls(parents[arg], parents):
+                positional = [a.value for a in node.args if a.keyword is None]
+                keywords = {a.keyword.value: a.value for a in node.args if a.keyword is not None}
+                first = positional[0] if positional else None
+                if method in ("insert", "upsert") and first is not None:
+                    mapper.rows(first, constants=True)
+                    if "on_conflict" in keywords:
+                        mapper.string(keywords["on_conflict"], mapper.conflict)
+                elif (method == "update" and first is not None) or (method == "match" and first is not None):
+                    mapper.rows(first, constants=False)
+                elif method == "select":
+                    for value in positional:
+                        mapper.string(value, mapper.select)
+                elif method == "or_" and first is not None:
+                    mapper.string(first, mapper.expression)
+                elif method in FILTERS and first is not None:
+                    mapper.string(first, mapper.column)
+        except CannotMap as exc:
+            skipped.append(SkippedSite(call.line, call.table, str(exc)))
+            continue
+        receiver = raw[call.receiver_start : call.receiver_end].decode("utf-8")
+        inner = receiver[receiver.index("(") + 1 : receiver.rindex(")")]
+        table_node = arg.value
+        edits += mapper.edits
+        edits.append(Edit(call.receiver_start, call.receiver_end, inner))
+        edits.append(
+            Edit(
+                call.table_arg_start,
+                call.table_arg_end,
+                _quoted(table.name, table_node if isinstance(table_node, cst.SimpleString) else None),
+            )
+        )
+        done += 1
+    if not edits:
+        return Rewrite(source, 0, tuple(skipped))
+    rewritten = apply_edits(raw, edits).decode("utf-8")
+    if not re.search(rf"\b{PYTHON_WRAPPER_NAME}\s*\(", rewritten):
+        rewritten = _with_import(rewritten, wrapper_module_name(wrapper_module), False)
+    return Rewrite(rewritten, done, tuple(skipped))
