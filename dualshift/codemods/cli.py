@@ -88,8 +88,7 @@ def generate_wrapper(
 
     loaded = read_plan(plan)
     try:
-        options = {"flags_schema": flags_schema, "timeout_ms": timeout_ms} if lang == "ts" else {}
-        text = render_wrapper(loaded, lang, **options)
+        text = render_wrapper(loaded, lang, flags_schema=flags_schema, timeout_ms=timeout_ms)
     except (ValueError, ImportError) as exc:
         raise fail(f"--lang {lang}: {exc}") from exc
     try:

@@ -18,7 +18,7 @@ _ENV = jinja2.Environment(
     autoescape=False,  # code, not HTML; every plan value is rendered through JSON
     keep_trailing_newline=True,
 )
-LANGUAGES = ("ts",)
+LANGUAGES = ("ts", "py")
 DEFAULT_TIMEOUT_MS = 2000
 DEFAULT_FLAGS_TTL_MS = 5000
 
@@ -55,9 +55,9 @@ def render_wrapper(plan: Plan, language: str, **options: Any) -> str:
     if language == "ts":
         return render_typescript(plan, **options)
     if language == "py":
-        from dualshift.codemods.wrapper_python import render_python_wrapper  # issue 6
+        from dualshift.codemods.wrapper_python import render_python_wrapper
 
-        return render_python_wrapper(plan)
+        return render_python_wrapper(plan, **options)
     raise ValueError(f"unknown wrapper language {language!r} (choose ts or py)")
 
 
