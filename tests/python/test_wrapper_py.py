@@ -122,6 +122,7 @@ def test_filters_replayed_with_mapped_columns(wrapper) -> None:
         "topic.eq.x,predicted_engagement.gt.0.1"
     ).execute()
     old, new = recorder.writes()
+    assert old["table"] == "content_generation_metadata_comprehensive"
     assert new["table"] == "content_queue" and new["body"] == {"raw_topic": "sleep"}
     assert new["query"]["decision_id"] == "eq.d9"
     assert new["query"]["or"] == "(raw_topic.eq.x,predicted_er.gt.0.1)"
