@@ -43,18 +43,21 @@ def _expected(plan: Plan, table: NewTable, mappings: list[SourceMapping], column
 
 
 def _row_hash(columns: list[str], alias: str, fed_by: dict[str, list[int]] | None = None) -> sql.Composable:
-    """md5 of the row's columns as jsonb, which keeps NULL and '' apart and normalises numeric scale,
-    timestamptz and jsonb spacing. On the expected side a column the winning source does not feed
-    takes the new table's value (its default), so only what a source carries is compared."""
+    """md5 of the row's text form. Both sides have the new table's column types (the expected side is
+    cast), so the text is canonical: NULL and '' differ, numeric scale and jsonb spacing follow the type.
+    On the expected side a column the winning source does not feed takes the new table's value (its
+    default), so only what a source carries is compared."""
     values = []
     for column in columns:
-        value = sql.SQL("to_jsonb({})").format(sql.Identifier(alias, column))
+        value: sql.Composable = sql.Identifier(alias, column)
         if fed_by is not None:
-            value = sql.SQL("CASE WHEN e.__precedence = ANY({}) THEN {} ELSE to_jsonb({}) END").format(
+            value = sql.SQL("CASE WHEN e.__precedence = ANY({}) THEN {} ELSE {} END").format(
                 sql.Literal(fed_by[column]), value, sql.Identifier("n", column)
             )
         values.append(value)
-    return sql.SQL("md5(jsonb_build_array({})::text)").format(sql.SQL(", ").join(values))
+    if not values:
+        return sql.SQL("''")
+    return sql.SQL("md5(ROW({})::text)").format(sql.SQL(", ").join(values))
 
 
 def compare_table(
@@ -86,7 +89,7 @@ def compare_table(
     ).fetchone()
     missing, extra, differing, expected_rows, new_rows = counts
     samples = _samples(conn, table, expected, new, key_match, compared, fed_by) if differing or missing or extra else []
-    per_source = [_source_figures(conn, plan, table, m, new, freshness_hours) for m in mappings]
+    per_source = [_source_figures(conn, plan, table, m, new, freshness_hours, missing > 0) for m in mappings]
     return {
         "table": table.name,
         "expected_rows": expected_rows,
@@ -136,7 +139,9 @@ def _samples(conn, table: NewTable, expected, new, key_match, compared: list[str
     return samples
 
 
-def _source_figures(conn, plan: Plan, table: NewTable, mapping: SourceMapping, new, hours: int) -> dict[str, Any]:
+def _source_figures(
+    conn, plan: Plan, table: NewTable, mapping: SourceMapping, new, hours: int, look_for_missing: bool
+) -> dict[str, Any]:
     old = sql.Identifier(mapping.source.schema, mapping.source.table)
     exprs = dict(mapping.pairs)
     match = sql.SQL(" AND ").join(sql.SQL("n.{} = {}").format(sql.Identifier(k), exprs[k]) for k in table.key)
@@ -145,12 +150,16 @@ def _source_figures(conn, plan: Plan, table: NewTable, mapping: SourceMapping, n
         fresh = sql.SQL("o.{} >= now() - make_interval(hours => {})").format(
             sql.Identifier(mapping.source.timestamp), sql.Literal(hours)
         )
+    # One pass over the source answers all four questions; the anti-join only when the table misses keys.
+    absent = sql.SQL("FALSE")
+    if look_for_missing:
+        absent = sql.SQL("NOT EXISTS (SELECT 1 FROM {} n WHERE {})").format(new, match)
     rows, missing, recent, recent_missing = conn.execute(
         sql.SQL(
             "SELECT count(*), count(*) FILTER (WHERE absent), count(*) FILTER (WHERE fresh),"
             " count(*) FILTER (WHERE fresh AND absent) FROM ("
-            "SELECT {fresh} AS fresh, NOT EXISTS (SELECT 1 FROM {new} n WHERE {match}) AS absent FROM {old} o) s"
-        ).format(new=new, match=match, fresh=fresh, old=old)
+            "SELECT {fresh} AS fresh, {absent} AS absent FROM {old} o) s"
+        ).format(fresh=fresh, old=old, absent=absent)
     ).fetchone()
     return {
         "source": mapping.source.table,
