@@ -13,47 +13,13 @@ from __future__ import annotations
 import libcst as cst
 from libcst.metadata import ByteSpanPositionProvider, MetadataWrapper, ParentNodeProvider, PositionProvider
 
+from dualshift.analyzer.postgrest import COLUMN_FILTERS, from_python
 from dualshift.analyzer.records import CallSite, FileResult, Filter, ParseFailure, SideCall
 from dualshift.analyzer.resolve import resolve
 from dualshift.analyzer.select_string import columns_in_filter_expression, parse_select
 from dualshift.analyzer.typescript import CallArgument, ModuleFacts, Reference, lookup
 
 ANCHORS = frozenset({"table", "from_"})
-RENAMED = {
-    "in_": "in",
-    "is_": "is",
-    "or_": "or",
-    "not_": "not",
-    "contained_by": "containedBy",
-    "text_search": "textSearch",
-}
-FILTERS_WITH_COLUMN = frozenset(
-    [
-        "eq",
-        "neq",
-        "gt",
-        "gte",
-        "lt",
-        "lte",
-        "like",
-        "ilike",
-        "is",
-        "in",
-        "contains",
-        "containedBy",
-        "range_gt",
-        "range_gte",
-        "range_lt",
-        "range_lte",
-        "overlaps",
-        "textSearch",
-        "filter",
-        "like_all_of",
-        "like_any_of",
-        "ilike_all_of",
-        "ilike_any_of",
-    ]
-)
 WRITES = ("insert", "upsert", "update", "delete")
 
 
@@ -241,7 +207,7 @@ class _Visitor(cst.CSTVisitor):
             parent = self._parent(current)
             if not isinstance(parent, cst.Attribute) or parent.value is not current:
                 break
-            method = RENAMED.get(parent.attr.value, parent.attr.value)
+            method = from_python(parent.attr.value)
             grand = self._parent(parent)
             if isinstance(grand, cst.Call) and grand.func is parent:
                 steps.append((method, grand))
@@ -377,7 +343,7 @@ class _Visitor(cst.CSTVisitor):
                 text = _string(keywords.get("on_conflict"))
                 if text:
                     conflict.extend(c.strip() for c in text.split(",") if c.strip())
-            elif method in FILTERS_WITH_COLUMN or method == "order":
+            elif method in COLUMN_FILTERS or method == "order":
                 if method == "order":
                     continue
                 value = cst.Module([]).code_for_node(positional[-1]) if len(positional) > 1 else None

@@ -14,6 +14,7 @@ from functools import cache
 import tree_sitter as ts
 import tree_sitter_typescript as ts_typescript
 
+from dualshift.analyzer.postgrest import COLUMN_FILTERS
 from dualshift.analyzer.records import CallSite, Filter, SideCall
 from dualshift.analyzer.select_string import columns_in_filter_expression, parse_select
 
@@ -22,35 +23,7 @@ TSX_SUFFIXES = {".tsx": "tsx", ".jsx": "javascript", ".js": "javascript", ".mjs"
 SUFFIXES = {**TS_SUFFIXES, **TSX_SUFFIXES}
 
 OPERATIONS = ("insert", "upsert", "update", "delete", "select")
-FILTERS_WITH_COLUMN = frozenset(
-    [
-        "eq",
-        "neq",
-        "gt",
-        "gte",
-        "lt",
-        "lte",
-        "like",
-        "ilike",
-        "likeAllOf",
-        "likeAnyOf",
-        "ilikeAllOf",
-        "ilikeAnyOf",
-        "is",
-        "in",
-        "contains",
-        "containedBy",
-        "rangeGt",
-        "rangeGte",
-        "rangeLt",
-        "rangeLte",
-        "rangeAdjacent",
-        "overlaps",
-        "textSearch",
-        "not",
-        "filter",
-    ]
-)
+FILTERS_WITH_COLUMN = COLUMN_FILTERS
 FILTERS_WITH_OBJECT = frozenset({"match"})
 FILTERS_WITH_EXPRESSION = frozenset({"or"})
 # Receivers that are classes or namespaces, never Supabase clients: `Array.from`, `Buffer.from`, ...

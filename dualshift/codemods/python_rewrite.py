@@ -14,8 +14,8 @@ from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
 from libcst.metadata import ByteSpanPositionProvider, MetadataWrapper, ParentNodeProvider
 
+from dualshift.analyzer.postgrest import PYTHON_COLUMN_FILTERS, map_column_list, map_filter_expression, map_select_list
 from dualshift.analyzer.records import CallSite
-from dualshift.analyzer.select_string import split_top_level
 from dualshift.codemods.edits import Edit, apply_edits
 from dualshift.codemods.result import Rewrite, SkippedSite
 from dualshift.codemods.wrap import PYTHON_WRAPPER_NAME, is_wrapped, receiver_edits
@@ -118,51 +118,16 @@ class _Mapper:
                     self.edits.append(Edit(start, stop, "{" + text + "}"))
 
     def select(self, text: str) -> str:
-        parts = []
-        for item in split_top_level(text):
-            if "(" in item or item.strip() == "*":
-                parts.append(item)
-                continue
-            alias, _, column = item.rpartition(":")
-            mapped = self.column(column.strip())
-            parts.append(item if mapped == column.strip() else f"{alias or column.strip()}:{mapped}")
-        return ", ".join(parts)
+        return map_select_list(text, self.column)
 
     def conflict(self, text: str) -> str:
-        return ",".join(self.column(c.strip()) for c in text.split(",") if c.strip())
+        return map_column_list(text, self.column)
 
     def expression(self, text: str) -> str:
-        return re.sub(
-            r"(^|[,(])([A-Za-z_][A-Za-z0-9_]*)(?=\.)",
-            lambda m: m.group(0) if m.group(2) in ("and", "or", "not") else m.group(1) + self.column(m.group(2)),
-            text,
-        )
+        return map_filter_expression(text, self.column)
 
 
-FILTERS = frozenset(
-    [
-        "eq",
-        "neq",
-        "gt",
-        "gte",
-        "lt",
-        "lte",
-        "like",
-        "ilike",
-        "is_",
-        "in_",
-        "contains",
-        "contained_by",
-        "range_gt",
-        "range_gte",
-        "range_lt",
-        "range_lte",
-        "overlaps",
-        "text_search",
-        "filter",
-        "order",
-    ]
-)
+FILTERS = PYTHON_COLUMN_FILTERS | {"order"}
 
 
 def _chain_calls(call: cst.Call, parents) -> list[tuple[str, cst.Call]]:

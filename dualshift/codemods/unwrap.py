@@ -14,8 +14,8 @@ import re
 from pathlib import PurePosixPath
 
 from dualshift.analyzer import typescript
+from dualshift.analyzer.postgrest import map_column_list, map_filter_expression, map_select_list
 from dualshift.analyzer.records import CallSite
-from dualshift.analyzer.select_string import split_top_level
 from dualshift.codemods.edits import Edit, apply_edits
 from dualshift.codemods.imports import detect_style, module_specifier, remove_import
 from dualshift.codemods.result import Rewrite, SkippedSite
@@ -91,30 +91,13 @@ class _SiteMapper:
         return json.dumps(value)
 
     def select_list(self, text: str) -> str:
-        parts = []
-        for item in split_top_level(text):
-            if "(" in item or item.strip() == "*":
-                parts.append(item)
-                continue
-            alias, _, column = item.rpartition(":")
-            bare = column.split("::")[0].strip()
-            mapped = self.column(bare)
-            if mapped == bare:
-                parts.append(item)
-            else:
-                parts.append(f"{alias or bare}:{column.replace(bare, mapped, 1)}")
-        return ", ".join(parts)
+        return map_select_list(text, self.column)
 
     def filter_expression(self, text: str) -> str:
-        def swap(match: re.Match) -> str:
-            if match.group(2) in ("and", "or", "not"):
-                return match.group(0)
-            return match.group(1) + self.column(match.group(2))
-
-        return re.sub(r"(^|[,(])([A-Za-z_][A-Za-z0-9_]*)(?=\.)", swap, text)
+        return map_filter_expression(text, self.column)
 
     def conflict_list(self, text: str) -> str:
-        return ",".join(self.column(c.strip()) for c in text.split(",") if c.strip())
+        return map_column_list(text, self.column)
 
 
 def _unwrap_site(call: CallSite, chain, plan: Plan, quote: str, raw: bytes) -> list[Edit]:
