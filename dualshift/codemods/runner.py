@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import libcst
+
 from dualshift.analyzer import typescript
 from dualshift.analyzer.records import CallSite
 from dualshift.analyzer.scan import scan_tree
@@ -63,6 +65,12 @@ def write_atomically(path: Path, text: str) -> None:
 
 def _new_syntax_errors(rel: str, before: str, after: str) -> int:
     suffix = Path(rel).suffix
+    if suffix == ".py":
+        try:
+            libcst.parse_module(after)
+        except libcst.ParserSyntaxError:
+            return 1
+        return 0
     if suffix not in typescript.SUFFIXES:
         return 0
     old = typescript.error_count(typescript.parse(before.encode(), suffix))

@@ -52,3 +52,44 @@ def test_wrap_unwrap_and_revert_python_files(tmp_path: Path) -> None:
     assert _cli("codemod", "revert", str(root)).exit_code == 0  # unwrap undone
     assert _cli("codemod", "revert", str(root)).exit_code == 0  # wrap undone
     assert audit.read_bytes() == original
+
+
+def test_python_before_after(tmp_path: Path) -> None:
+    from dualshift.analyzer.scan import scan_tree
+    from dualshift.codemods.python_rewrite import unwrap_python_source, wrap_python_source
+    from dualshift.plan import load_plan
+
+    plan = load_plan(PLAN)
+    before = (
+        "import os\n\n"
+        "def save(client, text):\n"
+        "    # keep this comment\n"
+        "    return (\n"
+        '        client.table("tweets")\n'
+        '        .insert({"tweet_id": "t", "decision_id": "d", "text": text})\n'
+        "        .execute()\n"
+        "    )\n"
+    )
+    wrapped = (
+        "import os\n"
+        "from app.dual_write import dual_write\n\n"
+        "def save(client, text):\n"
+        "    # keep this comment\n"
+        "    return (\n"
+        '        dual_write(client).table("tweets")\n'
+        '        .insert({"tweet_id": "t", "decision_id": "d", "text": text})\n'
+        "        .execute()\n"
+        "    )\n"
+    )
+    unwrapped = before.replace('"tweets"', '"posted_content"').replace(
+        '"text": text}', '"content": text, "source_table": "tweets", "decision_type": "single"}'
+    )
+
+    def calls_of(source: str):
+        (tmp_path / "svc.py").write_text(source)
+        return scan_tree(tmp_path, use_cache=False, jobs=1).calls
+
+    first = wrap_python_source(before, "svc.py", plan, wrapper_module="app/dual_write.py", calls=calls_of(before))
+    assert first.new_source == wrapped
+    back = unwrap_python_source(wrapped, "svc.py", plan, wrapper_module="app/dual_write.py", calls=calls_of(wrapped))
+    assert back.new_source == unwrapped
