@@ -139,6 +139,12 @@ def backfill_command(
     batch_size: int = typer.Option(5000, "--batch-size", help="Rows per batch (one transaction each)."),
     max_rows_per_s: float = typer.Option(0, "--max-rows-per-s", help="Throttle; 0 means as fast as the database goes."),
     max_batches: int = typer.Option(0, "--max-batches", help="Stop after this many batches per source (0: no limit)."),
+    sync_mode: str = typer.Option(
+        "none",
+        "--sync",
+        help="'triggers': also mirror every write on the old tables into the new ones in the same "
+        "transaction, for call sites not yet rewritten (removed by rollback and cleanup).",
+    ),
 ) -> None:
     """Copy old → new in keyset-paginated, checkpointed batches inside the database; resumable after a crash.
     A completed pass also repairs the writes the wrapper recorded as failed."""
@@ -161,7 +167,9 @@ def backfill_command(
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=done, total=max(total, done))
 
-        result = _perform(context, lambda e: e.backfill(options), progress)
+        if sync_mode not in ("none", "triggers"):
+            raise fail(f"--sync {sync_mode}: choose none or triggers")
+        result = _perform(context, lambda e: e.backfill(options, sync_mode == "triggers"), progress)
     _print(result, context.obj["dry_run"])
     if not result.get("complete", True):
         raise typer.Exit(3)

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import backfill, cleanup, create, snapshot, verify
+from dualshift.executor import backfill, cleanup, create, snapshot, sync, verify
 from dualshift.executor.catalog import SourceMapping, validate
 from dualshift.executor.connection import ExecutorError, Sink, advisory_lock
 from dualshift.executor.state import (
@@ -79,11 +79,13 @@ class Executor:
 
         return self._run("create", ("none",), body)
 
-    def backfill(self, options: backfill.BackfillOptions) -> dict[str, Any]:
+    def backfill(self, options: backfill.BackfillOptions, sync_triggers: bool = False) -> dict[str, Any]:
         def body(mappings: dict[tuple[str, str], SourceMapping], sink: Sink, current: str) -> dict:
             if current in ("backfilled", "verified"):
                 backfill.reset_checkpoints(self.conn, self.plan)  # a new full pass: re-sync and replay
+            triggers = sync.install(self.conn, self.plan, mappings, sink) if sync_triggers else []
             result = backfill.run(self.conn, self.plan, mappings, options, sink, self.progress)
+            result["sync_triggers"] = triggers
             if result["complete"] and not self.dry_run:
                 set_phase(self.conn, self.key, "backfilled")
             return result
@@ -126,6 +128,7 @@ class Executor:
             last = last_verify(self.conn, self.key)
             if not (last and last["passed"]):
                 raise ExecutorError("the last verify did not pass; run `dualshift migrate verify` first")
+            sync.remove(self.conn, self.plan, sink)
             result = cleanup.run(self.conn, self.plan, mappings, self.dsn, backup_dir, sink)
             if not self.dry_run:
                 set_flag(self.conn, "dual_write", False)
@@ -154,6 +157,7 @@ class Executor:
                 set_phase(self.conn, self.key, "backfilled")
             return {"to": "backfilled"}
         if current == "backfilled":
+            sync.remove(self.conn, self.plan, sink)
             for table in self.plan.tables:
                 sink.run(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.plan.new_schema, table.name)))
             if not self.dry_run:
@@ -163,6 +167,7 @@ class Executor:
                 set_phase(self.conn, self.key, "created")
             return {"to": "created", "note": "new tables emptied; the old tables hold every row"}
         # created → none: the new tables go; the old tables were never touched.
+        sync.remove(self.conn, self.plan, sink)
         with self.conn.transaction():
             for table in reversed(self.plan.tables):
                 sink.run(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self.plan.new_schema, table.name)))
