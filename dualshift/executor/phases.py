@@ -17,6 +17,7 @@ from dualshift.executor import backfill, cleanup, create, snapshot, sync, verify
 from dualshift.executor.catalog import SourceMapping, validate
 from dualshift.executor.connection import ExecutorError, Sink, advisory_lock
 from dualshift.executor.state import (
+    PHASES,
     audit,
     current_phase,
     ensure_schema,
@@ -69,6 +70,8 @@ class Executor:
 
     def create(self) -> dict[str, Any]:
         def body(mappings, sink: Sink, current: str) -> dict:
+            if current != "none":
+                return {"created": [], "note": f"already past create (at '{current}'): nothing to do"}
             result = create.run(self.conn, self.plan, sink)
             if not self.dry_run:
                 set_phase(self.conn, self.key, "created")
@@ -77,7 +80,7 @@ class Executor:
                 set_flag(self.conn, "shadow_reads", False)
             return result
 
-        return self._run("create", ("none",), body)
+        return self._run("create", PHASES, body)
 
     def backfill(self, options: backfill.BackfillOptions, sync_triggers: bool = False) -> dict[str, Any]:
         def body(mappings: dict[tuple[str, str], SourceMapping], sink: Sink, current: str) -> dict:
@@ -124,6 +127,9 @@ class Executor:
         return self._run("switch-reads", ("verified", "switched"), body)
 
     def cleanup(self, backup_dir: Path) -> dict[str, Any]:
+        if current_phase(self.conn, self.key) == "cleaned":
+            return {"note": "already cleaned up: nothing to do", "statements": []}
+
         def body(mappings, sink: Sink, current: str) -> dict:
             last = last_verify(self.conn, self.key)
             if not (last and last["passed"]):
