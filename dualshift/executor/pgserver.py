@@ -44,9 +44,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def server() -> Iterator[str]:
+def server(throwaway: bool = False) -> Iterator[str]:
     """An admin DSN of a server that answers; a throwaway one is stopped and removed afterwards."""
-    for dsn in (os.environ.get("DATABASE_URL"), LOCAL_DSN):
+    for dsn in () if throwaway else (os.environ.get("DATABASE_URL"), LOCAL_DSN):
         if dsn and _answers(dsn):
             yield dsn
             return
