@@ -167,7 +167,7 @@ def analyze_source(rel: str, source: bytes, suffix: str) -> tuple[typescript.Mod
         facts = python_analyzer.analyze_module(rel, source)
         failure = ParseFailure(rel, facts.syntax_error) if facts.syntax_error else None
         return facts, failure
-    facts = typescript.analyze(rel, source, suffix)
+    facts = typescript.analyze(rel, source, suffix, with_arguments=False)
     failure = None
     if facts.syntax_error_line is not None:
         failure = ParseFailure(rel, f"syntax error at line {facts.syntax_error_line}; calls outside it were kept")
@@ -254,6 +254,7 @@ def scan_tree(
             cache.put(rel, *stats[rel], sha, (facts, failure))
         if progress is not None:
             progress(done, len(work))
+    _add_helper_callers(root, modules)
     result.calls = sorted(resolve(modules), key=lambda c: (c.file, c.start_byte, c.line, c.column, c.table or ""))
     result.side_calls.sort(key=lambda c: (c.file, c.line, c.column))
     result.failures.sort(key=lambda f: f.file)
@@ -262,6 +263,25 @@ def scan_tree(
         cache.save()
         cache.put_tree(key, result)
     return result
+
+
+def _add_helper_callers(root: Path, modules: dict[str, typescript.ModuleFacts]) -> None:
+    """The arguments of plain calls matter only in files that call a helper taking a table name:
+    read those (found by the helper's name in their bytes) and collect them there."""
+    helpers = {r.name for facts in modules.values() for r in facts.pending.values() if r.kind == "param"}
+    if not helpers:
+        return
+    needles = [f"{name}(".encode() for name in helpers]
+    for rel, facts in modules.items():
+        suffix = os.path.splitext(rel)[1]
+        if suffix not in typescript.SUFFIXES:
+            continue  # Python files keep their call arguments from the first pass
+        try:
+            data = (root / rel).read_bytes()
+        except OSError:
+            continue
+        if any(needle in data for needle in needles):
+            facts.call_arguments = typescript.call_arguments(rel, data, suffix)
 
 
 def _collect(

@@ -42,7 +42,8 @@ _ANCHOR_QUERY = """
 
 
 _SYMBOL_QUERY = """
-(lexical_declaration kind: "const" (variable_declarator name: (identifier) @name value: (_) @value))
+(lexical_declaration kind: "const" (variable_declarator name: (identifier) @name
+  value: [(string) (template_string) (object) (as_expression) (satisfies_expression)] @value))
 (enum_declaration name: (identifier) @enum body: (enum_body) @body)
 """
 _CALL_QUERY = """
@@ -547,23 +548,24 @@ def _is_class_like(receiver: ts.Node) -> bool:
     return node.type in ("new_expression", "array", "string", "template_string", "number")
 
 
-def analyze(rel_path: str, source: bytes, suffix: str) -> ModuleFacts:
+def analyze(rel_path: str, source: bytes, suffix: str, with_arguments: bool = True) -> ModuleFacts:
+    """Everything one file holds. `with_arguments=False` skips the arguments of plain calls, which only
+    matter for files that call a helper taking a table name (see `call_arguments`)."""
     tree = parse(source, suffix)
     root = tree.root_node
     language = SUFFIXES[suffix]
-    groups = _matches(root, grammar_for(suffix))
+    groups = _matches(root, grammar_for(suffix), with_arguments)
     facts = ModuleFacts(symbols=_collect_symbols(groups["symbol"]), imports=_collect_imports(root))
     if root.has_error:
         facts.syntax_error_line = _first_error_line(root)
     for captures in groups["anchor"]:
         call = captures["call"][0]
-        member = captures["member"][0]
-        method = _text(captures["method"][0])
-        if _inside_error(call):
-            continue
-        receiver = member.child_by_field_name("object")
+        receiver = captures["member"][0].child_by_field_name("object")
         if receiver is None or _is_class_like(receiver):
+            continue  # Array.from, Buffer.from: the common case, checked first
+        if root.has_error and _inside_error(call):
             continue
+        method = _text(captures["method"][0])
         if method == "rpc":
             _record_rpc(facts, rel_path, call, receiver)
         else:
@@ -572,10 +574,15 @@ def analyze(rel_path: str, source: bytes, suffix: str) -> ModuleFacts:
     return facts
 
 
-def _matches(root: ts.Node, grammar: str) -> dict[str, list[dict[str, list[ts.Node]]]]:
+def call_arguments(rel_path: str, source: bytes, suffix: str) -> list[CallArgument]:
+    """The arguments of a file's plain calls (for files that call a helper taking a table name)."""
+    return analyze(rel_path, source, suffix, with_arguments=True).call_arguments
+
+
+def _matches(root: ts.Node, grammar: str, with_arguments: bool = True) -> dict[str, list[dict[str, list[ts.Node]]]]:
     """One pass of the combined query over the tree, its matches grouped by what they are for."""
     groups: dict[str, list[dict[str, list[ts.Node]]]] = {"anchor": [], "symbol": [], "call": []}
-    query = _query(grammar, _ANCHOR_QUERY + _SYMBOL_QUERY + _CALL_QUERY)
+    query = _query(grammar, _ANCHOR_QUERY + _SYMBOL_QUERY + (_CALL_QUERY if with_arguments else ""))
     for pattern, captures in ts.QueryCursor(query).matches(root):
         groups[_PATTERN_GROUPS[pattern]].append(captures)
     return groups
