@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,18 +107,27 @@ class ScanCache:
     def put_tree(self, key: str, result: Any) -> None:
         _dump(self.folder / "tree.pickle", (key, result))
 
-    def map_text(self, key: str) -> str | None:
+    def map_file(self, key: str) -> Path | None:
+        """The map rendered for this tree listing, if the last scan rendered one."""
         try:
-            head, _, text = (self.folder / "map.json").read_text(encoding="utf-8").partition("\n")
+            stored_key = (self.folder / "map.key").read_text(encoding="utf-8")
         except OSError:
             return None
-        return text if head == key else None
+        path = self.folder / "map.json"
+        return path if stored_key == key and path.exists() else None
 
-    def put_map_text(self, key: str, text: str) -> None:
+    def put_map_file(self, key: str, rendered: Path) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=self.folder, delete=False) as handle:
-                handle.write(key + "\n" + text)
-            os.replace(handle.name, self.folder / "map.json")
+            (self.folder / "map.key").unlink(missing_ok=True)  # never a key beside another tree's map
+            copy_atomically(rendered, self.folder / "map.json")
+            (self.folder / "map.key").write_text(key, encoding="utf-8")
         except OSError:
             pass
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as handle, open(source, "rb") as original:
+        shutil.copyfileobj(original, handle, 1 << 20)
+    os.replace(handle.name, target)

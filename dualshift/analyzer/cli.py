@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dualshift.analyzer.cache import ScanCache, default_cache_dir
+from dualshift.analyzer.cache import ScanCache, copy_atomically, default_cache_dir
 from dualshift.analyzer.scan import DEFAULT_MAX_BYTES, ScanResult, scan_tree
 from dualshift.console import error, fail
 from dualshift.reports.interaction_map import DEFAULT_NAME, summarize, write_map
@@ -51,13 +51,16 @@ def scan(
         raise fail(f"{root}: not a directory")
     result = _scan_with_progress(root, include, exclude, jobs or None, not no_cache, max_file_mb, console)
     cache = None if no_cache else ScanCache.open(default_cache_dir(), root.resolve())
-    text = cache.map_text(result.tree_key) if cache is not None else None
+    cached_map = cache.map_file(result.tree_key) if cache is not None else None
     try:
-        rendered = write_map(result, out, text)
+        if cached_map is not None:
+            copy_atomically(cached_map, out)
+        else:
+            write_map(result, out)
+            if cache is not None:
+                cache.put_map_file(result.tree_key, out)
     except OSError as exc:
         raise fail(f"{out}: cannot write map: {exc.strerror}") from exc
-    if cache is not None and text is None:
-        cache.put_map_text(result.tree_key, rendered)
     for failure in result.failures:
         error(f"{failure.file}: {failure.reason}")
     _print_summary(console, result, out)

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,8 @@ def _tally(result: Any) -> tuple[dict[str, int], dict[str, list[dict[str, Any]]]
     return summary, interactions, per_table, per_file
 
 
-def build_map(result: Any) -> dict[str, Any]:
-    """The map as a JSON-ready dict, from a ScanResult (or anything with the same attributes)."""
+def _head(result: Any) -> dict[str, Any]:
     summary, interactions, per_table, per_file = _tally(result)
-    calls: list[CallSite] = list(result.calls)
     return {
         "format": MAP_FORMAT,
         "version": __version__,
@@ -88,11 +87,22 @@ def build_map(result: Any) -> dict[str, Any]:
         "topTables": [{"table": t, "queries": n} for t, n in _ranked(per_table)],
         "topFiles": [{"file": f, "queries": n} for f, n in _ranked(per_file)],
         "interactions": interactions,
-        "calls": [c.to_dict() for c in calls],
-        "storage_calls": [c.to_dict() for c in result.side_calls if c.kind == "storage"],
-        "rpc_calls": [c.to_dict() for c in result.side_calls if c.kind == "rpc"],
-        "failures": [f.to_dict() for f in result.failures],
     }
+
+
+def _records(result: Any) -> dict[str, Iterator[dict[str, Any]]]:
+    """The one-record-per-line lists, produced lazily so that a big map is never whole in memory."""
+    return {
+        "calls": (c.to_dict() for c in result.calls),
+        "storage_calls": (c.to_dict() for c in result.side_calls if c.kind == "storage"),
+        "rpc_calls": (c.to_dict() for c in result.side_calls if c.kind == "rpc"),
+        "failures": (f.to_dict() for f in result.failures),
+    }
+
+
+def build_map(result: Any) -> dict[str, Any]:
+    """The map as a JSON-ready dict, from a ScanResult (or anything with the same attributes)."""
+    return {**_head(result), **{key: list(records) for key, records in _records(result).items()}}
 
 
 def _ranked(counter: Counter[str]) -> list[tuple[str, int]]:
@@ -107,28 +117,33 @@ def _interaction(call: CallSite, table: str) -> dict[str, Any]:
 _ONE_PER_LINE = ("calls", "storage_calls", "rpc_calls", "failures")
 
 
-def render_map(data: dict[str, Any]) -> str:
-    """Indented JSON, except that each call record stands on one line: diffable, and fast to write
-    (the C encoder does the records; the indenting encoder only the small parts)."""
-    head = {k: v for k, v in data.items() if k not in _ONE_PER_LINE}
-    text = json.dumps(head, indent=2, ensure_ascii=False)[:-2]  # without the closing "\n}"
-    parts = [text]
+def _chunks(head: dict[str, Any], records: dict[str, Iterable[dict[str, Any]]]) -> Iterator[str]:
+    """Indented JSON, except that each record of the long lists stands on one line: diffable, and fast
+    to write (the C encoder does the records; the indenting encoder only the small head)."""
+    yield json.dumps(head, indent=2, ensure_ascii=False)[:-2]  # without the closing "\n}"
     for key in _ONE_PER_LINE:
-        records = data.get(key, [])
-        body = ",\n    ".join(json.dumps(r, ensure_ascii=False) for r in records)
-        parts.append(f',\n  "{key}": [\n    {body}\n  ]' if records else f',\n  "{key}": []')
-    return "".join(parts) + "\n}\n"
+        yield f',\n  "{key}": ['
+        first = True
+        for record in records.get(key, ()):
+            yield ("\n    " if first else ",\n    ") + json.dumps(record, ensure_ascii=False)
+            first = False
+        yield "]" if first else "\n  ]"
+    yield "\n}\n"
 
 
-def write_map(result: Any, out: Path, text: str | None = None) -> str:
-    """Write the map atomically (a reader never sees half a file); `text` is an already rendered map."""
-    if text is None:
-        text = render_map(build_map(result))
+def render_map(data: dict[str, Any]) -> str:
+    head = {k: v for k, v in data.items() if k not in _ONE_PER_LINE}
+    return "".join(_chunks(head, {k: data.get(k, []) for k in _ONE_PER_LINE}))
+
+
+def write_map(result: Any, out: Path) -> None:
+    """Stream the map to a temporary file and rename it: a reader never sees half a file, and a big
+    map is never whole in memory."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
+        for chunk in _chunks(_head(result), _records(result)):
+            handle.write(chunk)
     os.replace(handle.name, out)
-    return text
 
 
 class MapError(ValueError):

@@ -106,3 +106,11 @@ def test_the_cache_sees_every_change(tmp_path: Path) -> None:
     assert any(c.file == "src/jobs/newJob.ts" for c in added.calls)
     (root / "src" / "jobs" / "newJob.ts").unlink()
     assert scan_tree(root, cache_dir=cache, jobs=1).calls == changed.calls
+
+
+def test_streamed_map_has_the_same_bytes_as_the_rendered_one(tmp_path: Path) -> None:
+    from dualshift.reports.interaction_map import write_map
+
+    result = scan_tree(XBOT, use_cache=False, jobs=1)
+    write_map(result, tmp_path / "map.json")
+    assert (tmp_path / "map.json").read_text() == render_map(build_map(result))
