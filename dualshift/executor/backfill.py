@@ -57,7 +57,7 @@ def batch_statement(plan: Plan, mapping: SourceMapping, batch_size: int, after: 
     key_names = [sql.Identifier(f"__key_{i}") for i in range(len(source.key))]
     return sql.SQL(
         "WITH batch AS (SELECT {keys_as}, {select} FROM {old} o {where} ORDER BY {keys} LIMIT {limit} FOR SHARE),\n"
-        "copied AS (INSERT INTO {new} ({columns}) SELECT {columns} FROM batch ON CONFLICT ({conflict}) {action} RETURNING 1)\n"
+        "copied AS (INSERT INTO {new} ({columns}) SELECT {columns} FROM batch ON CONFLICT ({conflict}) {action})\n"
         "SELECT (SELECT count(*) FROM batch), (SELECT json_build_array({last}) FROM batch ORDER BY {descending} LIMIT 1)"
     ).format(
         keys_as=sql.SQL(", ").join(
