@@ -44,15 +44,7 @@ def batch_statement(plan: Plan, mapping: SourceMapping, batch_size: int, after: 
         where = sql.SQL("WHERE ({}) > ({})").format(keys, sql.SQL(", ").join(sql.Literal(v) for v in after))
     columns = sql.SQL(", ").join(map(sql.Identifier, mapping.new_columns))
     conflict = sql.SQL(", ").join(map(sql.Identifier, table.key))
-    updates = [c for c in mapping.new_columns if c not in table.key]
-    action = sql.SQL("DO NOTHING")
-    if updates:
-        action = sql.SQL("DO UPDATE SET {}").format(
-            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
-        )
-        if mapping.precedence > 0:
-            # A later source updates only the keys no earlier source holds: the first source wins.
-            action = sql.SQL("{} WHERE {}").format(action, not_held_by_earlier(plan, mapping))
+    action = conflict_action(plan, mapping)
     # The key travels under its own names: an old key column may share its name with a new column.
     key_names = [sql.Identifier(f"__key_{i}") for i in range(len(source.key))]
     return sql.SQL(
@@ -76,6 +68,20 @@ def batch_statement(plan: Plan, mapping: SourceMapping, batch_size: int, after: 
         last=sql.SQL(", ").join(key_names),
         descending=sql.SQL(", ").join(sql.SQL("{} DESC").format(name) for name in key_names),
     )
+
+
+def conflict_action(plan: Plan, mapping: SourceMapping) -> sql.Composable:
+    """ON CONFLICT's action for a source: overwrite, except that a later source updates only the keys
+    no earlier source holds (the first source wins)."""
+    updates = [c for c in mapping.new_columns if c not in mapping.table.key]
+    if not updates:
+        return sql.SQL("DO NOTHING")
+    action = sql.SQL("DO UPDATE SET {}").format(
+        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
+    )
+    if mapping.precedence > 0:
+        action = sql.SQL("{} WHERE {}").format(action, not_held_by_earlier(plan, mapping))
+    return action
 
 
 def not_held_by_earlier(plan: Plan, mapping: SourceMapping) -> sql.Composable:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from dualshift.executor.backfill import not_held_by_earlier
+from dualshift.executor.backfill import conflict_action
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import Sink
 from dualshift.plan import Plan
@@ -26,14 +26,7 @@ def install_statements(
     table, source = mapping.table, mapping.source
     new = sql.Identifier(plan.new_schema, table.name)
     columns = sql.SQL(", ").join(map(sql.Identifier, mapping.new_columns))
-    updates = [c for c in mapping.new_columns if c not in table.key]
-    action = sql.SQL("DO NOTHING")
-    if updates:
-        action = sql.SQL("DO UPDATE SET {}").format(
-            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
-        )
-        if mapping.precedence > 0:
-            action = sql.SQL("{} WHERE {}").format(action, not_held_by_earlier(plan, mapping))
+    action = conflict_action(plan, mapping)
     exprs = dict(mapping.pairs)
     key_match = sql.SQL(" AND ").join(sql.SQL("n.{} = {}").format(sql.Identifier(k), exprs[k]) for k in table.key)
     others = [m for m in all_mappings if m is not mapping]
