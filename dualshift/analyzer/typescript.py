@@ -616,23 +616,35 @@ def _storage_bucket_receiver(receiver: ts.Node) -> ts.Node | None:
     return None
 
 
-def _record_rpc(facts: ModuleFacts, rel_path: str, call: ts.Node, receiver: ts.Node) -> None:
+def _side_call(
+    kind: str, rel_path: str, call: ts.Node, top: ts.Node, client: ts.Node, operation: str | None
+) -> SideCall:
+    """A storage or rpc call: listed apart, never counted as a table call."""
     args = _arguments(call)
-    _steps, top = _climb(call)
-    line, column = _line_col(call.child_by_field_name("function").child_by_field_name("property") or call)
-    facts.side_calls.append(
-        SideCall(
-            file=rel_path,
-            line=line,
-            column=column,
-            kind="rpc",
-            name=string_value(args[0]) if args else None,
-            operation=None,
-            client=_text(receiver),
-            code=_text(top).strip(),
-            function=_function_name(_enclosing_function(call)),
-        )
+    line, column = _line_col(_anchor_property(call))
+    return SideCall(
+        file=rel_path,
+        line=line,
+        column=column,
+        kind=kind,  # type: ignore[arg-type]
+        name=string_value(args[0]) if args else None,
+        operation=operation,
+        client=_text(client),
+        code=_text(top).strip(),
+        function=_function_name(_enclosing_function(call)),
     )
+
+
+def _anchor_property(call: ts.Node) -> ts.Node:
+    """The `from` / `rpc` token of an anchor call (inside the `await` of the misparsed generic form)."""
+    function = call.child_by_field_name("function")
+    member = function.named_children[0] if function.type == "await_expression" else function
+    return member.child_by_field_name("property") or call
+
+
+def _record_rpc(facts: ModuleFacts, rel_path: str, call: ts.Node, receiver: ts.Node) -> None:
+    _steps, top = _climb(call)
+    facts.side_calls.append(_side_call("rpc", rel_path, call, top, receiver, None))
 
 
 def _record_from(
@@ -640,25 +652,11 @@ def _record_from(
 ) -> None:
     args = _arguments(call)
     steps, top = _climb(call, facts.symbols)
-    function = call.child_by_field_name("function")
-    member = function.named_children[0] if function.type == "await_expression" else function
-    prop = member.child_by_field_name("property")
-    line, column = _line_col(prop)
+    line, column = _line_col(_anchor_property(call))
     storage_client = _storage_bucket_receiver(receiver)
     if storage_client is not None:
-        facts.side_calls.append(
-            SideCall(
-                file=rel_path,
-                line=line,
-                column=column,
-                kind="storage",
-                name=string_value(args[0]) if args else None,
-                operation=steps[0].method if steps else None,
-                client=_text(storage_client),
-                code=_text(top).strip(),
-                function=_function_name(_enclosing_function(call)),
-            )
-        )
+        operation = steps[0].method if steps else None
+        facts.side_calls.append(_side_call("storage", rel_path, call, top, storage_client, operation))
         return
     methods = [s.method for s in steps]
     table_arg = args[0] if args else None
