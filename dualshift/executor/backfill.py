@@ -4,8 +4,11 @@ Sources are copied in precedence order. A batch holds a share lock on the old ro
 commits, so an application write to one of them waits for the batch and its mirror lands after it:
 the copy never overwrites a newer dual write with an older value. The first source of a new table owns its keys (its rows
 overwrite: ON CONFLICT DO UPDATE); later sources only fill keys nobody has (ON CONFLICT DO NOTHING),
-the same rule the dual-write wrapper follows. Each batch and its checkpoint commit together, so a
-killed run resumes where it stopped. A completed pass also repairs what the wrapper recorded in
+the same rule the dual-write wrapper follows. While the new table holds none of a batch's keys, the
+batch is a plain INSERT (speculative insertion, which ON CONFLICT needs for every row, costs about a
+third of the copy); the first unique violation rolls that batch back to a savepoint and redoes it with
+ON CONFLICT, which the rest of the source's run then keeps. Each batch and its checkpoint commit
+together, so a killed run resumes where it stopped. A completed pass also repairs what the wrapper recorded in
 dualshift.failed_writes: the copy re-upserts every row, and rows whose key no source has any more
 (failed deletes) are removed.
 """
@@ -34,7 +37,11 @@ class BackfillOptions:
     max_batches: int | None = None  # stop early (tests, and a bounded first run)
 
 
-def batch_statement(plan: Plan, mapping: SourceMapping, batch_size: int, after: list | None) -> sql.Composable:
+def batch_statement(
+    plan: Plan, mapping: SourceMapping, batch_size: int, after: list | None, upsert: bool = True
+) -> sql.Composable:
+    """One keyset batch: lock the next old rows, copy them mapped, return (rows, last key). Without
+    `upsert` the copy is a plain INSERT, which fails on a key the new table already holds."""
     source, table = mapping.source, mapping.table
     old = sql.Identifier(source.schema, source.table)
     new = sql.Identifier(plan.new_schema, table.name)
@@ -44,12 +51,14 @@ def batch_statement(plan: Plan, mapping: SourceMapping, batch_size: int, after: 
         where = sql.SQL("WHERE ({}) > ({})").format(keys, sql.SQL(", ").join(sql.Literal(v) for v in after))
     columns = sql.SQL(", ").join(map(sql.Identifier, mapping.new_columns))
     conflict = sql.SQL(", ").join(map(sql.Identifier, table.key))
-    action = conflict_action(plan, mapping)
+    on_conflict = (
+        sql.SQL("ON CONFLICT ({}) {}").format(conflict, conflict_action(plan, mapping)) if upsert else sql.SQL("")
+    )
     # The key travels under its own names: an old key column may share its name with a new column.
     key_names = [sql.Identifier(f"__key_{i}") for i in range(len(source.key))]
     return sql.SQL(
         "WITH batch AS (SELECT {keys_as}, {select} FROM {old} o {where} ORDER BY {keys} LIMIT {limit} FOR SHARE),\n"
-        "copied AS (INSERT INTO {new} ({columns}) SELECT {columns} FROM batch ON CONFLICT ({conflict}) {action})\n"
+        "copied AS (INSERT INTO {new} ({columns}) SELECT {columns} FROM batch {on_conflict})\n"
         "SELECT (SELECT count(*) FROM batch), (SELECT json_build_array({last}) FROM batch ORDER BY {descending} LIMIT 1)"
     ).format(
         keys_as=sql.SQL(", ").join(
@@ -63,8 +72,7 @@ def batch_statement(plan: Plan, mapping: SourceMapping, batch_size: int, after: 
         limit=sql.Literal(batch_size),
         new=new,
         columns=columns,
-        conflict=conflict,
-        action=action,
+        on_conflict=on_conflict,
         last=sql.SQL(", ").join(key_names),
         descending=sql.SQL(", ").join(sql.SQL("{} DESC").format(name) for name in key_names),
     )
@@ -137,16 +145,19 @@ def copy_source(
     total = _count(conn, mapping)
     label = f"{mapping.source.table} → {mapping.table.name}"
     batches = 0
+    upsert = False
     while True:
         if options.max_batches is not None and batches >= options.max_batches:
             return batches
         started = time.monotonic()
-        statement = batch_statement(plan, mapping, options.batch_size, last_key)
         if sink.dry_run:
-            sink.statements.append(sink.text(statement))
+            sink.statements.append(sink.text(batch_statement(plan, mapping, options.batch_size, last_key, False)))
+            again = sink.text(batch_statement(plan, mapping, options.batch_size, last_key))
+            sink.statements.append(f"-- the batch again, when the new table already holds one of its keys:\n{again}")
             return 1
+        after = last_key
         with conn.transaction():
-            rows, last = conn.execute(statement).fetchone()
+            rows, last, upsert = _copy_batch(conn, plan, mapping, options.batch_size, after, upsert)
             if rows:
                 last_key = last
                 copied += rows
@@ -156,7 +167,7 @@ def copy_source(
                 (json.dumps(last_key), copied, rows < options.batch_size, mapping.table.name, mapping.source.table),
             )
         if len(sink.statements) < 3:
-            sink.statements.append(sink.text(statement))
+            sink.statements.append(sink.text(batch_statement(plan, mapping, options.batch_size, after, upsert)))
         batches += 1
         progress(label, copied, total)
         if rows < options.batch_size:
@@ -165,6 +176,21 @@ def copy_source(
             pause = rows / options.max_rows_per_s - (time.monotonic() - started)
             if pause > 0:
                 time.sleep(pause)
+
+
+def _copy_batch(
+    conn: psycopg.Connection, plan: Plan, mapping: SourceMapping, batch_size: int, after: list | None, upsert: bool
+) -> tuple[int, list | None, bool]:
+    """Copy one batch inside the caller's transaction: (rows, last key, whether ON CONFLICT is now needed)."""
+    if not upsert:
+        try:
+            with conn.transaction():
+                rows, last = conn.execute(batch_statement(plan, mapping, batch_size, after, upsert=False)).fetchone()
+            return rows, last, False
+        except psycopg.errors.UniqueViolation:
+            pass  # the new table holds one of these keys already (a dual write): this batch and the rest upsert
+    rows, last = conn.execute(batch_statement(plan, mapping, batch_size, after)).fetchone()
+    return rows, last, True
 
 
 def repair_deletes(conn: psycopg.Connection, plan: Plan, mappings: list[SourceMapping], sink: Sink) -> int:

@@ -274,3 +274,33 @@ def test_writers_during_backfill_keep_parity(dsn: str, db: psycopg.Connection) -
     assert written
     report = ex.verify()
     assert report["passed"], json.dumps(report["tables"], default=str)[:2000]
+
+
+def test_backfill_over_keys_the_new_table_already_holds(dsn: str, db: psycopg.Connection) -> None:
+    """Batches start as plain INSERTs; a key a dual write put in the new table first (here with a value the
+    old row no longer has) makes that batch redo its copy with ON CONFLICT, and the first source's row wins."""
+    ex = executor(dsn)
+    ex.create()
+    stale = ["d10", "d1500", "d2999"]
+    for key in stale:
+        db.execute(
+            "INSERT INTO content_queue (decision_id, content, decision_type) VALUES (md5(%s)::uuid, 'stale dual write', 'single')",
+            (key,),
+        )
+    ex.backfill(BackfillOptions(batch_size=700))
+    kept = db.execute(
+        "SELECT count(*) FROM content_queue q JOIN content_metadata m USING (decision_id)"
+        " WHERE q.decision_id = ANY(ARRAY[md5('d10'), md5('d1500'), md5('d2999')]::uuid[]) AND q.content = m.content"
+    ).fetchone()[0]
+    assert kept == len(stale)
+    assert db.execute("SELECT count(*) FROM content_queue WHERE content = 'stale dual write'").fetchone()[0] == 0
+    assert ex.verify()["passed"]
+
+
+def test_backfill_dry_run_prints_both_forms_of_a_batch(dsn: str) -> None:
+    ex = executor(dsn)
+    ex.create()
+    result = migrate(dsn, "--dry-run", "backfill")
+    first = result.output.index('INSERT INTO "public"."content_queue"')
+    fallback = result.output.index("ON CONFLICT", first)
+    assert "already holds one of its keys" in result.output[first:fallback]
