@@ -1,15 +1,19 @@
 """Phase `verify`: parity of every new table with its sources, computed inside the database.
 
 The expected content of a new table is, for every key, the row of the highest-precedence source that
-holds it, mapped. Both sides are reduced to (key, md5 of the mapped columns) in the database and
-joined on the key in one pass, so no table ever leaves the server: the counts of missing, extra and
-differing keys come back, and only a sample of differing rows (as JSON, to name the columns).
-Both sides live in one database, so a single hash join finds every differing key; bisecting hashed
-key ranges only pays when the two sides are on different servers.
+holds it, mapped. Both sides are reduced in the database to (key, md5 of the compared columns). Key
+ranges are compared by their row count and the sum of their hashes, and a range that differs is cut
+into smaller ranges (bounds sampled from the new table's key index) and compared again, down to ranges
+of a few thousand rows. Only those are joined row by row, to count missing, extra and differing keys
+and to name the columns of a sample of differing rows. No table leaves the server, and an unchanged
+range costs one hash per row. When most ranges differ, cutting them further cannot narrow anything
+down, so they are joined at once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import psycopg
@@ -19,6 +23,12 @@ from dualshift.executor.catalog import SourceMapping
 from dualshift.plan import NewTable, Plan
 
 SAMPLE = 10
+FANOUT = 64  # ranges a differing range is cut into
+LEAF_ROWS = 2000  # a range this small is joined row by row rather than cut again
+MAX_JOINED_RANGES = 64  # past this many leaf ranges, one join over the whole table is cheaper than a long OR
+
+Bound = tuple[str, ...]  # a key, each column in its text form (exact for every type)
+Range = tuple[Bound | None, Bound | None]  # [low, high): None is unbounded
 
 
 def _expected(plan: Plan, table: NewTable, mappings: list[SourceMapping], columns: list[str]) -> sql.Composable:
@@ -42,53 +52,251 @@ def _expected(plan: Plan, table: NewTable, mappings: list[SourceMapping], column
     )
 
 
-def _row_hash(columns: list[str], alias: str, fed_by: dict[str, list[int]] | None = None) -> sql.Composable:
-    """md5 of the row's text form. Both sides have the new table's column types (the expected side is
-    cast), so the text is canonical: NULL and '' differ, numeric scale and jsonb spacing follow the type.
-    On the expected side a column the winning source does not feed takes the new table's value (its
-    default), so only what a source carries is compared."""
+def _masked(columns: list[str], alias: str, winner: sql.Composable | None, fed_by: dict[str, list[int]]):
+    """The compared values of a row. A column the winning source does not feed is not held against it:
+    on both sides it is replaced by NULL for the rows that source wins."""
     values = []
     for column in columns:
         value: sql.Composable = sql.Identifier(alias, column)
-        if fed_by is not None:
-            value = sql.SQL("CASE WHEN e.__precedence = ANY({}) THEN {} ELSE {} END").format(
-                sql.Literal(fed_by[column]), value, sql.Identifier("n", column)
-            )
+        if winner is not None and len(fed_by[column]) < len(set().union(*fed_by.values())):
+            value = sql.SQL("CASE WHEN {} = ANY({}) THEN {} END").format(winner, sql.Literal(fed_by[column]), value)
         values.append(value)
+    return values
+
+
+def _row_hash(values: list[sql.Composable]) -> sql.Composable:
+    """md5 of the row's text form. Both sides have the new table's column types (the expected side is
+    cast), so the text is canonical: NULL and '' differ, numeric scale and jsonb spacing follow the type."""
     if not values:
-        return sql.SQL("''")
+        return sql.SQL("md5('')")
     return sql.SQL("md5(ROW({})::text)").format(sql.SQL(", ").join(values))
+
+
+@dataclass
+class Sides:
+    """The two relations compared, each as SELECT key columns…, __h (row hash)."""
+
+    table: NewTable
+    expected: sql.Composable  # the expected rows with __precedence and every column (for the join)
+    new: sql.Identifier
+    compared: list[str]
+    fed_by: dict[str, list[int]]
+    mappings: list[SourceMapping]
+    partial: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        every = set().union(*self.fed_by.values()) if self.fed_by else set()
+        self.partial = any(len(sources) < len(every) for sources in self.fed_by.values())
+
+    def key_types(self) -> list[str]:
+        return [self.table.column(k).type for k in self.table.key]
+
+    def hashed_expected(self) -> sql.Composable:
+        keys = sql.SQL(", ").join(sql.Identifier("e", k) for k in self.table.key)
+        values = _masked(self.compared, "e", sql.SQL("e.__precedence"), self.fed_by)
+        return sql.SQL("SELECT {}, {} AS __h FROM ({}) e").format(keys, _row_hash(values), self.expected)
+
+    def hashed_new(self) -> sql.Composable:
+        keys = sql.SQL(", ").join(sql.Identifier("n", k) for k in self.table.key)
+        if not self.partial:
+            values = _masked(self.compared, "n", None, self.fed_by)
+            return sql.SQL("SELECT {}, {} AS __h FROM {} n").format(keys, _row_hash(values), self.new)
+        # Which source wins each key decides which columns count: a key-only pass over the sources.
+        values = _masked(self.compared, "n", sql.SQL("w.__precedence"), self.fed_by)
+        match = sql.SQL(" AND ").join(sql.SQL("w.{0} = n.{0}").format(sql.Identifier(k)) for k in self.table.key)
+        return sql.SQL("SELECT {}, {} AS __h FROM {} n LEFT JOIN ({}) w ON {}").format(
+            keys, _row_hash(values), self.new, self.winners(), match
+        )
+
+    def winners(self) -> sql.Composable:
+        branches = []
+        for mapping in self.mappings:
+            exprs = dict(mapping.pairs)
+            keys = sql.SQL(", ").join(sql.SQL("{} AS {}").format(exprs[k], sql.Identifier(k)) for k in self.table.key)
+            branches.append(
+                sql.SQL("SELECT {} AS __precedence, {} FROM {} o").format(
+                    sql.Literal(mapping.precedence), keys, sql.Identifier(mapping.source.schema, mapping.source.table)
+                )
+            )
+        keys = sql.SQL(", ").join(map(sql.Identifier, self.table.key))
+        return sql.SQL("SELECT DISTINCT ON ({keys}) * FROM ({union}) u ORDER BY {keys}, __precedence").format(
+            keys=keys, union=sql.SQL(" UNION ALL ").join(branches)
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Key ranges
+
+
+def _key(table: NewTable, alias: str) -> sql.Composable:
+    columns = [sql.Identifier(alias, k) for k in table.key]
+    if len(columns) == 1:
+        return columns[0]
+    return sql.SQL("ROW({})").format(sql.SQL(", ").join(columns))
+
+
+def _literal(bound: Bound, types: list[str]) -> sql.Composable:
+    values = [sql.SQL("CAST({} AS {})").format(sql.Literal(v), sql.SQL(t)) for v, t in zip(bound, types, strict=True)]
+    if len(values) == 1:
+        return values[0]
+    return sql.SQL("ROW({})").format(sql.SQL(", ").join(values))
+
+
+def _in_ranges(sides: Sides, alias: str, ranges: list[Range]) -> sql.Composable:
+    """A WHERE clause for rows whose key lies in one of the ranges (btree-indexable row comparisons)."""
+    if any(low is None and high is None for low, high in ranges):
+        return sql.SQL("TRUE")
+    key, types = _key(sides.table, alias), sides.key_types()
+    clauses = []
+    for low, high in ranges:
+        parts = []
+        if low is not None:
+            parts.append(sql.SQL("{} >= {}").format(key, _literal(low, types)))
+        if high is not None:
+            parts.append(sql.SQL("{} < {}").format(key, _literal(high, types)))
+        clauses.append(sql.SQL("({})").format(sql.SQL(" AND ").join(parts)))
+    return sql.SQL(" OR ").join(clauses)
+
+
+def _sample_bounds(conn: psycopg.Connection, sides: Sides, span: Range, rows: int) -> list[Bound]:
+    """Up to FANOUT - 1 keys of the new table inside the range, evenly spaced, in key order."""
+    step = max(2, -(-rows // FANOUT))
+    keys = sql.SQL(", ").join(sql.Identifier("n", k) for k in sides.table.key)
+    texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in sides.table.key)
+    found = conn.execute(
+        sql.SQL(
+            "SELECT json_build_array({texts}) FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS __r"
+            " FROM {new} n WHERE {where}) s WHERE __r % {step} = 0 ORDER BY __r LIMIT {limit}"
+        ).format(
+            texts=texts,
+            keys=keys,
+            new=sides.new,
+            where=_in_ranges(sides, "n", [span]),
+            step=sql.Literal(step),
+            limit=sql.Literal(FANOUT - 1),
+        )
+    ).fetchall()
+    return [tuple(row[0]) for row in found]
+
+
+def _split(span: Range, bounds: list[Bound]) -> list[Range]:
+    edges: list[Bound | None] = [span[0], *bounds, span[1]]
+    return list(pairwise(edges))
+
+
+def _range_digests(conn: psycopg.Connection, sides: Sides, relation: sql.Composable, ranges: list[Range]) -> dict:
+    """{range index: (rows, sum of 64-bit hash prefixes)} for one side, in one pass over sorted, disjoint
+    ranges: a row's range is the number of range lows at or below its key (width_bucket)."""
+    open_below = ranges[0][0] is None
+    lows = [low for low, _ in (ranges[1:] if open_below else ranges)]
+    if any(low is None for low in lows):
+        raise ValueError("only the first range may be open below")
+    bucket: sql.Composable = sql.SQL("0")
+    if lows:
+        types = sides.key_types()
+        bucket = sql.SQL("width_bucket({}, ARRAY[{}]) - {}").format(
+            _key(sides.table, "s"),
+            sql.SQL(", ").join(_literal(low, types) for low in lows),
+            sql.Literal(0 if open_below else 1),
+        )
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT {bucket} AS b, count(*), sum(('x' || left(s.__h, 16))::bit(64)::bigint) FROM ({relation}) s"
+            " WHERE {where} GROUP BY b"
+        ).format(bucket=bucket, relation=relation, where=_in_ranges(sides, "s", ranges))
+    ).fetchall()
+    return {b: (count, total) for b, count, total in rows}
+
+
+@dataclass
+class Bisection:
+    """Which key ranges still differ after comparing range digests level by level."""
+
+    leaves: list[Range] = field(default_factory=list)
+    levels: int = 0
+    ranges_compared: int = 0
+    expected_rows: int | None = None
+    new_rows: int | None = None
+
+
+def bisect(conn: psycopg.Connection, sides: Sides) -> Bisection:
+    result = Bisection()
+    total = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sides.new)).fetchone()[0]
+    pending: list[tuple[Range, int]] = [((None, None), total)]  # ranges to cut, with their new-table rows
+    expected, new = sides.hashed_expected(), sides.hashed_new()
+    while pending:
+        ranges: list[Range] = []
+        for span, rows in pending:
+            bounds = _sample_bounds(conn, sides, span, rows) if rows > LEAF_ROWS else []
+            if bounds:
+                ranges.extend(_split(span, bounds))
+            else:
+                result.leaves.append(span)  # too few rows in the new table to cut: join it row by row
+        if not ranges:
+            break
+        result.levels += 1
+        result.ranges_compared += len(ranges)
+        left, right = _range_digests(conn, sides, expected, ranges), _range_digests(conn, sides, new, ranges)
+        if result.expected_rows is None and pending[0][0] == (None, None):
+            result.expected_rows = sum(count for count, _ in left.values())
+            result.new_rows = sum(count for count, _ in right.values())
+        differing = [i for i in range(len(ranges)) if left.get(i) != right.get(i)]
+        if len(differing) * 2 > len(ranges):
+            result.leaves.extend(ranges[i] for i in differing)  # most differ: cutting further narrows nothing
+            break
+        pending = [(ranges[i], right.get(i, (0, 0))[0]) for i in differing]
+    return result
+
+
+def _joined(sides: Sides, leaves: list[Range]) -> sql.Composable:
+    """The expected rows (e) fully joined with the new table (n) over the leaf ranges, with each side's
+    row hash; the winner of a key masks the columns its source does not feed on both sides."""
+    if len(leaves) > MAX_JOINED_RANGES:
+        leaves = [(None, None)]
+    winner = sql.SQL("e.__precedence")
+    match = sql.SQL(" AND ").join(sql.SQL("e.{0} = n.{0}").format(sql.Identifier(k)) for k in sides.table.key)
+    return sql.SQL(
+        "SELECT e.__precedence, to_jsonb(e) AS e_row, to_jsonb(n) AS n_row, e.{k0} IS NULL AS extra,"
+        " n.{k0} IS NULL AS missing, {eh} <> {nh} AS differs"
+        " FROM (SELECT * FROM ({expected}) e WHERE {e_in}) e FULL JOIN (SELECT * FROM {new} n WHERE {n_in}) n ON {match}"
+    ).format(
+        k0=sql.Identifier(sides.table.key[0]),
+        eh=_row_hash(_masked(sides.compared, "e", winner, sides.fed_by)),
+        nh=_row_hash(_masked(sides.compared, "n", winner, sides.fed_by)),
+        expected=sides.expected,
+        e_in=_in_ranges(sides, "e", leaves),
+        new=sides.new,
+        n_in=_in_ranges(sides, "n", leaves),
+        match=match,
+    )
 
 
 def compare_table(
     conn: psycopg.Connection, plan: Plan, table: NewTable, mappings: list[SourceMapping], freshness_hours: int
 ) -> dict[str, Any]:
-    # Columns every source feeds; a column only some sources feed is compared where it is fed.
+    # Columns some source feeds; a column only some sources feed is compared where the winner feeds it.
     columns = [c for c in table.column_names if any(c in m.new_columns for m in mappings)]
     compared = [c for c in columns if c not in table.key]
     fed_by = {c: [m.precedence for m in mappings if c in m.new_columns] for c in compared}
-    key_match = sql.SQL(" AND ").join(sql.SQL("e.{0} = n.{0}").format(sql.Identifier(k)) for k in table.key)
     new = sql.Identifier(plan.new_schema, table.name)
-    expected = _expected(plan, table, mappings, columns)
-    counts = conn.execute(
-        sql.SQL(
-            "WITH e AS ({expected}), "
-            "j AS (SELECT e.__precedence, (e.{k0} IS NULL) AS extra, (n.{k0} IS NULL) AS missing, "
-            "{eh} <> {nh} AS differs FROM e FULL JOIN {new} n ON {match}) "
-            "SELECT count(*) FILTER (WHERE missing), count(*) FILTER (WHERE extra), "
-            "count(*) FILTER (WHERE differs AND NOT missing AND NOT extra), "
-            "(SELECT count(*) FROM e), (SELECT count(*) FROM {new}) FROM j"
-        ).format(
-            expected=expected,
-            k0=sql.Identifier(table.key[0]),
-            eh=_row_hash(compared, "e", fed_by),
-            nh=_row_hash(compared, "n"),
-            new=new,
-            match=key_match,
-        )
-    ).fetchone()
-    missing, extra, differing, expected_rows, new_rows = counts
-    samples = _samples(conn, table, expected, new, key_match, compared, fed_by) if differing or missing or extra else []
+    sides = Sides(table, _expected(plan, table, mappings, columns), new, compared, fed_by, mappings)
+    found = bisect(conn, sides)
+    missing = extra = differing = 0
+    samples: list[dict[str, Any]] = []
+    expected_rows, new_rows = found.expected_rows, found.new_rows
+    if found.leaves:
+        joined = _joined(sides, found.leaves)
+        missing, extra, differing, left, right = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FILTER (WHERE missing), count(*) FILTER (WHERE extra),"
+                " count(*) FILTER (WHERE differs AND NOT missing AND NOT extra),"
+                " count(*) FILTER (WHERE NOT extra), count(*) FILTER (WHERE NOT missing) FROM ({}) j"
+            ).format(joined)
+        ).fetchone()
+        if expected_rows is None:  # the whole key space was one leaf: the join counted both sides
+            expected_rows, new_rows = left, right
+        if missing or extra or differing:
+            samples = _samples(conn, sides, joined)
     per_source = [_source_figures(conn, plan, table, m, new, freshness_hours, missing > 0) for m in mappings]
     return {
         "table": table.name,
@@ -100,30 +308,26 @@ def compare_table(
         "samples": samples,
         "sources": per_source,
         "compared_columns": compared,
+        "bisection": {
+            "levels": found.levels,
+            "ranges_compared": found.ranges_compared,
+            "ranges_joined": len(found.leaves),
+        },
     }
 
 
-def _samples(conn, table: NewTable, expected, new, key_match, compared: list[str], fed_by) -> list[dict[str, Any]]:
+def _samples(conn: psycopg.Connection, sides: Sides, joined: sql.Composable) -> list[dict[str, Any]]:
+    order = sql.SQL(", ").join(
+        sql.SQL("coalesce(e_row->>{0}, n_row->>{0})").format(sql.Literal(k)) for k in sides.table.key
+    )
     rows = conn.execute(
-        sql.SQL(
-            "WITH e AS ({expected}) SELECT to_jsonb(e), to_jsonb(n) FROM e FULL JOIN {new} n ON {match} "
-            "WHERE e.{k0} IS NULL OR n.{k0} IS NULL OR {eh} <> {nh} ORDER BY {order} LIMIT {limit}"
-        ).format(
-            expected=expected,
-            new=new,
-            match=key_match,
-            k0=sql.Identifier(table.key[0]),
-            eh=_row_hash(compared, "e", fed_by),
-            nh=_row_hash(compared, "n"),
-            order=sql.SQL(", ").join(sql.SQL("coalesce(e.{0}, n.{0})").format(sql.Identifier(k)) for k in table.key),
-            limit=sql.Literal(SAMPLE),
+        sql.SQL("SELECT e_row, n_row FROM ({}) j WHERE missing OR extra OR differs ORDER BY {} LIMIT {}").format(
+            joined, order, sql.Literal(SAMPLE)
         )
     ).fetchall()
     samples = []
     for old_row, new_row in rows:
-        key = {k: (old_row or new_row).get(k) for k in table.key}
-        if old_row is not None:
-            old_row = dict(old_row)
+        key = {k: (old_row or new_row).get(k) for k in sides.table.key}
         if old_row is None:
             samples.append({"key": key, "problem": "extra: in the new table, in no source"})
         elif new_row is None:
@@ -132,8 +336,8 @@ def _samples(conn, table: NewTable, expected, new, key_match, compared: list[str
             winner = old_row.get("__precedence")
             columns = {
                 c: {"expected": old_row.get(c), "new": new_row.get(c)}
-                for c in compared
-                if winner in fed_by[c] and old_row.get(c) != new_row.get(c)
+                for c in sides.compared
+                if winner in sides.fed_by[c] and old_row.get(c) != new_row.get(c)
             }
             samples.append({"key": key, "problem": "values differ", "columns": columns})
     return samples
