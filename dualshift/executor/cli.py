@@ -181,17 +181,18 @@ def verify_command(
     report: Path = typer.Option(None, "--report", help="Also write the report: .json or .md by the file's suffix."),
 ) -> None:
     """Parity per new table and per source, in the database; exit 0 only when the plan's thresholds hold."""
-    from dualshift.executor.verify import markdown
+    from dualshift.executor.verify import markdown, ranges_text
 
     result = _perform(context, lambda e: e.verify())
     result.pop("statements", None)
     table = Table(title=f"parity: {'PASSED' if result['passed'] else 'FAILED'}")
-    for column in ("new table", "expected", "new", "missing", "extra", "differing"):
+    for column in ("new table", "expected", "new", "missing", "extra", "differing", "ranges compared / joined"):
         table.add_column(column, justify="right" if column != "new table" else "left")
     for t in result["tables"]:
         table.add_row(
             t["table"],
             *(str(t[k]) for k in ("expected_rows", "new_rows", "missing_rows", "extra_rows", "mismatched_rows")),
+            ranges_text(t),
         )
     Console().print(table)
     for t in result["tables"]:

@@ -92,21 +92,30 @@ class Sides:
         return [self.table.column(k).type for k in self.table.key]
 
     def hashed_expected(self) -> sql.Composable:
-        keys = sql.SQL(", ").join(sql.Identifier("e", k) for k in self.table.key)
         values = _masked(self.compared, "e", sql.SQL("e.__precedence"), self.fed_by)
-        return sql.SQL("SELECT {}, {} AS __h FROM ({}) e").format(keys, _row_hash(values), self.expected)
+        return sql.SQL("SELECT {}, {} AS __h FROM ({}) e").format(
+            self._keys("e"), _row_hash(self._key_values("e") + values), self.expected
+        )
 
     def hashed_new(self) -> sql.Composable:
-        keys = sql.SQL(", ").join(sql.Identifier("n", k) for k in self.table.key)
         if not self.partial:
             values = _masked(self.compared, "n", None, self.fed_by)
-            return sql.SQL("SELECT {}, {} AS __h FROM {} n").format(keys, _row_hash(values), self.new)
+            return sql.SQL("SELECT {}, {} AS __h FROM {} n").format(
+                self._keys("n"), _row_hash(self._key_values("n") + values), self.new
+            )
         # Which source wins each key decides which columns count: a key-only pass over the sources.
         values = _masked(self.compared, "n", sql.SQL("w.__precedence"), self.fed_by)
         match = sql.SQL(" AND ").join(sql.SQL("w.{0} = n.{0}").format(sql.Identifier(k)) for k in self.table.key)
         return sql.SQL("SELECT {}, {} AS __h FROM {} n LEFT JOIN ({}) w ON {}").format(
-            keys, _row_hash(values), self.new, self.winners(), match
+            self._keys("n"), _row_hash(self._key_values("n") + values), self.new, self.winners(), match
         )
+
+    def _key_values(self, alias: str) -> list[sql.Composable]:
+        # The key is hashed too: two rows of one range that swapped their values must change its digest.
+        return [sql.Identifier(alias, k) for k in self.table.key]
+
+    def _keys(self, alias: str) -> sql.Composable:
+        return sql.SQL(", ").join(self._key_values(alias))
 
     def winners(self) -> sql.Composable:
         branches = []
@@ -396,16 +405,23 @@ def run(conn: psycopg.Connection, plan: Plan, mappings: dict[tuple[str, str], So
     }
 
 
+def ranges_text(table: dict[str, Any]) -> str:
+    """How far the bisection went: key ranges whose digests were compared, and those joined row by row."""
+    bisection = table.get("bisection", {})
+    return f"{bisection.get('ranges_compared', 0)} / {bisection.get('ranges_joined', 0)}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Parity report: {'PASSED' if report['passed'] else 'FAILED'}",
         "",
-        "| new table | expected | new | missing | extra | differing |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| new table | expected | new | missing | extra | differing | ranges compared / joined |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for t in report["tables"]:
         lines.append(
-            f"| {t['table']} | {t['expected_rows']} | {t['new_rows']} | {t['missing_rows']} | {t['extra_rows']} | {t['mismatched_rows']} |"
+            f"| {t['table']} | {t['expected_rows']} | {t['new_rows']} | {t['missing_rows']} | {t['extra_rows']}"
+            f" | {t['mismatched_rows']} | {ranges_text(t)} |"
         )
     for t in report["tables"]:
         for sample in t["samples"]:

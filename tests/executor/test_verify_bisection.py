@@ -70,6 +70,22 @@ def test_one_changed_value_is_bisected_down_to_its_row(
     assert sample["columns"] == {"raw_topic": {"expected": "topic 25", "new": "planted"}}
 
 
+def test_two_rows_that_swapped_their_values_are_both_found(
+    queue: Executor, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify, "LEAF_ROWS", 50)
+    first, second = db.execute(
+        "SELECT decision_id FROM queue ORDER BY decision_id OFFSET 5000 LIMIT 2"  # neighbours: one range
+    ).fetchall()
+    db.execute(
+        "UPDATE queue q SET content = o.content, raw_topic = o.raw_topic, quality_score = o.quality_score"
+        " FROM queue o WHERE (q.decision_id, o.decision_id) IN ((%s, %s), (%s, %s))",
+        (first[0], second[0], second[0], first[0]),
+    )
+    table = queue.verify()["tables"][0]
+    assert table["mismatched_rows"] == 2 and table["bisection"]["ranges_joined"] == 1
+
+
 def test_a_missing_and_an_extra_row_are_found_in_their_ranges(
     queue: Executor, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
