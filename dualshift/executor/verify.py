@@ -387,11 +387,12 @@ def run(conn: psycopg.Connection, plan: Plan, mappings: dict[tuple[str, str], So
     thresholds = plan.thresholds
     tables = []
     for table in plan.tables:
-        tables.append(
-            compare_table(
-                conn, plan, table, [mappings[(table.name, s.table)] for s in table.sources], thresholds.freshness_hours
-            )
-        )
+        # One snapshot for all of a table's queries: a write landing between two levels of the bisection
+        # (or between the two sides of one level) must not make differing rows look equal, or the reverse.
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            table_mappings = [mappings[(table.name, s.table)] for s in table.sources]
+            tables.append(compare_table(conn, plan, table, table_mappings, thresholds.freshness_hours))
     passed = all(
         t["missing_rows"] <= thresholds.max_missing_rows
         and t["extra_rows"] <= thresholds.max_extra_rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
 
@@ -127,3 +129,41 @@ def test_composite_keys_are_bisected_with_row_comparisons(
     assert metrics["bisection"]["levels"] >= 2 and metrics["bisection"]["ranges_joined"] == 1
     assert metrics["samples"][0]["key"]["tweet_id"] == "t42"
     assert all(t["mismatched_rows"] == 0 for name, t in tables.items() if name != "engagement_metrics")
+
+
+def test_verify_under_concurrent_writers_sees_one_snapshot(queue: Executor, dsn: str) -> None:
+    """Writers commit old and new rows together while verify runs: every report must be of one
+    consistent moment (the counts of both sides agree and it passes), however the writes interleave."""
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer(offset: int) -> None:
+        with psycopg.connect(dsn) as conn:
+            for i in range(3000):
+                if stop.is_set():
+                    return
+                with conn.transaction():
+                    key = f"live-{offset}-{i}"
+                    conn.execute(
+                        "INSERT INTO queue_old (decision_id, content, topic) VALUES (md5(%s)::uuid, %s, 'live')",
+                        (key, key),
+                    )
+                    conn.execute(
+                        "INSERT INTO queue (decision_id, content, raw_topic) VALUES (md5(%s)::uuid, %s, 'live')",
+                        (key, key),
+                    )
+                written.append(1)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        reports = [queue.verify()["tables"][0] for _ in range(3)]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert written
+    for table in reports:
+        assert table["expected_rows"] == table["new_rows"] >= ROWS
+        assert (table["missing_rows"], table["extra_rows"], table["mismatched_rows"]) == (0, 0, 0)
