@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dualshift.analyzer.cache import ScanCache, copy_atomically, default_cache_dir
-from dualshift.analyzer.scan import DEFAULT_MAX_BYTES, ScanResult, scan_tree
+from dualshift.analyzer.scan import DEFAULT_MAX_BYTES, ScanResult, paused_gc, scan_tree
 from dualshift.console import error, fail
 from dualshift.reports.interaction_map import DEFAULT_NAME, summarize, write_map
 
@@ -49,8 +49,31 @@ def scan(
     console = Console(stderr=False, quiet=quiet)
     if not root.is_dir():
         raise fail(f"{root}: not a directory")
-    result = _scan_with_progress(root, include, exclude, jobs or None, not no_cache, max_file_mb, console)
-    cache = None if no_cache else ScanCache.open(default_cache_dir(), root.resolve())
+    # One pause from the scan to the summary, and the records freed (by reference counting) before it
+    # ends: the collector, let loose on them in between, would walk them all.
+    with paused_gc():
+        _scan_and_write(root, out, include, exclude, jobs or None, not no_cache, max_file_mb, console)
+
+
+def _scan_and_write(
+    root: Path,
+    out: Path,
+    include: list[str],
+    exclude: list[str],
+    jobs: int | None,
+    use_cache: bool,
+    max_file_mb: float,
+    console: Console,
+) -> None:
+    result = _scan_with_progress(root, include, exclude, jobs, use_cache, max_file_mb, console)
+    _write(result, root, out, use_cache)
+    for failure in result.failures:
+        error(f"{failure.file}: {failure.reason}")
+    _print_summary(console, result, out)
+
+
+def _write(result: ScanResult, root: Path, out: Path, use_cache: bool) -> None:
+    cache = ScanCache.open(default_cache_dir(), root.resolve()) if use_cache else None
     cached_map = cache.map_file(result.tree_key) if cache is not None else None
     try:
         if cached_map is not None:
@@ -61,9 +84,6 @@ def scan(
                 cache.put_map_file(result.tree_key, out)
     except OSError as exc:
         raise fail(f"{out}: cannot write map: {exc.strerror}") from exc
-    for failure in result.failures:
-        error(f"{failure.file}: {failure.reason}")
-    _print_summary(console, result, out)
 
 
 def _scan_with_progress(
@@ -88,10 +108,13 @@ def _scan_with_progress(
         task = bar.add_task("scan", total=None, visible=False)
 
         def advance(done: int, total: int) -> None:
-            if total >= PROGRESS_THRESHOLD:
+            # A few hundred steps draw the same bar as one per file, for much less work in the process
+            # that collects the workers' results.
+            if total >= PROGRESS_THRESHOLD and (done % max(1, total // 500) == 0 or done == total):
                 bar.update(task, completed=done, total=total, visible=True)
 
-        return scan_tree(root, include, exclude, jobs=jobs, progress=advance, use_cache=use_cache, max_bytes=max_bytes)
+        progress = None if console.quiet else advance
+        return scan_tree(root, include, exclude, jobs=jobs, progress=progress, use_cache=use_cache, max_bytes=max_bytes)
 
 
 def _print_summary(console: Console, result: ScanResult, out: Path) -> None:

@@ -7,6 +7,7 @@ executor's plan check all consume these plain values (or their dict form in the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Literal
 
 Operation = Literal["select", "insert", "upsert", "update", "delete", "unknown"]
@@ -31,6 +32,9 @@ class Filter:
     method: str  # eq, in, gte, match, or, not, filter, ...
     column: str | None  # None where the filter names no single column (an unparsable `or` string)
     value: str | None = None  # source text of the compared value, when there is one
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"method": self.method, "column": self.column, "value": self.value}
 
 
 @dataclass(frozen=True)
@@ -71,16 +75,18 @@ class CallSite:
     def is_write(self) -> bool:
         return self.operation in WRITE_OPERATIONS
 
+    def field_values(self) -> dict[str, Any]:
+        """The fields by name, values as they are: tuples, and Filter records in `filters`."""
+        return dict(zip(_CALL_FIELDS, _call_values(self), strict=True))
+
     def to_dict(self) -> dict[str, Any]:
         # By hand rather than dataclasses.asdict: maps of 100k calls are written in seconds.
-        data: dict[str, Any] = {}
-        for name in _CALL_FIELDS:
-            value = getattr(self, name)
-            if name == "filters":
-                value = [{"method": f.method, "column": f.column, "value": f.value} for f in value]
-            elif isinstance(value, tuple):
-                value = list(value)
-            data[name] = value
+        data = self.field_values()
+        for name in _SEQUENCE_FIELDS:
+            value = data[name]
+            if isinstance(value, tuple):
+                data[name] = list(value)
+        data["filters"] = [f.to_dict() for f in self.filters]
         return data
 
     @classmethod
@@ -88,20 +94,15 @@ class CallSite:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["filters"] = tuple(Filter(**f) for f in values.get("filters", ()))
-        for name in (
-            "chain",
-            "columns",
-            "select_columns",
-            "write_columns",
-            "on_conflict",
-            "embedded",
-            "resolved_tables",
-        ):
+        for name in _SEQUENCE_FIELDS:
             values[name] = tuple(values.get(name, ()))
         return cls(**values)
 
 
 _CALL_FIELDS = tuple(f.name for f in fields(CallSite))
+_call_values = attrgetter(*_CALL_FIELDS)
+# The tuple fields besides `filters`: lists in the dict form.
+_SEQUENCE_FIELDS = ("chain", "columns", "select_columns", "write_columns", "on_conflict", "embedded", "resolved_tables")
 
 
 @dataclass(frozen=True)

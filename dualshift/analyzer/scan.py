@@ -6,16 +6,17 @@ not parse is reported as a ParseFailure and the scan goes on.
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pathspec
 
-from dualshift.analyzer import python as python_analyzer
 from dualshift.analyzer import typescript
 from dualshift.analyzer.cache import ScanCache, content_hash, default_cache_dir, tree_key
 from dualshift.analyzer.records import CallSite, FileResult, ParseFailure, SideCall
@@ -54,7 +55,7 @@ class ScanResult:
     calls: list[CallSite] = field(default_factory=list)
     side_calls: list[SideCall] = field(default_factory=list)
     failures: list[ParseFailure] = field(default_factory=list)
-    tree_key: str = ""  # identifies the tree's listing; the CLI caches the rendered map under it
+    tree_key: str = ""  # identifies the tree's listing (scans with the cache); the CLI caches the map under it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ class ScanResult:
 
 @dataclass(frozen=True)
 class Discovered:
-    files: list[Path]
+    files: list[str]  # POSIX paths relative to the root, sorted
     failures: list[ParseFailure]
 
 
@@ -99,7 +100,7 @@ def discover(root: Path, include: Iterable[str] = (), exclude: Iterable[str] = (
     """Source files under root, honouring .gitignore files, skipping dependencies and build output."""
     include_spec = pathspec.GitIgnoreSpec.from_lines(list(include)) if include else None
     exclude_spec = pathspec.GitIgnoreSpec.from_lines(list(exclude)) if exclude else None
-    files: list[Path] = []
+    files: list[str] = []
     failures: list[ParseFailure] = []
     specs: list[tuple[str, pathspec.PathSpec]] = []
     for directory, dirnames, filenames in os.walk(root, followlinks=False, onerror=None):
@@ -126,8 +127,8 @@ def discover(root: Path, include: Iterable[str] = (), exclude: Iterable[str] = (
                 continue
             if exclude_spec is not None and exclude_spec.match_file(rel):
                 continue
-            files.append(here / name)
-    files.sort(key=lambda p: p.relative_to(root).as_posix())
+            files.append(rel)
+    files.sort()
     return Discovered(files, failures)
 
 
@@ -135,11 +136,11 @@ def discover(root: Path, include: Iterable[str] = (), exclude: Iterable[str] = (
 # One file
 
 
-def _read(path: Path, rel: str, max_bytes: int) -> bytes | ParseFailure:
+def _read(path: str | Path, rel: str, max_bytes: int) -> bytes | ParseFailure:
     try:
-        info = path.stat()
+        info = os.stat(path)
     except OSError as exc:
-        if path.is_symlink():
+        if os.path.islink(path):
             return ParseFailure(rel, f"broken or looping symbolic link ({exc.strerror})")
         return ParseFailure(rel, f"cannot stat file: {exc.strerror}")
     if not stat.S_ISREG(info.st_mode):
@@ -149,7 +150,8 @@ def _read(path: Path, rel: str, max_bytes: int) -> bytes | ParseFailure:
             rel, f"too large to analyze ({info.st_size / 1_048_576:.1f} MB > {max_bytes / 1_048_576:.1f} MB limit)"
         )
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as exc:
         return ParseFailure(rel, f"cannot read file: {exc.strerror}")
     if b"\x00" in data[:8192]:
@@ -164,6 +166,8 @@ def _read(path: Path, rel: str, max_bytes: int) -> bytes | ParseFailure:
 def analyze_source(rel: str, source: bytes, suffix: str) -> tuple[typescript.ModuleFacts, ParseFailure | None]:
     """Analyze one file's bytes. Python files are complete on their own; TS files may hold references."""
     if suffix in PYTHON_SUFFIXES:
+        from dualshift.analyzer import python as python_analyzer  # libcst: imported only for Python files
+
         facts = python_analyzer.analyze_module(rel, source)
         failure = ParseFailure(rel, facts.syntax_error) if facts.syntax_error else None
         return facts, failure
@@ -174,27 +178,31 @@ def analyze_source(rel: str, source: bytes, suffix: str) -> tuple[typescript.Mod
     return facts, failure
 
 
-def _analyze_one(
-    job: tuple[str, str, int],
-) -> tuple[str, str | None, typescript.ModuleFacts | None, ParseFailure | None]:
-    """Read, hash and analyze one file: (rel, content hash, facts, failure)."""
-    path, rel, max_bytes = job
-    data = _read(Path(path), rel, max_bytes)
+Job = tuple[str, str, int, bool]  # (path, rel, max bytes, whether to hash the content for the cache)
+
+
+def _analyze_one(job: Job) -> tuple[str, str | None, typescript.ModuleFacts | None, ParseFailure | None]:
+    """Read, hash and analyze one file: (rel, content hash or None, facts, failure)."""
+    path, rel, max_bytes, hashed = job
+    data = _read(path, rel, max_bytes)
     if isinstance(data, ParseFailure):
         return rel, None, None, data
+    sha = content_hash(data) if hashed else None
     try:
         facts, failure = analyze_source(rel, data, os.path.splitext(rel)[1])
     except RecursionError:
-        return rel, content_hash(data), None, ParseFailure(rel, "nesting too deep to analyze")
-    return rel, content_hash(data), facts, failure
+        return rel, sha, None, ParseFailure(rel, "nesting too deep to analyze")
+    return rel, sha, facts, failure
 
 
-def _run(jobs: list[tuple[str, str, int]], workers: int) -> Iterator[tuple]:
+def _run(jobs: list[Job], workers: int) -> Iterator[tuple]:
     if workers <= 1 or len(jobs) < 64:
         yield from map(_analyze_one, jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_analyze_one, jobs, chunksize=max(8, len(jobs) // (workers * 16)))
+    # Chunks of a few hundred files: few hand-overs, and no worker left alone with a long last chunk.
+    chunksize = max(8, min(256, len(jobs) // (workers * 16)))
+    with ProcessPoolExecutor(max_workers=workers, initializer=gc.enable) as pool:  # see paused_gc
+        yield from pool.map(_analyze_one, jobs, chunksize=chunksize)
 
 
 def analyze_file(root: Path, path: Path) -> FileResult:
@@ -208,14 +216,28 @@ def analyze_file(root: Path, path: Path) -> FileResult:
     return FileResult(file=rel, calls=calls, side_calls=list(facts.side_calls), failure=failure)
 
 
-def _stat(path: Path) -> tuple[int, int]:
+def _stat(path: str) -> tuple[int, int]:
     try:
-        info = path.stat()
+        info = os.stat(path)
     except OSError:
         return -1, -1
     return info.st_size, info.st_mtime_ns
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Hold the cyclic garbage collector while results pile up: each of its full passes walks every live
+    object, and a scan keeps a few dozen per call until the map is written. Records make no cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@paused_gc()
 def scan_tree(
     root: Path,
     include: Iterable[str] = (),
@@ -229,24 +251,27 @@ def scan_tree(
     root = Path(root).resolve()
     include, exclude = list(include), list(exclude)
     found = discover(root, include, exclude)
-    listing = [(p.relative_to(root).as_posix(), *_stat(p)) for p in found.files]
-    key = tree_key(repr((include, exclude, max_bytes)), listing)
+    base = str(root)
     cache = ScanCache.open(cache_dir or default_cache_dir(), root) if use_cache else None
-    if cache is not None:
+    key = ""
+    stats: dict[str, tuple[int, int]] = {}
+    if cache is not None:  # sizes and times only tell the cache what changed
+        listing = [(rel, *_stat(os.path.join(base, rel))) for rel in found.files]
+        key = tree_key(repr((include, exclude, max_bytes)), listing)
         cached = cache.tree(key)
         if isinstance(cached, ScanResult):
             cached.tree_key = key
             return cached
-    result = ScanResult(root=root, files_scanned=len(listing), failures=list(found.failures), tree_key=key)
+        stats = {rel: (size, mtime) for rel, size, mtime in listing}
+    result = ScanResult(root=root, files_scanned=len(found.files), failures=list(found.failures), tree_key=key)
     modules: dict[str, typescript.ModuleFacts] = {}
-    work: list[tuple[str, str, int]] = []
-    stats = {rel: (size, mtime) for rel, size, mtime in listing}
-    for rel, size, mtime in listing:
-        hit = cache.unchanged(rel, size, mtime) if cache is not None else None
+    work: list[Job] = []
+    for rel in found.files:
+        hit = cache.unchanged(rel, *stats[rel]) if cache is not None else None
         if hit is not None:
             _collect(result, modules, rel, *hit)
         else:
-            work.append((str(root / rel), rel, max_bytes))
+            work.append((os.path.join(base, rel), rel, max_bytes, cache is not None))
     workers = jobs if jobs is not None else (os.cpu_count() or 1)
     for done, (rel, sha, facts, failure) in enumerate(_run(work, workers), start=1):
         _collect(result, modules, rel, facts, failure)

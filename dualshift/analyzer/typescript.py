@@ -1,13 +1,14 @@
 """TypeScript / TSX / JavaScript call sites with tree-sitter.
 
-One tree-sitter query finds every `<receiver>.from(...)` and `<receiver>.rpc(...)` call (also the
-`await x.from<Row>('t')` shape that tree-sitter-typescript misparses as `(await x.from)<Row>('t')`);
-from each anchor the chain is climbed through the syntax tree. Table names that need other modules
-(imports, helper parameters) are left as references for `resolve.py`, which sees the whole tree.
+Every `<receiver>.from(...)` and `<receiver>.rpc(...)` call (also the `await x.from<Row>('t')` shape
+that tree-sitter-typescript misparses as `(await x.from)<Row>('t')`) is found from its `from` / `rpc`
+token; from each anchor the chain is climbed through the syntax tree. Table names that need other
+modules (imports, helper parameters) are left as references for `resolve.py`, which sees the whole tree.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -29,32 +30,35 @@ FILTERS_WITH_EXPRESSION = frozenset({"or"})
 # Receivers that are classes or namespaces, never Supabase clients: `Array.from`, `Buffer.from`, ...
 _TRANSPARENT = frozenset({"parenthesized_expression", "non_null_expression", "as_expression", "satisfies_expression"})
 
-_ANCHOR_QUERY = """
-(call_expression
-  function: (member_expression property: (property_identifier) @method) @member
-  arguments: (arguments) @args
-  (#any-of? @method "from" "rpc")) @call
-(call_expression
-  function: (await_expression (member_expression property: (property_identifier) @method) @member)
-  arguments: (arguments) @args
-  (#any-of? @method "from" "rpc")) @call
-"""
+# Anchors and module constants are found from bytes of the source, each candidate checked in the syntax
+# tree: a few lookups per file instead of a query over every node. A word is a candidate where no ASCII
+# letter, digit or `_` touches it, which never hides a real token (the characters around one are no
+# identifier characters); a hit inside a longer name (`$from`, `éfrom`) is rejected by the node's span.
+_WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+# The `=` of every `const NAME = <value>` whose value can be a literal: after unwrapping parentheses,
+# `as`, `satisfies`, `!` and `await`, a string, template or object, so the value starts with a quote, a
+# brace, a parenthesis or `await`. A comment (`/`) or Unicode white space (any non-ASCII byte) between
+# the `=` and the value makes a candidate too; the tree decides.
+_CONSTANT_VALUE = re.compile(rb"=\s*(?:['\"`{(/\x80-\xff]|await\b)")
+_SYMBOL_VALUE_TYPES = frozenset({"string", "template_string", "object", "as_expression", "satisfies_expression"})
+_IDENTIFIER_BYTES = _WORD_BYTES | {0x24}  # and "$"
+# Bytes after which (and blanks) `Name.from` starts an expression, so `Name` is the whole receiver. A
+# dot, a line break (`x.\n  Name.from`), a comment or a name before it leave the question to the tree.
+_STARTS_AN_EXPRESSION = frozenset(b"([{,;:=!?&|+-*%^~<>")
 
-
+# Module constants in a file with syntax errors, where error recovery can put anything between a
+# const's `=` and its value (or leave the `=` out): what the byte search finds in the others.
 _SYMBOL_QUERY = """
 (lexical_declaration kind: "const" (variable_declarator name: (identifier) @name
   value: [(string) (template_string) (object) (as_expression) (satisfies_expression)] @value))
 (enum_declaration name: (identifier) @enum body: (enum_body) @body)
 """
+# The arguments of plain calls (only for files that call a helper taking a table name).
 _CALL_QUERY = """
 (call_expression
   function: [(identifier) @callee (member_expression property: (property_identifier) @callee)]
   arguments: (arguments) @args)
 """
-
-
-# Pattern indices of the combined query, in the order the texts are joined in `_matches`.
-_PATTERN_GROUPS = ("anchor", "anchor", "symbol", "symbol", "call")
 
 
 @cache
@@ -116,6 +120,32 @@ class ModuleFacts:
 
 # ---------------------------------------------------------------------------------------------
 # Small node helpers
+
+
+class _Parents:
+    """Parents of the nodes met on the way down from the root. tree-sitter keeps no parent links:
+    `Node.parent` searches down from the root on every call, and following one chain asks for dozens."""
+
+    def __init__(self) -> None:
+        self._known: dict[ts.Node, ts.Node] = {}
+
+    def of(self, node: ts.Node) -> ts.Node | None:
+        known = self._known.get(node)
+        return known if known is not None else node.parent
+
+    def note(self, parent: ts.Node, children: list[ts.Node]) -> None:
+        for child in children:
+            self._known[child] = parent
+
+    def leaf_at(self, root: ts.Node, start: int) -> ts.Node:
+        """The leaf at byte `start` (the one a lookup of its byte range finds), remembering its ancestors."""
+        cursor = root.walk()
+        node = root
+        while cursor.goto_first_child_for_byte(start) is not None:
+            child = cursor.node
+            self._known[child] = node
+            node = child
+        return node
 
 
 def _text(node: ts.Node) -> str:
@@ -200,7 +230,7 @@ def _literal_value(node: ts.Node) -> object | None:
     return None
 
 
-def _collect_symbols(matches: list[dict[str, list[ts.Node]]]) -> dict[str, object]:
+def _collect_symbols(declarations: list[tuple[ts.Node, ts.Node, bool]]) -> dict[str, object]:
     """Const strings, `as const` objects and string enums of the module, by name (ambiguous names dropped)."""
     symbols: dict[str, object] = {}
     ambiguous: set[str] = set()
@@ -210,23 +240,90 @@ def _collect_symbols(matches: list[dict[str, list[ts.Node]]]) -> dict[str, objec
             ambiguous.add(name)
         symbols[name] = value
 
-    for captures in matches:
-        if "name" in captures:
-            literal = _literal_value(captures["value"][0])
+    for name, value_node, is_enum in declarations:
+        if not is_enum:
+            literal = _literal_value(value_node)
             if literal is not None:
-                remember(_text(captures["name"][0]), literal)
+                remember(_text(name), literal)
             continue
         members: dict[str, object] = {}
-        for member in captures["body"][0].named_children:
+        for member in value_node.named_children:
             if member.type == "enum_assignment":
                 key = member.child_by_field_name("name")
                 value = string_value(member.child_by_field_name("value"))
                 if key is not None and value is not None:
                     members[_text(key)] = value
-        remember(_text(captures["enum"][0]), {"__enum__": True, **members})
+        remember(_text(name), {"__enum__": True, **members})
     for name in ambiguous:
         del symbols[name]
     return symbols
+
+
+def _declarations(root: ts.Node, source: bytes, grammar: str) -> list[tuple[ts.Node, ts.Node, bool]]:
+    """(name, value, is_enum) of every `const NAME = <value>` that can hold a literal (the value a
+    string, template, object, `as` or `satisfies` expression) and every `enum NAME { ... }` (its body as
+    value), in the order of their values. A file with syntax errors is queried (see `_SYMBOL_QUERY`)."""
+    if root.has_error:
+        return _queried_declarations(root, grammar)
+    found: list[tuple[ts.Node, ts.Node, bool]] = []
+    for match in _CONSTANT_VALUE.finditer(source):
+        equals = _token_node(root, match.start(), match.start() + 1)
+        declarator = equals.parent if equals is not None and equals.type == "=" else None
+        if declarator is None or declarator.type != "variable_declarator":
+            continue
+        declaration = declarator.parent
+        if declaration is None or declaration.type != "lexical_declaration":
+            continue
+        kind = declaration.child_by_field_name("kind")
+        name = declarator.child_by_field_name("name")
+        value = declarator.child_by_field_name("value")
+        if kind is None or kind.type != "const" or name is None or name.type != "identifier" or value is None:
+            continue
+        if value.type in _SYMBOL_VALUE_TYPES:
+            found.append((name, value, False))
+    for start in _word_positions(source, b"enum"):
+        keyword = _token_node(root, start, start + 4)
+        parent = keyword.parent if keyword is not None and keyword.type == "enum" else None
+        if parent is None or parent.type != "enum_declaration":
+            continue
+        name = parent.child_by_field_name("name")
+        body = parent.child_by_field_name("body")
+        if name is not None and name.type == "identifier" and body is not None and body.type == "enum_body":
+            found.append((name, body, True))
+    # A const nested in another's value comes after it, as a walk of the tree meets them.
+    found.sort(key=lambda declaration: declaration[1].start_byte)
+    return found
+
+
+def _queried_declarations(root: ts.Node, grammar: str) -> list[tuple[ts.Node, ts.Node, bool]]:
+    found: list[tuple[ts.Node, ts.Node, bool]] = []
+    for _, captures in ts.QueryCursor(_query(grammar, _SYMBOL_QUERY)).matches(root):
+        if "name" in captures:
+            found.append((captures["name"][0], captures["value"][0], False))
+        else:
+            found.append((captures["enum"][0], captures["body"][0], True))
+    return found
+
+
+def _word_positions(source: bytes, word: bytes) -> list[int]:
+    """Where `word` stands alone in the bytes (`bytes.find` is many times faster than a regex `\\b`)."""
+    positions = []
+    size, length = len(word), len(source)
+    start = source.find(word)
+    while start >= 0:
+        end = start + size
+        if (start == 0 or source[start - 1] not in _WORD_BYTES) and (end == length or source[end] not in _WORD_BYTES):
+            positions.append(start)
+        start = source.find(word, end)
+    return positions
+
+
+def _token_node(root: ts.Node, start: int, end: int) -> ts.Node | None:
+    """The leaf spanning exactly these bytes, or None when they are part of a longer token."""
+    node = root.descendant_for_byte_range(start, end)
+    if node is None or node.start_byte != start or node.end_byte != end:
+        return None
+    return node
 
 
 def _collect_imports(root: ts.Node) -> dict[str, tuple[str, str]]:
@@ -286,26 +383,27 @@ _FUNCTION_TYPES = frozenset(
 )
 
 
-def _enclosing_function(node: ts.Node) -> ts.Node | None:
-    current = node.parent
+def _enclosing_function(node: ts.Node, parents: _Parents) -> ts.Node | None:
+    current = parents.of(node)
     while current is not None:
         if current.type in _FUNCTION_TYPES:
             return current
-        current = current.parent
+        current = parents.of(current)
     return None
 
 
-def _function_name(function: ts.Node | None) -> str | None:
+def _function_name(function: ts.Node | None, parents: _Parents) -> str | None:
     if function is None:
         return None
     name = function.child_by_field_name("name")
     if function.type == "method_definition" and name is not None:
-        owner = function.parent.parent if function.parent is not None else None
+        body = parents.of(function)
+        owner = parents.of(body) if body is not None else None
         owner_name = owner.child_by_field_name("name") if owner is not None else None
         return f"{_text(owner_name)}.{_text(name)}" if owner_name is not None else _text(name)
     if name is not None:
         return _text(name)
-    parent = function.parent
+    parent = parents.of(function)
     if parent is not None and parent.type == "variable_declarator":
         declared = parent.child_by_field_name("name")
         return _text(declared) if declared is not None else None
@@ -313,7 +411,7 @@ def _function_name(function: ts.Node | None) -> str | None:
         key = parent.child_by_field_name("key") or parent.child_by_field_name("name")
         return _text(key) if key is not None else None
     # An anonymous callback (`useEffect(() => ...)`, an IIFE) belongs to the function around it.
-    return _function_name(_enclosing_function(function))
+    return _function_name(_enclosing_function(function, parents), parents)
 
 
 def _parameter_index(function: ts.Node, name: str) -> int:
@@ -328,9 +426,9 @@ def _parameter_index(function: ts.Node, name: str) -> int:
     return -1
 
 
-def _callable_name(function: ts.Node) -> str | None:
+def _callable_name(function: ts.Node, parents: _Parents) -> str | None:
     """The bare name callers use: `insertRow` for `async insertRow(...)` or `const insertRow = ...`."""
-    qualified = _function_name(function)
+    qualified = _function_name(function, parents)
     return qualified.rsplit(".", 1)[-1] if qualified else None
 
 
@@ -362,19 +460,19 @@ def _method_of(call: ts.Node, symbols: dict[str, object] | None = None) -> str |
     return None
 
 
-def _climb(start: ts.Node, symbols: dict[str, object] | None = None) -> tuple[list[_Step], ts.Node]:
+def _climb(start: ts.Node, parents: _Parents, symbols: dict[str, object] | None = None) -> tuple[list[_Step], ts.Node]:
     """Follow `.method(...)` calls upward from `start`; return the steps and the outermost call."""
     steps: list[_Step] = []
     current = start
     while True:
-        parent = current.parent
+        parent = parents.of(current)
         while parent is not None and parent.type in _TRANSPARENT:
-            current, parent = parent, parent.parent
+            current, parent = parent, parents.of(parent)
         if parent is None or parent.type not in ("member_expression", "subscript_expression"):
             break
         if parent.child_by_field_name("object") != current:
             break
-        call = parent.parent
+        call = parents.of(parent)
         if call is None or call.type != "call_expression" or call.child_by_field_name("function") != parent:
             break
         method = _method_of(call, symbols)
@@ -385,16 +483,17 @@ def _climb(start: ts.Node, symbols: dict[str, object] | None = None) -> tuple[li
     return steps, current
 
 
-def _outermost(node: ts.Node) -> ts.Node:
-    while node.parent is not None and node.parent.type in _TRANSPARENT:
-        node = node.parent
+def _outermost(node: ts.Node, parents: _Parents) -> ts.Node:
+    parent = parents.of(node)
+    while parent is not None and parent.type in _TRANSPARENT:
+        node, parent = parent, parents.of(parent)
     return node
 
 
-def _bound_variable(chain_top: ts.Node) -> str | None:
+def _bound_variable(chain_top: ts.Node, parents: _Parents) -> str | None:
     """The variable a builder is stored in: `const q = <chain>` or `q = <chain>`."""
-    node = _outermost(chain_top)
-    parent = node.parent
+    node = _outermost(chain_top, parents)
+    parent = parents.of(node)
     if parent is None:
         return None
     if parent.type == "variable_declarator" and parent.child_by_field_name("value") == node:
@@ -407,7 +506,7 @@ def _bound_variable(chain_top: ts.Node) -> str | None:
 
 
 def _continuations(
-    variable: str, chain_top: ts.Node, scope: ts.Node, symbols: dict[str, object]
+    variable: str, chain_top: ts.Node, scope: ts.Node, symbols: dict[str, object], parents: _Parents
 ) -> tuple[list[_Step], bool]:
     """Later uses of a builder variable: `q = q.eq(...)`, `await q.insert(row)`; and whether it escapes."""
     steps: list[_Step] = []
@@ -420,15 +519,17 @@ def _continuations(
             continue
         if node.type == "identifier" and _text(node) == variable and node.start_byte >= chain_top.end_byte:
             uses.append(node)
-        stack.extend(node.named_children)
+        children = node.named_children
+        parents.note(node, children)
+        stack.extend(children)
     for use in sorted(uses, key=lambda n: n.start_byte):
-        parent = use.parent
+        parent = parents.of(use)
         while parent is not None and parent.type in _TRANSPARENT:
-            use, parent = parent, parent.parent
+            use, parent = parent, parents.of(parent)
         if parent is None:
             continue
         if parent.type in ("member_expression", "subscript_expression") and parent.child_by_field_name("object") == use:
-            more, _ = _climb(use, symbols)
+            more, _ = _climb(use, parents, symbols)
             steps.extend(more)
         elif parent.type in ("arguments", "return_statement", "pair", "array", "shorthand_property_identifier") or (
             parent.type == "arrow_function" and parent.child_by_field_name("body") == use
@@ -554,23 +655,20 @@ def analyze(rel_path: str, source: bytes, suffix: str, with_arguments: bool = Tr
     tree = parse(source, suffix)
     root = tree.root_node
     language = SUFFIXES[suffix]
-    groups = _matches(root, grammar_for(suffix), with_arguments)
-    facts = ModuleFacts(symbols=_collect_symbols(groups["symbol"]), imports=_collect_imports(root))
+    symbols = _collect_symbols(_declarations(root, source, grammar_for(suffix)))
+    facts = ModuleFacts(symbols=symbols, imports=_collect_imports(root))
     if root.has_error:
         facts.syntax_error_line = _first_error_line(root)
-    for captures in groups["anchor"]:
-        call = captures["call"][0]
-        receiver = captures["member"][0].child_by_field_name("object")
-        if receiver is None or _is_class_like(receiver):
-            continue  # Array.from, Buffer.from: the common case, checked first
-        if root.has_error and _inside_error(call):
+    parents = _Parents()
+    for call, receiver, method in _anchors(root, source, parents):
+        if root.has_error and _inside_error(call, parents):
             continue
-        method = _text(captures["method"][0])
         if method == "rpc":
-            _record_rpc(facts, rel_path, call, receiver)
+            _record_rpc(facts, rel_path, call, receiver, parents)
         else:
-            _record_from(facts, rel_path, source, call, receiver, language)
-    _collect_call_arguments(facts, groups["call"])
+            _record_from(facts, rel_path, call, receiver, language, parents)
+    if with_arguments:
+        _collect_call_arguments(facts, _call_matches(root, grammar_for(suffix)))
     return facts
 
 
@@ -579,13 +677,59 @@ def call_arguments(rel_path: str, source: bytes, suffix: str) -> list[CallArgume
     return analyze(rel_path, source, suffix, with_arguments=True).call_arguments
 
 
-def _matches(root: ts.Node, grammar: str, with_arguments: bool = True) -> dict[str, list[dict[str, list[ts.Node]]]]:
-    """One pass of the combined query over the tree, its matches grouped by what they are for."""
-    groups: dict[str, list[dict[str, list[ts.Node]]]] = {"anchor": [], "symbol": [], "call": []}
-    query = _query(grammar, _ANCHOR_QUERY + _SYMBOL_QUERY + (_CALL_QUERY if with_arguments else ""))
-    for pattern, captures in ts.QueryCursor(query).matches(root):
-        groups[_PATTERN_GROUPS[pattern]].append(captures)
-    return groups
+def _anchors(root: ts.Node, source: bytes, parents: _Parents) -> list[tuple[ts.Node, ts.Node, str]]:
+    """(call, receiver, "from" | "rpc") of every `<receiver>.from(...)` / `.rpc(...)` call whose receiver
+    is not class-like (also the misparsed `(await <receiver>.from)<Row>(...)`), in the order of their
+    argument lists."""
+    found: list[tuple[ts.Node, ts.Node, str]] = []
+    words = [(start, "from") for start in _word_positions(source, b"from")]
+    words += [(start, "rpc") for start in _word_positions(source, b"rpc")]
+    words.sort()
+    settled_by_bytes = not root.has_error  # error recovery can make `{ Array.from(` an object's member
+    for start, method in words:
+        if settled_by_bytes and _after_class_name(source, start):
+            continue  # `Array.from(`, `Buffer.from(`: most hits, settled without the tree
+        token = parents.leaf_at(root, start)
+        if token.start_byte != start or token.end_byte != start + len(method) or token.type != "property_identifier":
+            continue
+        member = parents.of(token)
+        if member is None or member.type != "member_expression" or member.child_by_field_name("property") != token:
+            continue
+        receiver = member.child_by_field_name("object")
+        if receiver is None or _is_class_like(receiver):
+            continue
+        holder = parents.of(member)
+        function = holder if holder is not None and holder.type == "await_expression" else member
+        call = parents.of(function)
+        if call is None or call.type != "call_expression" or call.child_by_field_name("function") != function:
+            continue
+        arguments = call.child_by_field_name("arguments")
+        if arguments is not None and arguments.type == "arguments":
+            found.append((call, receiver, method))
+    return found
+
+
+def _after_class_name(source: bytes, start: int) -> bool:
+    """Whether the token at `start` follows `Name.` where `Name` (capitalised) starts an expression, so
+    that in a tree without errors, if the token is an anchor, its receiver is `Name`, which
+    `_is_class_like` rejects. Only what is certain from the bytes: white space other than blanks,
+    comments and `?.` leave it to the tree."""
+    dot = start - 1
+    if dot < 1 or source[dot] != 0x2E:  # "."
+        return False
+    first = dot
+    while first > 0 and source[first - 1] in _IDENTIFIER_BYTES:
+        first -= 1
+    if first == dot or not 0x41 <= source[first] <= 0x5A:  # "A".."Z"
+        return False
+    before = first - 1
+    while before >= 0 and source[before] in (0x20, 0x09):  # blanks
+        before -= 1
+    return before < 0 or source[before] in _STARTS_AN_EXPRESSION
+
+
+def _call_matches(root: ts.Node, grammar: str) -> list[dict[str, list[ts.Node]]]:
+    return [captures for _, captures in ts.QueryCursor(_query(grammar, _CALL_QUERY)).matches(root)]
 
 
 def _first_error_line(root: ts.Node) -> int:
@@ -598,12 +742,12 @@ def _first_error_line(root: ts.Node) -> int:
     return 1
 
 
-def _inside_error(node: ts.Node) -> bool:
+def _inside_error(node: ts.Node, parents: _Parents) -> bool:
     current: ts.Node | None = node
     while current is not None:
         if current.type == "ERROR":
             return True
-        current = current.parent
+        current = parents.of(current)
     return False
 
 
@@ -617,7 +761,7 @@ def _storage_bucket_receiver(receiver: ts.Node) -> ts.Node | None:
 
 
 def _side_call(
-    kind: str, rel_path: str, call: ts.Node, top: ts.Node, client: ts.Node, operation: str | None
+    kind: str, rel_path: str, call: ts.Node, top: ts.Node, client: ts.Node, operation: str | None, parents: _Parents
 ) -> SideCall:
     """A storage or rpc call: listed apart, never counted as a table call."""
     args = _arguments(call)
@@ -631,7 +775,7 @@ def _side_call(
         operation=operation,
         client=_text(client),
         code=_text(top).strip(),
-        function=_function_name(_enclosing_function(call)),
+        function=_function_name(_enclosing_function(call, parents), parents),
     )
 
 
@@ -642,21 +786,21 @@ def _anchor_property(call: ts.Node) -> ts.Node:
     return member.child_by_field_name("property") or call
 
 
-def _record_rpc(facts: ModuleFacts, rel_path: str, call: ts.Node, receiver: ts.Node) -> None:
-    _steps, top = _climb(call)
-    facts.side_calls.append(_side_call("rpc", rel_path, call, top, receiver, None))
+def _record_rpc(facts: ModuleFacts, rel_path: str, call: ts.Node, receiver: ts.Node, parents: _Parents) -> None:
+    _steps, top = _climb(call, parents)
+    facts.side_calls.append(_side_call("rpc", rel_path, call, top, receiver, None, parents))
 
 
 def _record_from(
-    facts: ModuleFacts, rel_path: str, source: bytes, call: ts.Node, receiver: ts.Node, language: str
+    facts: ModuleFacts, rel_path: str, call: ts.Node, receiver: ts.Node, language: str, parents: _Parents
 ) -> None:
     args = _arguments(call)
-    steps, top = _climb(call, facts.symbols)
+    steps, top = _climb(call, parents, facts.symbols)
     line, column = _line_col(_anchor_property(call))
     storage_client = _storage_bucket_receiver(receiver)
     if storage_client is not None:
         operation = steps[0].method if steps else None
-        facts.side_calls.append(_side_call("storage", rel_path, call, top, storage_client, operation))
+        facts.side_calls.append(_side_call("storage", rel_path, call, top, storage_client, operation, parents))
         return
     methods = [s.method for s in steps]
     table_arg = args[0] if args else None
@@ -667,28 +811,29 @@ def _record_from(
     if literal is None and not known_method and not _names_a_string(facts, table_arg):
         return  # `moment(a).from(b)` and friends: not a query builder
     schema, client_node = _schema_of(receiver)
-    enclosing = _enclosing_function(call)
-    variable = _bound_variable(top)
+    enclosing = _enclosing_function(call, parents)
+    variable = _bound_variable(top, parents)
     escapes = False
     if variable is not None:
-        scope = enclosing if enclosing is not None else _program(call)
-        more, escapes = _continuations(variable, top, scope, facts.symbols)
+        scope = enclosing if enclosing is not None else _program(call, parents)
+        more, escapes = _continuations(variable, top, scope, facts.symbols, parents)
         steps = steps + more
     else:
-        escapes = _escapes(top) and not any(m in OPERATIONS for m in methods)
+        escapes = _escapes(top, parents) and not any(m in OPERATIONS for m in methods)
     columns = _read_columns(steps)
     chain = ("from", *(s.method for s in steps))
     all_columns = list(columns.select)
     for name in [*columns.write, *(f.column for f in columns.filters if f.column), *columns.on_conflict]:
         if name not in all_columns:
             all_columns.append(name)
-    kind, table, resolution, reference = _table_name(facts, table_arg, enclosing)
+    kind, table, resolution, reference = _table_name(facts, table_arg, enclosing, parents)
+    outermost = _outermost(top, parents)
     record = CallSite(
         file=rel_path,
         line=line,
         column=column,
-        start_byte=_outermost(top).start_byte,
-        end_byte=_outermost(top).end_byte,
+        start_byte=outermost.start_byte,
+        end_byte=outermost.end_byte,
         receiver_start=client_node.start_byte,
         receiver_end=client_node.end_byte,
         table_arg_start=table_arg.start_byte,
@@ -700,8 +845,8 @@ def _record_from(
         chain=chain,
         client=_text(client_node),
         language=language,  # type: ignore[arg-type]
-        code=_text(_outermost(top)).strip(),
-        function=_function_name(enclosing),
+        code=_text(outermost).strip(),
+        function=_function_name(enclosing, parents),
         schema=schema,
         columns=tuple(all_columns),
         select_columns=tuple(columns.select),
@@ -726,19 +871,21 @@ def _names_a_string(facts: ModuleFacts, arg: ts.Node) -> bool:
     return lookup(facts.symbols, path)[0] is not None or path[0] in facts.imports
 
 
-def _escapes(top: ts.Node) -> bool:
+def _escapes(top: ts.Node, parents: _Parents) -> bool:
     """A builder returned or passed on unexecuted: `return db.from('t')`, `run(db.from('t'))`."""
-    parent = _outermost(top).parent
+    outermost = _outermost(top, parents)
+    parent = parents.of(outermost)
     if parent is None:
         return False
     if parent.type in ("return_statement", "arguments"):
         return True
-    return parent.type == "arrow_function" and parent.child_by_field_name("body") == _outermost(top)
+    return parent.type == "arrow_function" and parent.child_by_field_name("body") == outermost
 
 
-def _program(node: ts.Node) -> ts.Node:
-    while node.parent is not None:
-        node = node.parent
+def _program(node: ts.Node, parents: _Parents) -> ts.Node:
+    parent = parents.of(node)
+    while parent is not None:
+        node, parent = parent, parents.of(parent)
     return node
 
 
@@ -755,7 +902,7 @@ def _schema_of(receiver: ts.Node) -> tuple[str | None, ts.Node]:
 
 
 def _table_name(
-    facts: ModuleFacts, arg: ts.Node, enclosing: ts.Node | None
+    facts: ModuleFacts, arg: ts.Node, enclosing: ts.Node | None, parents: _Parents
 ) -> tuple[str, str | None, str | None, Reference | None]:
     """(table_kind, table, resolution, reference-for-the-resolver)."""
     unwrapped = _unwrap(arg)
@@ -775,7 +922,7 @@ def _table_name(
         return "dynamic", None, None, Reference("import", path[0], path[1:], module, imported)
     if enclosing is not None and len(path) == 1:
         index = _parameter_index(enclosing, path[0])
-        name = _callable_name(enclosing)
+        name = _callable_name(enclosing, parents)
         if index >= 0 and name:
             return "dynamic", None, None, Reference("param", name, (), param_index=index)
     return "dynamic", None, f"{'.'.join(path)} is not a constant dualshift can resolve", None
@@ -847,12 +994,12 @@ def chain_at(tree: ts.Tree, table_arg_start: int, table_arg_end: int, symbols: d
     call = node.parent if node is not None else None
     if call is None or call.type != "call_expression":
         return None
-    steps, _ = _climb(call, symbols)
+    steps, _ = _climb(call, _Parents(), symbols)
     return ChainNodes(call, tuple((s.method, s.call) for s in steps))
 
 
-def module_symbols(tree: ts.Tree, suffix: str) -> dict[str, object]:
-    return _collect_symbols(_matches(tree.root_node, grammar_for(suffix))["symbol"])
+def module_symbols(tree: ts.Tree, source: bytes, suffix: str) -> dict[str, object]:
+    return _collect_symbols(_declarations(tree.root_node, source, grammar_for(suffix)))
 
 
 def object_pairs(node: ts.Node | None) -> list[tuple[str, ts.Node, ts.Node | None]]:

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import libcst
-
 from dualshift.analyzer import typescript
 from dualshift.analyzer.records import CallSite
 from dualshift.analyzer.scan import scan_tree
@@ -66,6 +64,8 @@ def write_atomically(path: Path, text: str) -> None:
 def _new_syntax_errors(rel: str, before: str, after: str) -> int:
     suffix = Path(rel).suffix
     if suffix == ".py":
+        import libcst  # a third of a second to import: only Python files need it
+
         try:
             libcst.parse_module(after)
         except libcst.ParserSyntaxError:

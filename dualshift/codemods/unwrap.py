@@ -138,7 +138,7 @@ def unwrap_typescript(source: str, rel_path: str, calls: list[CallSite], plan: P
     raw = source.encode("utf-8")
     suffix = PurePosixPath(rel_path).suffix
     tree = typescript.parse(raw, suffix)
-    symbols = typescript.module_symbols(tree, suffix)
+    symbols = typescript.module_symbols(tree, raw, suffix)
     quote = detect_style(source).quote
     edits: list[Edit] = []
     skipped: list[SkippedSite] = []

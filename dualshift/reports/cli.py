@@ -9,7 +9,6 @@ from rich.console import Console
 
 from dualshift.console import fail
 from dualshift.plan import PlanError, load_plan
-from dualshift.reports.diagrams import DiagramError
 from dualshift.reports.interaction_map import MapError, load_map
 
 
@@ -32,6 +31,7 @@ def report(
     """Write DATA_FLOW_ANALYSIS.json, the graph (node-link JSON, GraphML), DATA_FLOW_DIAGRAM.md (Mermaid),
     data-flow.svg/.png (Graphviz) and a self-contained report.html."""
     from dualshift.analyzer.scan import scan_tree
+    from dualshift.reports.diagrams import DiagramError  # networkx and graphviz: only `report` needs them
     from dualshift.reports.writer import write_reports
 
     console = Console()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dualshift import __version__
-from dualshift.analyzer.records import CallSite, ParseFailure, SideCall
+from dualshift.analyzer.records import CallSite, Filter, ParseFailure, SideCall
 
 MAP_FORMAT = 1
 DEFAULT_NAME = "DATABASE_INTERACTION_MAP.json"
@@ -94,10 +94,22 @@ def _records(result: Any) -> dict[str, Iterator[dict[str, Any]]]:
     """The one-record-per-line lists, produced lazily so that a big map is never whole in memory."""
     return {
         "calls": (c.to_dict() for c in result.calls),
+        **_side_records(result),
+    }
+
+
+def _side_records(result: Any) -> dict[str, Iterator[dict[str, Any]]]:
+    return {
         "storage_calls": (c.to_dict() for c in result.side_calls if c.kind == "storage"),
         "rpc_calls": (c.to_dict() for c in result.side_calls if c.kind == "rpc"),
         "failures": (f.to_dict() for f in result.failures),
     }
+
+
+def _encoded_records(result: Any) -> dict[str, Iterator[str]]:
+    """`_records` as JSON lines; a call is encoded from its fields as they are, without `to_dict`."""
+    encoded = {key: map(_RECORD_ENCODER.encode, records) for key, records in _side_records(result).items()}
+    return {"calls": (_CALL_ENCODER.encode(c.field_values()) for c in result.calls), **encoded}
 
 
 def build_map(result: Any) -> dict[str, Any]:
@@ -117,15 +129,65 @@ def _interaction(call: CallSite, table: str) -> dict[str, Any]:
 _ONE_PER_LINE = ("calls", "storage_calls", "rpc_calls", "failures")
 
 
-def _chunks(head: dict[str, Any], records: dict[str, Iterable[dict[str, Any]]]) -> Iterator[str]:
-    """Indented JSON, except that each record of the long lists stands on one line: diffable, and fast
-    to write (the C encoder does the records; the indenting encoder only the small head)."""
-    yield json.dumps(head, indent=2, ensure_ascii=False)[:-2]  # without the closing "\n}"
+# `json.dumps(record, ensure_ascii=False)` builds an encoder on every call; one encoder gives the same
+# text, and records hold no reference cycles to look for.
+_RECORD_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+_encode_string = json.encoder.encode_basestring  # how that encoder writes a string
+
+
+def _filter_record(value: object) -> dict[str, str | None]:
+    if isinstance(value, Filter):
+        return value.to_dict()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# A call's field values (tuples, Filter records) encode to the same text as its `to_dict()`: the encoder
+# writes tuples as arrays, and turns each Filter into the dict `to_dict` would hold.
+_CALL_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False, default=_filter_record)
+
+
+def _indented(value: Any, level: int = 0) -> str:
+    """`json.dumps(value, indent=2, ensure_ascii=False)`, byte for byte, for str-keyed dicts, lists and
+    scalars, in two thirds of the time: the standard library indents with its pure-Python encoder, and
+    a big map's head holds one small dict per interaction."""
+    if isinstance(value, str):
+        return _encode_string(value)
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        if not value:
+            return "{}"
+        inner = "\n" + "  " * (level + 1)
+        items = [_encode_string(key) + ": " + _indented_item(item, level + 1) for key, item in value.items()]
+        return "{" + inner + ("," + inner).join(items) + "\n" + "  " * level + "}"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "[]"
+        inner = "\n" + "  " * (level + 1)
+        items = [_indented_item(item, level + 1) for item in value]
+        return "[" + inner + ("," + inner).join(items) + "\n" + "  " * level + "]"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    return json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n" + "  " * level)
+
+
+def _indented_item(item: Any, level: int) -> str:
+    # The scalars most items are, without a call of `_indented` each.
+    kind = type(item)
+    if kind is str:
+        return _encode_string(item)
+    if kind is int:
+        return int.__repr__(item)
+    return _indented(item, level)
+
+
+def _chunks(head: dict[str, Any], lines: dict[str, Iterable[str]]) -> Iterator[str]:
+    """Indented JSON, except that each record of the long lists stands on one line (`lines` holds them
+    encoded): diffable, and fast to write (the C encoder does the records)."""
+    yield _indented(head)[:-2]  # without the closing "\n}"
     for key in _ONE_PER_LINE:
         yield f',\n  "{key}": ['
         first = True
-        for record in records.get(key, ()):
-            yield ("\n    " if first else ",\n    ") + json.dumps(record, ensure_ascii=False)
+        for line in lines.get(key, ()):
+            yield ("\n    " if first else ",\n    ") + line
             first = False
         yield "]" if first else "\n  ]"
     yield "\n}\n"
@@ -133,7 +195,7 @@ def _chunks(head: dict[str, Any], records: dict[str, Iterable[dict[str, Any]]]) 
 
 def render_map(data: dict[str, Any]) -> str:
     head = {k: v for k, v in data.items() if k not in _ONE_PER_LINE}
-    return "".join(_chunks(head, {k: data.get(k, []) for k in _ONE_PER_LINE}))
+    return "".join(_chunks(head, {k: map(_RECORD_ENCODER.encode, data.get(k, [])) for k in _ONE_PER_LINE}))
 
 
 def write_map(result: Any, out: Path) -> None:
@@ -141,7 +203,7 @@ def write_map(result: Any, out: Path) -> None:
     map is never whole in memory."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, delete=False, suffix=".tmp") as handle:
-        for chunk in _chunks(_head(result), _records(result)):
+        for chunk in _chunks(_head(result), _encoded_records(result)):
             handle.write(chunk)
     os.replace(handle.name, out)
 
