@@ -52,24 +52,12 @@ def scan(
     # One pause from the scan to the summary, and the records freed (by reference counting) before it
     # ends: the collector, let loose on them in between, would walk them all.
     with paused_gc():
-        _scan_and_write(root, out, include, exclude, jobs or None, not no_cache, max_file_mb, console)
-
-
-def _scan_and_write(
-    root: Path,
-    out: Path,
-    include: list[str],
-    exclude: list[str],
-    jobs: int | None,
-    use_cache: bool,
-    max_file_mb: float,
-    console: Console,
-) -> None:
-    result = _scan_with_progress(root, include, exclude, jobs, use_cache, max_file_mb, console)
-    _write(result, root, out, use_cache)
-    for failure in result.failures:
-        error(f"{failure.file}: {failure.reason}")
-    _print_summary(console, result, out)
+        result = _scan_with_progress(root, include, exclude, jobs or None, not no_cache, max_file_mb, console)
+        _write(result, root, out, not no_cache)
+        for failure in result.failures:
+            error(f"{failure.file}: {failure.reason}")
+        _print_summary(console, result, out)
+        del result
 
 
 def _write(result: ScanResult, root: Path, out: Path, use_cache: bool) -> None:

@@ -52,13 +52,19 @@ def _expected(plan: Plan, table: NewTable, mappings: list[SourceMapping], column
     )
 
 
-def _masked(columns: list[str], alias: str, winner: sql.Composable | None, fed_by: dict[str, list[int]]):
+def _partially_fed(fed_by: dict[str, list[int]], sources: int) -> set[str]:
+    """Columns that some of the table's sources do not feed."""
+    return {column for column, feeding in fed_by.items() if len(feeding) < sources}
+
+
+def _masked(columns: list[str], alias: str, winner: sql.Composable | None, fed_by: dict[str, list[int]], sources: int):
     """The compared values of a row. A column the winning source does not feed is not held against it:
     on both sides it is replaced by NULL for the rows that source wins."""
+    partial = _partially_fed(fed_by, sources) if winner is not None else set()
     values = []
     for column in columns:
         value: sql.Composable = sql.Identifier(alias, column)
-        if winner is not None and len(fed_by[column]) < len(set().union(*fed_by.values())):
+        if column in partial:
             value = sql.SQL("CASE WHEN {} = ANY({}) THEN {} END").format(winner, sql.Literal(fed_by[column]), value)
         values.append(value)
     return values
@@ -85,26 +91,25 @@ class Sides:
     partial: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        every = set().union(*self.fed_by.values()) if self.fed_by else set()
-        self.partial = any(len(sources) < len(every) for sources in self.fed_by.values())
+        self.partial = bool(_partially_fed(self.fed_by, len(self.mappings)))
 
     def key_types(self) -> list[str]:
         return [self.table.column(k).type for k in self.table.key]
 
     def hashed_expected(self) -> sql.Composable:
-        values = _masked(self.compared, "e", sql.SQL("e.__precedence"), self.fed_by)
+        values = _masked(self.compared, "e", sql.SQL("e.__precedence"), self.fed_by, len(self.mappings))
         return sql.SQL("SELECT {}, {} AS __h FROM ({}) e").format(
             self._keys("e"), _row_hash(self._key_values("e") + values), self.expected
         )
 
     def hashed_new(self) -> sql.Composable:
         if not self.partial:
-            values = _masked(self.compared, "n", None, self.fed_by)
+            values = _masked(self.compared, "n", None, self.fed_by, len(self.mappings))
             return sql.SQL("SELECT {}, {} AS __h FROM {} n").format(
                 self._keys("n"), _row_hash(self._key_values("n") + values), self.new
             )
         # Which source wins each key decides which columns count: a key-only pass over the sources.
-        values = _masked(self.compared, "n", sql.SQL("w.__precedence"), self.fed_by)
+        values = _masked(self.compared, "n", sql.SQL("w.__precedence"), self.fed_by, len(self.mappings))
         match = sql.SQL(" AND ").join(sql.SQL("w.{0} = n.{0}").format(sql.Identifier(k)) for k in self.table.key)
         return sql.SQL("SELECT {}, {} AS __h FROM {} n LEFT JOIN ({}) w ON {}").format(
             self._keys("n"), _row_hash(self._key_values("n") + values), self.new, self.winners(), match
@@ -246,7 +251,7 @@ def bisect(conn: psycopg.Connection, sides: Sides) -> Bisection:
         result.levels += 1
         result.ranges_compared += len(ranges)
         left, right = _range_digests(conn, sides, expected, ranges), _range_digests(conn, sides, new, ranges)
-        if result.expected_rows is None and pending[0][0] == (None, None):
+        if result.levels == 1:  # the first level covers the whole key space
             result.expected_rows = sum(count for count, _ in left.values())
             result.new_rows = sum(count for count, _ in right.values())
         differing = [i for i in range(len(ranges)) if left.get(i) != right.get(i)]
@@ -270,8 +275,8 @@ def _joined(sides: Sides, leaves: list[Range]) -> sql.Composable:
         " FROM (SELECT * FROM ({expected}) e WHERE {e_in}) e FULL JOIN (SELECT * FROM {new} n WHERE {n_in}) n ON {match}"
     ).format(
         k0=sql.Identifier(sides.table.key[0]),
-        eh=_row_hash(_masked(sides.compared, "e", winner, sides.fed_by)),
-        nh=_row_hash(_masked(sides.compared, "n", winner, sides.fed_by)),
+        eh=_row_hash(_masked(sides.compared, "e", winner, sides.fed_by, len(sides.mappings))),
+        nh=_row_hash(_masked(sides.compared, "n", winner, sides.fed_by, len(sides.mappings))),
         expected=sides.expected,
         e_in=_in_ranges(sides, "e", leaves),
         new=sides.new,
