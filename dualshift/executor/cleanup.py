@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from dualshift.executor import views
 from dualshift.executor.catalog import SourceMapping, table_exists
 from dualshift.executor.connection import ExecutorError, Sink
 from dualshift.plan import Plan
@@ -47,36 +48,9 @@ def backup(conn: psycopg.Connection, plan: Plan, dsn: str, backup_dir: Path, sin
     return f"copies in schema {plan.archive_schema}"
 
 
-def view_statement(plan: Plan, mapping: SourceMapping) -> sql.Composable:
-    """The old name over the new table, new columns shown under their old names."""
-    source, table = mapping.source, mapping.table
-    columns = sql.SQL(", ").join(
-        sql.SQL("{} AS {}").format(sql.Identifier(new), sql.Identifier(old))
-        for old, new in table.column_mapping(source.table).items()
-    )
-    return sql.SQL("CREATE VIEW {} WITH (security_invoker = true) AS SELECT {} FROM {}").format(
-        sql.Identifier(source.schema, source.table), columns, sql.Identifier(plan.target_schema, table.name)
-    )
-
-
-def _same_grants(conn: psycopg.Connection, archived_schema: str, schema: str, name: str) -> list[sql.Composable]:
-    """The view answers to the roles the old table answered to (the new table's rights apply beneath it)."""
-    owner = conn.execute("SELECT current_user").fetchone()[0]
-    rows = conn.execute(
-        "SELECT grantee, privilege_type FROM information_schema.role_table_grants"
-        " WHERE table_schema = ANY(%s) AND table_name = %s AND grantee <> %s ORDER BY 1, 2",
-        ([archived_schema, schema], name, owner),
-    ).fetchall()
-    return [
-        sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), sql.Identifier(schema, name), sql.Identifier(role))
-        for role, privilege in rows
-        if privilege in ("SELECT", "INSERT", "UPDATE", "DELETE")
-    ]
-
-
 def run(conn: psycopg.Connection, plan: Plan, mappings: dict, dsn: str, backup_dir: Path, sink: Sink) -> dict:
     where = backup(conn, plan, dsn, backup_dir, sink)
-    views = []
+    made_views = []
     with conn.transaction():
         sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.archive_schema)))
         for table in plan.tables:
@@ -97,11 +71,10 @@ def run(conn: psycopg.Connection, plan: Plan, mappings: dict, dsn: str, backup_d
                 )
         for table in plan.tables:
             for source in table.sources:
-                sink.run(view_statement(plan, mappings[(table.name, source.table)]))
-                for statement in _same_grants(conn, plan.archive_schema, source.schema, source.table):
+                for statement in views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]):
                     sink.run(statement)
-                views.append(f"{source.schema}.{source.table}")
-    return {"backup": where, "views": views}
+                made_views.append(f"{source.schema}.{source.table}")
+    return {"backup": where, "views": made_views}
 
 
 def rollback(conn: psycopg.Connection, plan: Plan, mappings: dict, sink: Sink) -> dict:
