@@ -39,6 +39,7 @@ from dualshift.plan import parse_plan  # noqa: E402
 
 PLAN = """
 version = 1
+name = "bench-executor"
 [[tables]]
 name = "bench_queue"
 key = ["decision_id"]

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+PLAN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+SOURCES_ARE = ("twins", "partitions")
+VIEW_WRITES = ("allow", "refuse")
 # A column type: letters, digits, spaces, parentheses, commas and brackets (numeric(5,4), text[]).
 SQL_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*(\(\s*\d+\s*(,\s*\d+\s*)?\))?(\[\])*$")
 # SQL snippets (defaults, checks, index predicates) are the plan author's, but a statement
@@ -70,6 +73,8 @@ class Source:
     constants: Mapping[str, ScalarValue] = field(default_factory=dict)  # new column → value
     drop: tuple[str, ...] = ()  # old columns deliberately not carried over
     timestamp: str | None = None  # old column used for freshness checks (e.g. created_at)
+    partition: str | None = None  # SQL predicate over new-table columns: this source's rows
+    view_writes: str = "allow"  # "allow" or "refuse": writes through the compatibility view
 
     def new_column(self, old_column: str, new_columns: Iterable[str]) -> str | None:
         """The new column an old column lands in, or None when it is dropped."""
@@ -96,6 +101,28 @@ class NewTable:
     sources: tuple[Source, ...]  # precedence order: the first source wins a key conflict
     indexes: tuple[Index, ...] = ()
     checks: tuple[str, ...] = ()
+    # "twins": every source holds the same entity, each old name shows every row;
+    # "partitions": each source owns the rows of its partition (its constants or `partition`).
+    sources_are: str = "twins"
+
+    def partition_predicate(self, old_table: str) -> str | None:
+        """SQL over the new table's columns selecting the rows of one source; None for twins.
+
+        A source's predicate is its `partition`, else its constants; a source with neither owns
+        the rows no other source's predicate selects (at most one such source, checked on load).
+        """
+        if self.sources_are != "partitions":
+            return None
+        own = _source_predicate(self.source(old_table), self.discriminators)
+        if own is not None:
+            return own
+        others = [p for s in self.sources if s.table != old_table and (p := _source_predicate(s, self.discriminators))]
+        return " AND ".join(f"NOT coalesce(({p}), false)" for p in others) or "true"
+
+    @property
+    def discriminators(self) -> tuple[str, ...]:
+        """Constant columns that tell sources apart (set by two or more sources, to different values)."""
+        return _discriminators(self.sources)
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -122,6 +149,37 @@ class NewTable:
         return mapping
 
 
+def sql_literal(value: ScalarValue) -> str:
+    """A constant as SQL text (plan.py builds no composed SQL; this serves predicates only)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _discriminators(sources: tuple[Source, ...]) -> tuple[str, ...]:
+    found = []
+    for column in sorted(set().union(*(s.constants for s in sources))):
+        values = [repr(s.constants[column]) for s in sources if column in s.constants]
+        if len(values) > 1 and len(set(values)) == len(values):
+            found.append(column)
+    return tuple(found)
+
+
+def _source_predicate(source: Source | None, discriminators: tuple[str, ...]) -> str | None:
+    if source is None:
+        return None
+    if source.partition:
+        return source.partition
+    own = [c for c in discriminators if c in source.constants]
+    if own:
+        return " AND ".join(f'"{c}" = {sql_literal(source.constants[c])}' for c in own)
+    return None
+
+
 @dataclass(frozen=True)
 class Thresholds:
     max_missing_rows: int = 0  # keys in a source that are absent from the new table
@@ -134,6 +192,8 @@ class Thresholds:
 class Plan:
     path: str
     tables: tuple[NewTable, ...]
+    name: str = "unnamed"  # the migration's id: the executor keys its state by it
+    timezone: str = "UTC"  # how `timestamp` (without time zone) values are read when cast to timestamptz
     new_schema: str = "public"  # where `create` builds the new tables
     target_schema: str = "public"  # where `cleanup` promotes them
     archive_schema: str = "dualshift_archive"  # where `cleanup` moves the old tables
@@ -153,6 +213,16 @@ class Plan:
     def table_mapping(self) -> dict[str, str]:
         """old table → new table, for every source in the plan."""
         return {s.table: t.name for t in self.tables for s in t.sources}
+
+
+def _default_sources_are(sources: tuple[Source, ...]) -> str:
+    """Partitions when every source declares a partition, or one constant column tells all but one apart."""
+    if len(sources) > 1 and all(s.partition for s in sources):
+        return "partitions"
+    for column in _discriminators(sources):
+        if sum(column in s.constants for s in sources) >= len(sources) - 1:
+            return "partitions"
+    return "twins"
 
 
 def load_plan(path: Path | str) -> Plan:
@@ -204,6 +274,17 @@ class _PlanReader:
         version = raw.get("version", 1)
         if version != 1:
             raise self.fail(f"unsupported plan version {version!r} (this dualshift reads version 1)", "version")
+        name = raw.get("name")
+        if not isinstance(name, str) or not PLAN_NAME.match(name):
+            raise self.fail(
+                'the plan needs `name = "..."` at the top: the migration\'s id (letters, digits, . _ -, '
+                "at most 63 characters), which keys its state in the database",
+                "name =" if "name" in raw else "version",
+            )
+        session = self.table_value(raw, "session")
+        timezone = session.get("timezone", "UTC")
+        if not isinstance(timezone, str) or not re.match(r"^[A-Za-z0-9_+\-/:]{1,64}$", timezone):
+            raise self.fail('session.timezone must be a time zone name such as "UTC"', "timezone")
         schemas = self.table_value(raw, "schemas")
         new_schema = self.identifier(schemas.get("new", "public"), "schema", "new")
         target_schema = self.identifier(schemas.get("target", "public"), "schema", "target")
@@ -217,6 +298,8 @@ class _PlanReader:
         plan = Plan(
             path=str(self.path),
             tables=tables,
+            name=name,
+            timezone=timezone,
             new_schema=new_schema,
             target_schema=target_schema,
             archive_schema=archive_schema,
@@ -277,7 +360,26 @@ class _PlanReader:
             raise self.fail(f"table {name} replaces no old table: add a [[tables.sources]] section", where)
         indexes = tuple(self.index(i, name, names) for i in raw.get("indexes", []))
         checks = tuple(self.snippet(c, "check", where) for c in raw.get("checks", []))
-        return NewTable(name=name, key=key, columns=columns, sources=sources, indexes=indexes, checks=checks)
+        sources_are = raw.get("sources_are", _default_sources_are(sources))
+        if sources_are not in SOURCES_ARE:
+            raise self.fail(f"sources_are of {name} must be one of {', '.join(SOURCES_ARE)}", "sources_are")
+        if sources_are == "partitions":
+            unowned = [s.table for s in sources if _source_predicate(s, _discriminators(sources)) is None]
+            if len(unowned) > 1:
+                raise self.fail(
+                    f"table {name} has partitioned sources but {', '.join(unowned)} have neither constants nor"
+                    " `partition`: at most one source may own the rest",
+                    "sources_are" if "sources_are" in raw else where,
+                )
+        return NewTable(
+            name=name,
+            key=key,
+            columns=columns,
+            sources=sources,
+            indexes=indexes,
+            checks=checks,
+            sources_are=sources_are,
+        )
 
     def column(self, raw: Any, table: str) -> Column:
         if not isinstance(raw, Mapping):
@@ -323,6 +425,13 @@ class _PlanReader:
                     f"source {old} renames {old_column} to {new_column}, which {table} does not have",
                     f'{old_column} = "{new_column}"',
                 )
+        targets = list(rename.values())
+        for old_column, new_column in rename.items():
+            if targets.count(new_column) > 1:
+                raise self.fail(
+                    f"source {old} renames two columns to {new_column}: one of them would migrate nowhere",
+                    f'{old_column} = "{new_column}"',
+                )
         constants = raw.get("constants", {})
         if not isinstance(constants, Mapping):
             raise self.fail(f"constants of source {old} must be a table column = value", where)
@@ -334,6 +443,12 @@ class _PlanReader:
         timestamp = raw.get("timestamp")
         if timestamp is not None:
             timestamp = self.identifier(timestamp, "timestamp column", where)
+        partition = raw.get("partition")
+        if partition is not None:
+            partition = self.snippet(partition, f"partition of source {old}", "partition")
+        view_writes = raw.get("view_writes", "allow")
+        if view_writes not in VIEW_WRITES:
+            raise self.fail(f"view_writes of source {old} must be one of {', '.join(VIEW_WRITES)}", "view_writes")
         return Source(
             table=old,
             schema=schema,
@@ -342,6 +457,8 @@ class _PlanReader:
             constants=dict(constants),
             drop=self.identifiers(raw.get("drop", []), "dropped column", where),
             timestamp=timestamp,
+            partition=partition,
+            view_writes=view_writes,
         )
 
     def index(self, raw: Any, table: str, new_columns: list[str]) -> Index:

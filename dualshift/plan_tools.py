@@ -37,6 +37,7 @@ def draft_plan(calls: Iterable[CallSite]) -> str:
         "# Check every TODO: the new table names, the column types, the key, and the renames.",
         "# Sources are in precedence order: on a key conflict the first source wins.",
         "version = 1",
+        'name = "consolidation"  # TODO: the migration\'s id; the executor keys its state by it',
         "",
         "[schemas]",
         'new = "public"',

@@ -46,6 +46,13 @@ def test_column_mapping_applies_renames_drops_and_skips_constants() -> None:
         ("default = \"'queued'\"", "default = \"'queued'; DELETE FROM x\"", "without ; or comments"),
         ('key = ["tweet_id", "measured_at"]', 'key = ["tweet_id"]', "has a key of 1 column(s)"),
         ('rename = { topic = "raw_topic" }', 'rename = { topic = "no_such_column" }', "does not have"),
+        (
+            'rename = { topic = "raw_topic", predicted_engagement = "predicted_er" }',
+            'rename = { topic = "raw_topic", predicted_engagement = "raw_topic" }',
+            "renames two columns to raw_topic",
+        ),
+        ('name = "xbot-9-to-3"', 'name = "xbot 9 to 3"', "the migration's id"),
+        ('table = "tweets"', 'view_writes = "maybe"\n  table = "tweets"', "view_writes of source tweets"),
     ],
 )
 def test_bad_plans_are_rejected_with_file_and_line(old: str, new: str, message: str) -> None:
@@ -80,3 +87,30 @@ def test_a_source_cannot_feed_two_new_tables() -> None:
 def test_missing_file_is_a_plan_error(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="cannot read plan"):
         load_plan(tmp_path / "absent.toml")
+
+
+def test_a_plan_without_a_name_is_refused_on_its_first_line() -> None:
+    text = example_text().replace('name = "xbot-9-to-3"\n', "", 1)
+    with pytest.raises(PlanError, match="needs `name") as caught:
+        parse_plan(text, "plan.toml")
+    assert caught.value.line == text.splitlines().index("version = 1") + 1
+
+
+def test_sources_with_distinct_constants_are_partitions_and_twins_are_not() -> None:
+    plan = load_plan(EXAMPLE)
+    assert plan.name == "xbot-9-to-3" and plan.timezone == "UTC"
+    queue, posted, metrics = plan.tables
+    assert queue.sources_are == "twins" and queue.partition_predicate("content_metadata") is None
+    assert posted.sources_are == "partitions"
+    assert posted.partition_predicate("tweets") == "\"source_table\" = 'tweets'"
+    # outcomes sets no data_source: it owns the rows no other source's predicate selects.
+    rest = metrics.partition_predicate("outcomes")
+    assert rest.count("NOT coalesce") == 3 and "'tweet_metrics'" in rest
+
+
+def test_partitions_need_an_owner_for_every_source_but_one() -> None:
+    text = example_text().replace('name = "posted_content"', 'name = "posted_content"\nsources_are = "partitions"')
+    text = text.replace('constants = { source_table = "tweets", decision_type = "single" }', "", 1)
+    text = text.replace('constants = { source_table = "posts", decision_type = "single" }', "", 1)
+    with pytest.raises(PlanError, match="at most one source may own the rest"):
+        parse_plan(text, "plan.toml")

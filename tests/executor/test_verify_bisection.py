@@ -17,6 +17,7 @@ from .conftest import PLAN
 
 ONE_SOURCE = """
 version = 1
+name = "test-verify-bisection"
 [[tables]]
 name = "queue"
 key = ["decision_id"]
