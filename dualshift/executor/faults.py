@@ -5,6 +5,10 @@
 every phase resumes or rolls back from every boundary with no row lost. A comma-separated list arms
 several points; `NAME@N` fires on the N-th time the point is reached (1 by default). Unset, a point
 costs one dictionary lookup.
+
+Point names are `<phase>.<boundary>`; every commit a phase makes has one right after it, and a phase
+that runs an outside step (pg_dump) has one right after that step. The tests arm every name in
+`POINTS`; a phase that adds a commit adds its point here.
 """
 
 from __future__ import annotations
@@ -14,6 +18,19 @@ import signal
 
 ENV = "DUALSHIFT_FAULT"
 _reached: dict[str, int] = {}
+
+POINTS: tuple[str, ...] = (
+    "create.committed",
+    "backfill.sync_installed",  # after each table's triggers are committed (repeatable: NAME@N)
+    "backfill.batch_committed",  # after each batch (repeatable)
+    "backfill.committed",  # after the phase's state is committed
+    "verify.committed",
+    "switch.committed",
+    "cleanup.backup_written",  # pg_dump finished, nothing moved yet
+    "cleanup.committed",
+    "rollback.committed",
+    "finalize.committed",
+)
 
 
 def _armed() -> dict[str, int]:

@@ -1,0 +1,25 @@
+"""Names dualshift gives to the objects it creates in the user's database.
+
+Two schemas: `dualshift` holds only what application code needs through the Supabase API (`flags`,
+read; `failed_writes`, insert); `dualshift_private` holds everything else (state, audit, checkpoints,
+verify runs, trigger functions) and is never exposed. Generated names are cut to PostgreSQL's 63 bytes
+with a hash of the whole name, so two long names never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+API_SCHEMA = "dualshift"
+PRIVATE_SCHEMA = "dualshift_private"
+MAX_IDENTIFIER_BYTES = 63
+
+
+def fit(*parts: str) -> str:
+    """`part1_part2_…`, or, when longer than 63 bytes, its first bytes and a hash of the whole."""
+    name = "_".join(parts)
+    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    head = name.encode()[: MAX_IDENTIFIER_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{head}_{digest}"
