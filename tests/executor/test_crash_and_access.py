@@ -111,3 +111,20 @@ def test_no_role_gains_access_through_new_tables_or_views(roles, dsn: str, db: p
     # The view over posted_content runs as the caller (security_invoker): no access through it either.
     db.execute(sql.SQL("GRANT SELECT ON tweets TO {}").format(sql.Identifier(outsider)))
     assert not _reads(db, outsider, "tweets")
+
+
+def test_lock_retries_wait_out_a_short_blocker_and_name_a_long_one(dsn: str) -> None:
+    import threading
+
+    from dualshift.executor.connection import ExecutorError, Timeouts, with_lock_retries
+
+    quick = Timeouts(lock_ms=50, lock_attempts=6, backoff_ms=20, backoff_max_ms=200)
+    holder = psycopg.connect(dsn)
+    holder.execute("LOCK TABLE public.tweets IN ACCESS SHARE MODE")  # a long-running reader
+    conn = connect(dsn)
+    take = lambda: conn.execute("LOCK TABLE public.tweets IN ACCESS EXCLUSIVE MODE") and "locked"  # noqa: E731
+    with pytest.raises(ExecutorError, match=r"could not take its locks in 6 tries of 50 ms.*pid \d+"):
+        with_lock_retries(conn, take, "cleanup", ["public.tweets"], quick)
+    threading.Timer(0.15, holder.rollback).start()  # the reader ends while dualshift backs off
+    assert with_lock_retries(conn, take, "cleanup", ["public.tweets"], quick) == "locked"
+    holder.close()
