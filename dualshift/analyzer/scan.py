@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import pathspec
@@ -195,6 +196,24 @@ def _analyze_one(job: Job) -> tuple[str, str | None, typescript.ModuleFacts | No
     return rel, sha, facts, failure
 
 
+def _cached(cache: ScanCache, path: str, rel: str, stat_: tuple[int, int] | None, max_bytes: int) -> Any | None:
+    """The cached analysis of a file whose size and time are unchanged, or whose bytes are: a checkout
+    or a fresh clone rewrites every file with new times, and must not make the next scan cold."""
+    if stat_ is None:
+        return None
+    hit = cache.unchanged(rel, *stat_)
+    if hit is not None or rel not in cache.files:
+        return hit
+    data = _read(path, rel, max_bytes)
+    if isinstance(data, ParseFailure):
+        return None
+    sha = content_hash(data)
+    hit = cache.same_content(rel, sha)
+    if hit is not None:
+        cache.put(rel, *stat_, sha, hit)  # the next scan answers from size and time again
+    return hit
+
+
 def _run(jobs: list[Job], workers: int) -> Iterator[tuple]:
     if workers <= 1 or len(jobs) < 64:
         yield from map(_analyze_one, jobs)
@@ -267,7 +286,7 @@ def scan_tree(
     modules: dict[str, typescript.ModuleFacts] = {}
     work: list[Job] = []
     for rel in found.files:
-        hit = cache.unchanged(rel, *stats[rel]) if cache is not None else None
+        hit = _cached(cache, os.path.join(base, rel), rel, stats.get(rel), max_bytes) if cache is not None else None
         if hit is not None:
             _collect(result, modules, rel, *hit)
         else:

@@ -114,3 +114,29 @@ def test_streamed_map_has_the_same_bytes_as_the_rendered_one(tmp_path: Path) -> 
     result = scan_tree(XBOT, use_cache=False, jobs=1)
     write_map(result, tmp_path / "map.json")
     assert (tmp_path / "map.json").read_text() == render_map(build_map(result))
+
+
+def test_a_checkout_with_new_times_and_the_same_bytes_scans_warm(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+
+    from dualshift.analyzer import scan as scan_module
+
+    root = tmp_path / "xbot"
+    shutil.copytree(XBOT, root, symlinks=True)
+    cache = tmp_path / "cache"
+    first = scan_tree(root, cache_dir=cache, jobs=1)
+    sources = [p for p in root.rglob("*.ts") if "node_modules" not in p.parts and not p.name.endswith(".d.ts")]
+    for number, path in enumerate(sources):  # what `git checkout` or a fresh clone does
+        path.write_bytes(path.read_bytes())
+        os.utime(path, ns=(10**18 + number, 10**18 + number))
+    changed = sources[0]
+    changed.write_text(changed.read_text() + "\nexport const late = (db: any) => db.from('posts').delete();\n")
+    analyzed: list[str] = []
+    real = scan_module.analyze_source
+    monkeypatch.setattr(scan_module, "analyze_source", lambda rel, *rest: analyzed.append(rel) or real(rel, *rest))
+    again = scan_tree(root, cache_dir=cache, jobs=1)
+    assert analyzed == [changed.relative_to(root).as_posix()]  # only the file whose bytes changed
+    assert len(again.calls) == len(first.calls) + 1
+    analyzed.clear()
+    scan_tree(root, cache_dir=cache, jobs=1)
+    assert analyzed == []
