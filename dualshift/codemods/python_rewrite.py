@@ -18,7 +18,7 @@ from dualshift.analyzer.postgrest import PYTHON_COLUMN_FILTERS, map_column_list,
 from dualshift.analyzer.records import CallSite
 from dualshift.codemods.edits import Edit, apply_edits
 from dualshift.codemods.result import Rewrite, SkippedSite
-from dualshift.codemods.wrap import PYTHON_WRAPPER_NAME, is_wrapped, receiver_edits
+from dualshift.codemods.wrap import PYTHON_WRAPPER_NAME, callers_reason, is_wrapped, receiver_edits
 from dualshift.plan import NewTable, Plan, Source
 
 
@@ -164,6 +164,10 @@ def unwrap_python_source(
     done = 0
     for call in calls:
         if not is_wrapped(call):
+            continue
+        if call.table_kind == "callers":
+            if not any(s.line == call.line and s.reason == callers_reason(call, plan) for s in skipped):
+                skipped.append(SkippedSite(call.line, call.table, callers_reason(call, plan)))
             continue
         table = plan.new_table_for(call.table or "")
         arg = anchors.get((call.table_arg_start, call.table_arg_end))

@@ -19,7 +19,7 @@ from dualshift.analyzer.records import CallSite
 from dualshift.codemods.edits import Edit, apply_edits
 from dualshift.codemods.imports import detect_style, module_specifier, remove_import
 from dualshift.codemods.result import Rewrite, SkippedSite
-from dualshift.codemods.wrap import WRAPPER_NAME, is_wrapped
+from dualshift.codemods.wrap import WRAPPER_NAME, callers_reason, is_wrapped
 from dualshift.plan import NewTable, Plan, Source
 
 FILTER_METHODS = typescript.FILTERS_WITH_COLUMN | {"order"}
@@ -148,6 +148,9 @@ def unwrap_typescript(source: str, rel_path: str, calls: list[CallSite], plan: P
         if not is_wrapped(call) or call.receiver_start in seen:
             continue
         seen.add(call.receiver_start)
+        if call.table_kind == "callers":
+            skipped.append(SkippedSite(call.line, call.table, callers_reason(call, plan)))
+            continue
         if call.table is None or call.table not in plan.table_mapping:
             skipped.append(
                 SkippedSite(call.line, call.table, "not an old table of the plan: remove dualWrite( ) by hand")

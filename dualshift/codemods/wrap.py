@@ -22,6 +22,16 @@ def _planned(call: CallSite, plan: Plan) -> bool:
     return any(t in plan.table_mapping for t in tables)
 
 
+def callers_reason(call: CallSite, plan: Plan) -> str:
+    """Why a helper whose table is a parameter stays wrapped: rewriting its one `from(table)` to a literal
+    would send every caller's rows to one table, whatever table each caller passes."""
+    passed = ", ".join(f"{t} → {plan.table_mapping.get(t, 'not in the plan')}" for t in call.resolved_tables)
+    return (
+        f"the table is the helper's parameter and its callers pass {passed}: change each caller to the new"
+        " table (and its column names), then remove the wrapper by hand"
+    )
+
+
 def why_not(call: CallSite, plan: Plan, reads: bool) -> str | None:
     """None when the site is wrapped; otherwise why it is left alone ("" for sites that are no concern)."""
     if not (call.is_write or (reads and call.operation == "select")):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from .helpers import assert_codemod, run_on
 
 
@@ -157,3 +159,18 @@ def test_unwrap_leaves_a_site_it_cannot_map_whole(tmp_path) -> None:
     result = run_on(tmp_path, "unwrap", source)
     assert "dualWrite(db).from('posts')" in result.new_source
     assert "features" in result.skipped_sites[0].reason
+
+
+def test_unwrap_never_retargets_a_helper_whose_callers_pass_the_table(tmp_path) -> None:
+    source = """
+        import { dualWrite } from '../db/dualWrite';
+        export function saveLikes(table: string, row: object) {
+          return dualWrite(supabase).from(table).insert(row);
+        }
+        export const fromOutcomes = () => saveLikes('outcomes', { likes: 1 });
+        export const fromReplies = () => saveLikes('reply_likes', { likes: 2 });
+        """
+    result = run_on(tmp_path, "unwrap", source)
+    assert result.rewritten_sites == 0 and result.new_source == textwrap.dedent(source).lstrip("\n")
+    (reason,) = {s.reason for s in result.skipped_sites}
+    assert "outcomes → engagement_metrics" in reason and "reply_likes → not in the plan" in reason
