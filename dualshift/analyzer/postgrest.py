@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from dualshift.analyzer.select_string import split_top_level
+from dualshift.analyzer.select_string import filter_column, split_top_level
 
 WRITE_METHODS = ("insert", "upsert", "update", "delete")
 COLUMN_FILTERS = frozenset(
@@ -84,6 +84,14 @@ def map_filter_expression(text: str, column: Callable[[str], str]) -> str:
         return match.group(1) + column(match.group(2))
 
     return re.sub(r"(^|[,(])([A-Za-z_][A-Za-z0-9_]*)(?=\.)", swap, text)
+
+
+def map_filter_column(text: str, column: Callable[[str], str]) -> str:
+    """A filter's column renamed, its JSON path kept: `metadata->_verified` → `meta->_verified`."""
+    base = filter_column(text)
+    if base is None or base == text:
+        return column(text)
+    return text.replace(base, column(base), 1)
 
 
 def map_column_list(text: str, column: Callable[[str], str]) -> str:

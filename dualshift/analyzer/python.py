@@ -16,7 +16,7 @@ from libcst.metadata import ByteSpanPositionProvider, MetadataWrapper, ParentNod
 from dualshift.analyzer.postgrest import COLUMN_FILTERS, from_python
 from dualshift.analyzer.records import CallSite, FileResult, Filter, ParseFailure, SideCall
 from dualshift.analyzer.resolve import resolve
-from dualshift.analyzer.select_string import columns_in_filter_expression, parse_select
+from dualshift.analyzer.select_string import columns_in_filter_expression, filter_column, parse_select
 from dualshift.analyzer.typescript import CallArgument, ModuleFacts, Reference, lookup
 
 ANCHORS = frozenset({"table", "from_"})
@@ -347,7 +347,7 @@ class _Visitor(cst.CSTVisitor):
                 if method == "order":
                     continue
                 value = cst.Module([]).code_for_node(positional[-1]) if len(positional) > 1 else None
-                filters.append(Filter(method, _string(first), value))
+                filters.append(Filter(method, filter_column(_string(first)), value))
             elif method == "match":
                 filters.extend(Filter("match", k, None) for k in _dict_keys(first))
             elif method == "or":

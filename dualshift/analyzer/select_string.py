@@ -74,6 +74,14 @@ def parse_select(text: str) -> SelectList:
     return SelectList(tuple(columns), tuple(dict.fromkeys(embedded)))
 
 
+def filter_column(text: str | None) -> str | None:
+    """The column a filter names: `metadata->_verified` and `data->>'kind'` filter on `metadata`, `data`."""
+    if text is None:
+        return None
+    bare = _JSON_PATH.sub("", _CAST.sub("", text.strip())).strip().strip('"')
+    return bare if _IDENT.match(bare) else text
+
+
 def columns_in_filter_expression(text: str) -> tuple[str, ...]:
     """Columns named in an `or('a.eq.1,and(b.gt.2,c.is.null)')` expression."""
     found: list[str] = []

@@ -17,7 +17,7 @@ import tree_sitter_typescript as ts_typescript
 
 from dualshift.analyzer.postgrest import COLUMN_FILTERS
 from dualshift.analyzer.records import CallSite, Filter, SideCall
-from dualshift.analyzer.select_string import columns_in_filter_expression, parse_select
+from dualshift.analyzer.select_string import columns_in_filter_expression, filter_column, parse_select
 
 TS_SUFFIXES = {".ts": "typescript", ".mts": "typescript", ".cts": "typescript"}
 TSX_SUFFIXES = {".tsx": "tsx", ".jsx": "javascript", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript"}
@@ -616,7 +616,7 @@ def _read_columns(steps: list[_Step]) -> _Columns:
                 for name in columns_in_filter_expression(column):
                     found.filters.append(Filter(step.method, name, value))
             else:
-                found.filters.append(Filter(step.method, column, value))
+                found.filters.append(Filter(step.method, filter_column(column), value))
         elif step.method in FILTERS_WITH_OBJECT:
             for key in _object_keys(first):
                 found.filters.append(Filter(step.method, key, None))

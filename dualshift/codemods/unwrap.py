@@ -14,7 +14,7 @@ import re
 from pathlib import PurePosixPath
 
 from dualshift.analyzer import typescript
-from dualshift.analyzer.postgrest import map_column_list, map_filter_expression, map_select_list
+from dualshift.analyzer.postgrest import map_column_list, map_filter_column, map_filter_expression, map_select_list
 from dualshift.analyzer.records import CallSite
 from dualshift.codemods.edits import Edit, apply_edits
 from dualshift.codemods.imports import detect_style, module_specifier, remove_import
@@ -125,7 +125,7 @@ def _unwrap_site(call: CallSite, chain, plan: Plan, quote: str, raw: bytes) -> l
         elif method == "or" and first is not None:
             mapper.string_arg(first, mapper.filter_expression)
         elif method in FILTER_METHODS and first is not None:
-            mapper.string_arg(first, mapper.column)
+            mapper.string_arg(first, lambda text: map_filter_column(text, mapper.column))
     # The receiver `dualWrite(x)` becomes `x`; the table argument the new table's name.
     receiver = raw[call.receiver_start : call.receiver_end].decode("utf-8")
     inner = receiver[receiver.index("(") + 1 : receiver.rindex(")")]

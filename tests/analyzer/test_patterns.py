@@ -274,3 +274,28 @@ def test_tsx_and_javascript_files(scan) -> None:
         ("c", "javascript"),
         ("d", "typescript"),
     ]
+
+
+def test_json_paths_in_filters_name_their_column(scan) -> None:
+    call = only_call(
+        scan(
+            {
+                "a.ts": """
+                await db.from('content_metadata').select('id')
+                  .filter('metadata->_verified', 'eq', true)
+                  .eq('features->>kind', 'thread')
+                  .not('"payload"#>>{a}', 'is', null)
+                  .gt('score::numeric', 1);
+                """
+            }
+        )
+    )
+    assert [f.column for f in call.filters] == ["metadata", "features", "payload", "score"]
+
+
+def test_unwrap_renames_a_json_filters_column_and_keeps_its_path() -> None:
+    from dualshift.analyzer.postgrest import map_filter_column
+
+    rename = {"features": "thread_parts"}.get
+    assert map_filter_column("features->>kind", lambda c: rename(c, c)) == "thread_parts->>kind"
+    assert map_filter_column("features", lambda c: rename(c, c)) == "thread_parts"

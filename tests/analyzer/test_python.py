@@ -96,3 +96,9 @@ def test_a_python_file_that_does_not_parse_is_reported(scan) -> None:
     result = scan({"bad.py": "def broken(:\n    pass\n", "good.py": "client.table('posts').delete().execute()\n"})
     assert only_call(result).table == "posts"
     assert result.failures[0].file == "bad.py" and result.failures[0].reason.startswith("syntax error")
+
+
+def test_python_json_path_filters_name_their_column(scan) -> None:
+    result = scan({"w.py": 'client.table("posts").select("id").eq("metadata->>kind", "x").execute()\n'})
+    (call,) = result.calls
+    assert [f.column for f in call.filters] == ["metadata"]
