@@ -234,8 +234,10 @@ class _Visitor(cst.CSTVisitor):
         if func.attr.value == "rpc":
             self._side(anchor, "rpc", args, [], receiver, code, qualified, position)
             return
-        if not args or (isinstance(receiver, cst.Name) and receiver.value[:1].isupper()):
-            return  # `Model.table(x)`, `Array.from_(x)`: classes, not clients
+        if len(args) != 1 or len(anchor.args) != 1 or (isinstance(receiver, cst.Name) and receiver.value[:1].isupper()):
+            # supabase-py's table() and from_() take exactly one argument: `sa.table("t", sa.column("id"))`
+            # is SQLAlchemy; `Model.table(x)`, `Array.from_(x)` are classes, not clients.
+            return
         schema = None
         if (
             isinstance(receiver, cst.Call)

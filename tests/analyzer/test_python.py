@@ -102,3 +102,18 @@ def test_python_json_path_filters_name_their_column(scan) -> None:
     result = scan({"w.py": 'client.table("posts").select("id").eq("metadata->>kind", "x").execute()\n'})
     (call,) = result.calls
     assert [f.column for f in call.filters] == ["metadata"]
+
+
+def test_sqlalchemy_table_constructs_are_not_supabase_calls(scan) -> None:
+    result = scan(
+        {
+            "models.py": """
+            import sqlalchemy as sa
+            users = sa.table("users", sa.column("id"), sa.column("name"))
+            query = sa.select(users).where(users.c.id == 1)
+            orders = sa.table("orders", schema="shop")
+            supabase.table("posts").insert({"id": 1}).execute()
+            """
+        }
+    )
+    assert [(c.table, c.operation) for c in result.calls] == [("posts", "insert")]
