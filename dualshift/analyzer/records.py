@@ -70,6 +70,9 @@ class CallSite:
     resolution: str | None = None  # how the table name was found, in words
     builder_variable: str | None = None  # set when the chain was kept in a variable and extended
     crosses_function: bool = False  # the builder is passed into or returned from a function
+    # PostgREST embeds through a foreign-key column (`team:team_id(*)`, `user:invited_by(*)`): the
+    # related table is named only by the database's foreign key, so these are hints, not table reads.
+    foreign_key_embeds: tuple[str, ...] = ()
 
     @property
     def is_write(self) -> bool:
@@ -102,7 +105,16 @@ class CallSite:
 _CALL_FIELDS = tuple(f.name for f in fields(CallSite))
 _call_values = attrgetter(*_CALL_FIELDS)
 # The tuple fields besides `filters`: lists in the dict form.
-_SEQUENCE_FIELDS = ("chain", "columns", "select_columns", "write_columns", "on_conflict", "embedded", "resolved_tables")
+_SEQUENCE_FIELDS = (
+    "chain",
+    "columns",
+    "select_columns",
+    "write_columns",
+    "on_conflict",
+    "embedded",
+    "resolved_tables",
+    "foreign_key_embeds",
+)
 
 
 @dataclass(frozen=True)

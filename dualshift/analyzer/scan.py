@@ -12,7 +12,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -299,7 +299,8 @@ def scan_tree(
         if progress is not None:
             progress(done, len(work))
     _add_helper_callers(root, modules)
-    result.calls = sorted(resolve(modules), key=lambda c: (c.file, c.start_byte, c.line, c.column, c.table or ""))
+    calls = separate_foreign_key_embeds(resolve(modules))
+    result.calls = sorted(calls, key=lambda c: (c.file, c.start_byte, c.line, c.column, c.table or ""))
     result.side_calls.sort(key=lambda c: (c.file, c.line, c.column))
     result.failures.sort(key=lambda f: f.file)
     if cache is not None:
@@ -307,6 +308,27 @@ def scan_tree(
         cache.save()
         cache.put_tree(key, result)
     return result
+
+
+def separate_foreign_key_embeds(calls: list[CallSite]) -> list[CallSite]:
+    """An embed whose name no call uses as a table, and that ends in `_id` or is a column some call of
+    the tree selects from or writes to the call's table, names a foreign-key column (`team:team_id(*)`),
+    not a table."""
+    tables = {c.table for c in calls if c.table}
+    columns: dict[str | None, set[str]] = {}
+    for call in calls:
+        columns.setdefault(call.table, set()).update(call.select_columns, call.write_columns)
+    separated = []
+    for call in calls:
+        hints = tuple(
+            name
+            for name in call.embedded
+            if name not in tables and (name.endswith("_id") or name in columns.get(call.table, ()))
+        )
+        if hints:
+            call = replace(call, embedded=tuple(t for t in call.embedded if t not in hints), foreign_key_embeds=hints)
+        separated.append(call)
+    return separated
 
 
 def _add_helper_callers(root: Path, modules: dict[str, typescript.ModuleFacts]) -> None:

@@ -299,3 +299,19 @@ def test_unwrap_renames_a_json_filters_column_and_keeps_its_path() -> None:
     rename = {"features": "thread_parts"}.get
     assert map_filter_column("features->>kind", lambda c: rename(c, c)) == "thread_parts->>kind"
     assert map_filter_column("features", lambda c: rename(c, c)) == "thread_parts"
+
+
+def test_embeds_through_a_foreign_key_column_are_hints_not_tables(scan) -> None:
+    result = scan(
+        {
+            "a.ts": """
+            await db.from('members').select('id, team:team_id(*), user:invited_by(name), profile:profiles(avatar)');
+            await db.from('members').insert({ team_id: 1, invited_by: 'u' });
+            await db.from('profiles').select('avatar');
+            """
+        }
+    )
+    read = result.calls[0]
+    assert read.embedded == ("profiles",)
+    assert read.foreign_key_embeds == ("team_id", "invited_by")
+    assert {c.table for c in result.calls} == {"members", "profiles"}
