@@ -15,11 +15,13 @@ from dualshift.executor import cli as executor_cli
 from dualshift.reports import cli as reports_cli
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="dualshift",
     help="Consolidate the tables of a live Supabase/PostgreSQL database with zero downtime.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -31,7 +33,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Map every database call, plan the consolidation, dual-write, backfill, verify, switch and archive."""
 

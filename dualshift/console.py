@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from rich.console import Console
+
+UNBOUNDED_WIDTH = 10_000  # off a terminal nothing is cut: names and lists are printed whole
+
+
+def on_terminal(stderr: bool = False) -> bool:
+    return (sys.stderr if stderr else sys.stdout).isatty()
+
+
+def output_console(quiet: bool = False, stderr: bool = False) -> Console:
+    """A console for a command's output: the terminal's width on a terminal, unbounded elsewhere (pipes,
+    CI logs, files), so that tables never shorten a table name to `content_generation_…`."""
+    width = None if on_terminal(stderr) else UNBOUNDED_WIDTH
+    return Console(stderr=stderr, quiet=quiet, width=width, soft_wrap=width is not None)
 
 
 def error(message: str) -> None:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from dualshift.analyzer.cache import ScanCache, copy_atomically, default_cache_dir
 from dualshift.analyzer.scan import DEFAULT_MAX_BYTES, ScanResult, paused_gc, scan_tree
-from dualshift.console import error, fail
+from dualshift.console import error, fail, output_console
 from dualshift.reports.interaction_map import DEFAULT_NAME, summarize, write_map
 
 PROGRESS_THRESHOLD = 200  # files; smaller trees finish before a bar is worth drawing
@@ -46,7 +46,7 @@ def scan(
     Honours .gitignore, skips node_modules, build output and .d.ts files. Files that cannot be read or
     parsed are listed in the map's `failures` and on stderr; they never stop the scan.
     """
-    console = Console(stderr=False, quiet=quiet)
+    console = output_console(quiet=quiet)
     if not root.is_dir():
         raise fail(f"{root}: not a directory")
     # One pause from the scan to the summary, and the records freed (by reference counting) before it

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from dualshift.console import error, fail
+from dualshift.console import error, fail, output_console
 from dualshift.plan import Plan, PlanError, load_plan
 from dualshift.reports.interaction_map import MapError, load_map
 
-plan_app = typer.Typer(help="Draft a migration plan from the code, and lint a plan against it.", no_args_is_help=True)
-generate_app = typer.Typer(help="Generate code from the plan.", no_args_is_help=True)
+plan_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Draft a migration plan from the code, and lint a plan against it.",
+    no_args_is_help=True,
+)
+generate_app = typer.Typer(rich_markup_mode=None, help="Generate code from the plan.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +53,9 @@ def plan_init(
     if out.exists() and not force:
         raise fail(f"{out}: already exists (use --force to overwrite)")
     write_atomically(out, draft_plan(read_calls(map_file)))
-    Console().print(f"wrote {out}: finish the TODOs, then run `dualshift plan check --plan {out} --map {map_file}`")
+    output_console().print(
+        f"wrote {out}: finish the TODOs, then run `dualshift plan check --plan {out} --map {map_file}`"
+    )
 
 
 @plan_app.command("check")
@@ -95,7 +100,7 @@ def generate_wrapper(
         write_atomically(out, text)
     except OSError as exc:
         raise fail(f"{out}: cannot write: {exc.strerror}") from exc
-    Console().print(f"wrote {out}")
+    output_console().print(f"wrote {out}")
 
 
 __all__ = ["error", "register"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
@@ -15,10 +14,12 @@ from dualshift.codemods.result import FileOutcome
 from dualshift.codemods.runner import RunOptions, revert, run_codemod
 from dualshift.codemods.unwrap import unwrap_typescript
 from dualshift.codemods.wrap import is_wrapped, wrap_typescript
-from dualshift.console import fail
+from dualshift.console import fail, on_terminal, output_console
 
 codemod_app = typer.Typer(
-    help="Rewrite call sites to and from the dual-write wrapper, one file at a time.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Rewrite call sites to and from the dual-write wrapper, one file at a time.",
+    no_args_is_help=True,
 )
 DEFAULT_WRAPPER = "src/db/dualWrite.ts"
 
@@ -106,7 +107,7 @@ def _run(
     if not root.is_dir():
         raise fail(f"{root}: not a directory")
     plan = read_plan(plan_path)
-    console = Console()
+    console = output_console()
     state: dict = {}
     decide = partial(_ask, console, state) if interactive and apply else None
     wrapper_rel = Path(wrapper).as_posix()
@@ -171,13 +172,13 @@ def revert_command(
         outcomes = revert(root, files, force)
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    console = Console()
+    console = output_console()
     for outcome in outcomes:
         if outcome.status == "failed":
             typer.echo(f"dualshift: {outcome.path}: {outcome.reason}", err=True)
         elif outcome.status == "changed":
             console.print(f"reverted {outcome.path}", highlight=False)
-    _report(Console(quiet=True), outcomes, True)
+    _report(output_console(quiet=True), outcomes, True)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 
@@ -205,6 +206,13 @@ def status(root: Path = ROOT, plan: Path = PLAN) -> None:
             loaded.table_mapping[old],
             str(len(done[old])),
             str(len(pending[old])),
-            ", ".join(sorted(pending[old])[:4]) + (" …" if len(pending[old]) > 4 else ""),
+            _file_list(sorted(pending[old])),
         )
-    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    output_console().print(table)
+
+
+def _file_list(files: list[str]) -> str:
+    """Every pending file off a terminal; on one, the first four and how many more."""
+    if on_terminal() or len(files) <= 4:
+        return ", ".join(files)
+    return ", ".join(files[:4]) + f" … and {len(files) - 4} more"

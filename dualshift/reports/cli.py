@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-from dualshift.console import fail
+from dualshift.console import fail, output_console
 from dualshift.plan import PlanError, load_plan
 from dualshift.reports.interaction_map import MapError, load_map
 
@@ -34,7 +33,7 @@ def report(
     from dualshift.reports.diagrams import DiagramError  # networkx and graphviz: only `report` needs them
     from dualshift.reports.writer import write_reports
 
-    console = Console()
+    console = output_console()
     if source.is_dir():
         calls = scan_tree(source).calls
     elif source.is_file():

@@ -104,3 +104,18 @@ def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["scan", str(XBOT), "--out", str(blocker / "map.json"), "--no-cache", "-q"])
     assert result.exit_code == 2
     assert "cannot write map" in result.stderr
+
+
+def test_off_a_terminal_tables_keep_whole_names_and_short_options_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dualshift import __version__
+    from dualshift.cli import app
+
+    long_name = "content_generation_metadata_comprehensive_archive_of_the_previous_quarter"
+    (tmp_path / "a.ts").write_text(f"export const f = (db: any) => db.from('{long_name}').insert({{ a: 1 }});\n")
+    result = CliRunner().invoke(app, ["scan", str(tmp_path), "-o", str(tmp_path / "map.json"), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert long_name in result.output and "…" not in result.output
+    assert CliRunner().invoke(app, ["-V"]).output.strip() == f"dualshift {__version__}"
+    assert CliRunner().invoke(app, ["scan", "-h"]).output.startswith("Usage: dualshift scan")
