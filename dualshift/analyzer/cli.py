@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import typer
@@ -23,7 +26,12 @@ def register(app: typer.Typer) -> None:
 
 def scan(
     root: Path = typer.Argument(..., help="Root of the source tree to analyze (TypeScript, JavaScript, Python)."),
-    out: Path = typer.Option(Path(DEFAULT_NAME), "--out", "-o", help="Where to write the interaction map (JSON)."),
+    out: Path = typer.Option(
+        Path(DEFAULT_NAME),
+        "--out",
+        "-o",
+        help="Where to write the interaction map (JSON); - writes it to stdout (the summary goes to stderr).",
+    ),
     include: list[str] = typer.Option(
         [], "--include", help="Only analyze files matching this gitignore-style glob (repeatable)."
     ),
@@ -46,7 +54,8 @@ def scan(
     Honours .gitignore, skips node_modules, build output and .d.ts files. Files that cannot be read or
     parsed are listed in the map's `failures` and on stderr; they never stop the scan.
     """
-    console = output_console(quiet=quiet)
+    to_stdout = str(out) == "-"
+    console = output_console(quiet=quiet, stderr=to_stdout)  # stdout carries only the map then
     if not root.is_dir():
         raise fail(f"{root}: not a directory")
     # One pause from the scan to the summary, and the records freed (by reference counting) before it
@@ -61,6 +70,14 @@ def scan(
 
 
 def _write(result: ScanResult, root: Path, out: Path, use_cache: bool) -> None:
+    if str(out) == "-":
+        with tempfile.TemporaryDirectory(prefix="dualshift-") as folder:
+            staged = Path(folder) / DEFAULT_NAME
+            write_map(result, staged)
+            with staged.open("rb") as rendered:
+                shutil.copyfileobj(rendered, sys.stdout.buffer)
+            sys.stdout.flush()
+        return
     cache = ScanCache.open(default_cache_dir(), root.resolve()) if use_cache else None
     cached_map = cache.map_file(result.tree_key) if cache is not None else None
     try:
@@ -128,7 +145,8 @@ def _print_summary(console: Console, result: ScanResult, out: Path) -> None:
         )
     console.print(table)
     console.print(
-        f"{summary['totalInteractions']} table calls on {summary['totalTables']} tables"
+        f"{summary['callSites']} call sites ({summary['totalInteractions']} table uses)"
+        f" on {summary['totalTables']} tables"
         f" in {summary['totalFiles']} files"
         f" · {summary['dynamic']} dynamic · {summary['storageCalls']} storage · {summary['rpcCalls']} rpc"
         f" · {summary['failedFiles']} failed files → {out}",

@@ -61,6 +61,7 @@ def _tally(result: Any) -> tuple[dict[str, int], dict[str, list[dict[str, Any]]]
             interactions[bucket].append(_interaction(call, call.table))
     summary = {
         "totalInteractions": len(calls),
+        "callSites": len({(c.file, c.start_byte) for c in calls}),
         "totalTables": len(per_table),
         "totalFiles": len(per_file),
         "filesScanned": result.files_scanned,
