@@ -29,3 +29,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print the error line and return the Exit to raise: `raise fail(f"{path}: not a directory")`."""
     error(message)
     return typer.Exit(code)
+
+
+def examples(*commands: str) -> str:
+    """A command's help epilog: example invocations, kept on their own lines."""
+    return "\b\nExamples:\n" + "\n".join(f"  {command}" for command in commands)

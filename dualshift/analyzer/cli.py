@@ -14,14 +14,20 @@ from rich.table import Table
 
 from dualshift.analyzer.cache import ScanCache, copy_atomically, default_cache_dir
 from dualshift.analyzer.scan import DEFAULT_MAX_BYTES, ScanResult, paused_gc, scan_tree
-from dualshift.console import error, fail, output_console
+from dualshift.console import error, examples, fail, output_console
 from dualshift.reports.interaction_map import DEFAULT_NAME, summarize, write_map
 
 PROGRESS_THRESHOLD = 200  # files; smaller trees finish before a bar is worth drawing
 
 
 def register(app: typer.Typer) -> None:
-    app.command("scan")(scan)
+    app.command(
+        "scan",
+        epilog=examples(
+            "dualshift scan fixtures/xbot --out out/DATABASE_INTERACTION_MAP.json",
+            "dualshift scan . --exclude '**/*.test.ts' --out - | jq .summary",
+        ),
+    )(scan)
 
 
 def scan(

@@ -14,7 +14,7 @@ from dualshift.codemods.result import FileOutcome
 from dualshift.codemods.runner import RunOptions, revert, run_codemod
 from dualshift.codemods.unwrap import unwrap_typescript
 from dualshift.codemods.wrap import is_wrapped, wrap_typescript
-from dualshift.console import fail, on_terminal, output_console
+from dualshift.console import examples, fail, on_terminal, output_console
 
 codemod_app = typer.Typer(
     rich_markup_mode=None,
@@ -127,7 +127,12 @@ def _run(
         raise typer.Exit(1)
 
 
-@codemod_app.command("wrap")
+@codemod_app.command(
+    "wrap",
+    epilog=examples(
+        "dualshift codemod wrap fixtures/xbot --plan fixtures/xbot/dualshift.toml --file src/jobs/postingQueue.ts --apply"
+    ),
+)
 def wrap(
     root: Path = ROOT,
     plan: Path = PLAN,
@@ -145,7 +150,12 @@ def wrap(
     _run("wrap", root, plan, files, apply, patch_dir, interactive, force, wrapper, python_wrapper, reads)
 
 
-@codemod_app.command("unwrap")
+@codemod_app.command(
+    "unwrap",
+    epilog=examples(
+        "dualshift codemod unwrap fixtures/xbot --plan fixtures/xbot/dualshift.toml --patch-dir out/patches"
+    ),
+)
 def unwrap(
     root: Path = ROOT,
     plan: Path = PLAN,
@@ -161,7 +171,9 @@ def unwrap(
     _run("unwrap", root, plan, files, apply, patch_dir, interactive, force, wrapper, python_wrapper)
 
 
-@codemod_app.command("revert")
+@codemod_app.command(
+    "revert", epilog=examples("dualshift codemod revert fixtures/xbot --file src/jobs/postingQueue.ts")
+)
 def revert_command(
     root: Path = ROOT,
     files: list[str] = FILES,
@@ -183,7 +195,9 @@ def revert_command(
         raise typer.Exit(1)
 
 
-@codemod_app.command("status")
+@codemod_app.command(
+    "status", epilog=examples("dualshift codemod status fixtures/xbot --plan fixtures/xbot/dualshift.toml")
+)
 def status(root: Path = ROOT, plan: Path = PLAN) -> None:
     """Per old table of the plan: files whose write call sites are all wrapped, and files still pending."""
     from dualshift.analyzer.scan import scan_tree

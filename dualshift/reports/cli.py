@@ -6,13 +6,19 @@ from pathlib import Path
 
 import typer
 
-from dualshift.console import fail, output_console
+from dualshift.console import examples, fail, output_console
 from dualshift.plan import PlanError, load_plan
 from dualshift.reports.interaction_map import MapError, load_map
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report")(report)
+    app.command(
+        "report",
+        epilog=examples(
+            "dualshift report out/DATABASE_INTERACTION_MAP.json --plan fixtures/xbot/dualshift.toml -o out/report",
+            "dualshift report fixtures/xbot --focus content_metadata",
+        ),
+    )(report)
 
 
 def report(
