@@ -67,7 +67,11 @@ def scan(
     # One pause from the scan to the summary, and the records freed (by reference counting) before it
     # ends: the collector, let loose on them in between, would walk them all.
     with paused_gc():
-        result = _scan_with_progress(root, include, exclude, jobs or None, not no_cache, max_file_mb, console)
+        try:
+            result = _scan_with_progress(root, include, exclude, jobs or None, not no_cache, max_file_mb, console)
+        except KeyboardInterrupt:
+            kept = "the files analyzed so far are kept in the cache" if not no_cache else "nothing was kept"
+            raise fail(f"interrupted: no map was written; {kept}; run the same command to resume", 130) from None
         _write(result, root, out, not no_cache)
         for failure in result.failures:
             error(f"{failure.file}: {failure.reason}")

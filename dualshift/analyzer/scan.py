@@ -298,12 +298,17 @@ def scan_tree(
         else:
             work.append((os.path.join(base, rel), rel, max_bytes, cache is not None))
     workers = jobs if jobs is not None else (os.cpu_count() or 1)
-    for done, (rel, sha, facts, failure) in enumerate(_run(work, workers), start=1):
-        _collect(result, modules, rel, facts, failure)
-        if cache is not None and sha is not None:
-            cache.put(rel, *stats[rel], sha, (facts, failure))
-        if progress is not None:
-            progress(done, len(work))
+    try:
+        for done, (rel, sha, facts, failure) in enumerate(_run(work, workers), start=1):
+            _collect(result, modules, rel, facts, failure)
+            if cache is not None and sha is not None:
+                cache.put(rel, *stats[rel], sha, (facts, failure))
+            if progress is not None:
+                progress(done, len(work))
+    except KeyboardInterrupt:
+        if cache is not None:
+            cache.save()  # the files analyzed so far: the next scan starts from them
+        raise
     _add_helper_callers(root, modules)
     calls = separate_foreign_key_embeds(resolve(modules))
     result.calls = sorted(calls, key=lambda c: (c.file, c.start_byte, c.line, c.column, c.table or ""))

@@ -142,3 +142,33 @@ def test_out_dash_writes_the_map_to_stdout_and_the_wrapper_is_not_scanned(tmp_pa
     summary = json.loads(result.stdout)["summary"]
     assert (summary["callSites"], summary["totalInteractions"]) == (2, 3)
     assert not (Path.cwd() / "-").exists() and not (tmp_path / "-").exists()
+
+
+def test_ctrl_c_during_a_scan_says_what_was_kept_and_exits_130(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    line = "export const f = (db: any) => db.from('posts').insert({ a: 1 }).eq('x', 1);\n" * 20
+    for number in range(6000):
+        folder = tmp_path / "tree" / f"d{number % 60}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{number}.ts").write_text(line)
+    command = [sys.executable, "-m", "dualshift", "scan", str(tmp_path / "tree"), "--out", str(tmp_path / "m.json")]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    scan = subprocess.Popen([*command, "-j", "1"], env=env, stderr=subprocess.PIPE, text=True)
+    status = Path(f"/proc/{scan.pid}/status")
+    while scan.poll() is None and not int(_status_field(status, "SigCgt"), 16) & (1 << (signal.SIGINT - 1)):
+        time.sleep(0.05)  # until Python has its SIGINT handler: before that, SIGINT just kills it
+    time.sleep(1.5)
+    scan.send_signal(signal.SIGINT)
+    _, stderr = scan.communicate(timeout=60)
+    assert scan.returncode == 130
+    assert stderr.strip().splitlines()[-1].startswith("dualshift: interrupted: no map was written")
+    assert not (tmp_path / "m.json").exists()
+    assert any((tmp_path / "cache").rglob("files.pickle"))  # what was analyzed is kept for the next run
+
+
+def _status_field(status: Path, name: str) -> str:
+    return next(line.split()[1] for line in status.read_text().splitlines() if line.startswith(f"{name}:"))
