@@ -27,6 +27,15 @@ def _answers(dsn: str) -> bool:
         return False
 
 
+def _without_password(dsn: str) -> str:
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "a malformed connection string"
+    parts.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**parts)
+
+
 def _binary(name: str) -> str:
     found = shutil.which(name)
     if found:
@@ -46,10 +55,17 @@ def _free_port() -> int:
 @contextmanager
 def server(throwaway: bool = False) -> Iterator[str]:
     """An admin DSN of a server that answers; a throwaway one is stopped and removed afterwards."""
-    for dsn in () if throwaway else (os.environ.get("DATABASE_URL"), LOCAL_DSN):
-        if dsn and _answers(dsn):
-            yield dsn
-            return
+    chosen = os.environ.get("DATABASE_URL")
+    if chosen and not throwaway:
+        if not _answers(chosen):  # the user named a server: never quietly use another one
+            raise RuntimeError(
+                f"DATABASE_URL ({_without_password(chosen)}) does not answer; unset it to use a local server"
+            )
+        yield chosen
+        return
+    if not throwaway and _answers(LOCAL_DSN):
+        yield LOCAL_DSN
+        return
     directory = Path(tempfile.mkdtemp(prefix="dualshift-pg-"))
     port = _free_port()
     run_as = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]

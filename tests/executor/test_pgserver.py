@@ -18,3 +18,17 @@ def test_a_throwaway_cluster_starts_serves_and_goes_away() -> None:
     except psycopg.OperationalError:
         stopped = True
     assert stopped, f"the throwaway server on port {port} is still running"
+
+
+def test_a_database_url_that_does_not_answer_is_an_error_not_a_fallback(monkeypatch) -> None:
+    import socket
+
+    import pytest
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:s3cret@127.0.0.1:{port}/prod")
+    with pytest.raises(RuntimeError, match=f"port={port}.*does not answer") as caught, server():
+        pass
+    assert "s3cret" not in str(caught.value)
