@@ -10,8 +10,18 @@ same whole-tree resolver as TypeScript (`resolve.py`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import cached_property
+
 import libcst as cst
-from libcst.metadata import ByteSpanPositionProvider, MetadataWrapper, ParentNodeProvider, PositionProvider
+from libcst.metadata import (
+    ByteSpanPositionProvider,
+    CodeRange,
+    CodeSpan,
+    MetadataWrapper,
+    ParentNodeProvider,
+    PositionProvider,
+)
 
 from dualshift.analyzer.postgrest import COLUMN_FILTERS, from_python
 from dualshift.analyzer.records import CallSite, FileResult, Filter, ParseFailure, SideCall
@@ -92,15 +102,26 @@ def _dict_keys(node: cst.BaseExpression | None) -> list[str]:
 class _Visitor(cst.CSTVisitor):
     def __init__(self, rel: str, source: bytes, wrapper: MetadataWrapper, facts: _PythonFacts) -> None:
         self.rel, self.source, self.facts = rel, source, facts
-        # Resolved once and kept: records are built after the walk, when visitor metadata is gone.
-        self.parents = wrapper.resolve(ParentNodeProvider)
-        self.positions = wrapper.resolve(PositionProvider)
-        self.spans = wrapper.resolve(ByteSpanPositionProvider)
+        self.wrapper = wrapper
         self.language = "python"
         self.anchors: list[cst.Call] = []
         self.functions: list[cst.FunctionDef] = []
         self.classes: list[str] = []
         self.scopes: dict[cst.Call, tuple[str | None, cst.FunctionDef | None, list[str]]] = {}
+
+    # Metadata is resolved on first use, once: only files with a table call need it, and resolving it
+    # costs several times the parse (most files of a service hold constants, imports and helper calls).
+    @cached_property
+    def parents(self) -> Mapping[cst.CSTNode, cst.CSTNode]:
+        return self.wrapper.resolve(ParentNodeProvider)
+
+    @cached_property
+    def positions(self) -> Mapping[cst.CSTNode, CodeRange]:
+        return self.wrapper.resolve(PositionProvider)
+
+    @cached_property
+    def spans(self) -> Mapping[cst.CSTNode, CodeSpan]:
+        return self.wrapper.resolve(ByteSpanPositionProvider)
 
     # -- collection -------------------------------------------------------------------------
 
