@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dualshift.codemods.import_target import ImportTarget
 from dualshift.codemods.result import FileOutcome
 from dualshift.codemods.runner import RunOptions, revert, run_codemod
 from dualshift.codemods.unwrap import unwrap_typescript
@@ -31,6 +32,17 @@ PATCH_DIR = typer.Option(None, "--patch-dir", help="Also write one .patch per fi
 INTERACTIVE = typer.Option(False, "--interactive", "-i", help="With --apply: show each diff and ask yes/no/all/quit.")
 FORCE = typer.Option(False, "--force", help="Rewrite files with uncommitted git changes too.")
 WRAPPER = typer.Option(DEFAULT_WRAPPER, "--wrapper", help="Path of the generated TypeScript wrapper, relative to ROOT.")
+IMPORT = typer.Option(
+    "",
+    "--import",
+    help="The module rewritten files import the wrapper from (e.g. @acme/db/dualWrite), for monorepos;"
+    " by default the wrapper's path relative to each file, inside one package only.",
+)
+PER_PACKAGE = typer.Option(
+    False,
+    "--wrapper-per-package",
+    help="Each file imports the --wrapper path inside its own package (nearest package.json).",
+)
 PY_WRAPPER = typer.Option(
     "dual_write.py",
     "--python-wrapper",
@@ -38,7 +50,7 @@ PY_WRAPPER = typer.Option(
 )
 
 
-def _transform(kind: str, plan, wrapper: str, reads: bool, python_wrapper: str = "dual_write.py"):
+def _transform(kind: str, plan, target: ImportTarget, reads: bool, python_wrapper: str = "dual_write.py"):
     def typescript_or_python(source: str, rel: str, calls):
         if rel.endswith(".py"):
             from dualshift.codemods import python_rewrite
@@ -49,9 +61,10 @@ def _transform(kind: str, plan, wrapper: str, reads: bool, python_wrapper: str =
                     source, rel, plan, wrapper_module=module, reads=reads, calls=calls
                 )
             return python_rewrite.unwrap_python_source(source, rel, plan, calls=calls, wrapper_module=module)
+        wrapper, specifier = target.wrapper_for(rel), target.specifier_for(rel)  # refuses a cross-package import
         if kind == "wrap":
-            return wrap_typescript(source, rel, calls, plan, wrapper, reads)
-        return unwrap_typescript(source, rel, calls, plan, wrapper)
+            return wrap_typescript(source, rel, calls, plan, wrapper, reads, specifier)
+        return unwrap_typescript(source, rel, calls, plan, wrapper, specifier)
 
     return typescript_or_python
 
@@ -101,6 +114,8 @@ def _run(
     wrapper,
     python_wrapper,
     reads=False,
+    import_specifier: str = "",
+    per_package: bool = False,
 ):
     from dualshift.codemods.cli import read_plan
 
@@ -111,14 +126,15 @@ def _run(
     state: dict = {}
     decide = partial(_ask, console, state) if interactive and apply else None
     wrapper_rel = Path(wrapper).as_posix()
+    target = ImportTarget(root.resolve(), wrapper_rel, import_specifier or None, per_package)
     try:
         outcomes = run_codemod(
             kind,
             root,
-            _transform(kind, plan, wrapper_rel, reads, python_wrapper),
+            _transform(kind, plan, target, reads, python_wrapper),
             RunOptions(apply=apply, force=force, patch_dir=patch_dir, files=tuple(files)),
             decide,
-            skip=lambda rel: rel in (wrapper_rel, python_wrapper),
+            skip=lambda rel: rel in (target.wrapper_for(rel), python_wrapper),
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc
@@ -144,10 +160,26 @@ def wrap(
     force: bool = FORCE,
     wrapper: str = WRAPPER,
     python_wrapper: str = PY_WRAPPER,
+    import_specifier: str = IMPORT,
+    per_package: bool = PER_PACKAGE,
 ) -> None:
     """Route write call sites on the plan's old tables through dualWrite(client) (dual_write(client) in
     Python); add the import once per file."""
-    _run("wrap", root, plan, files, apply, patch_dir, interactive, force, wrapper, python_wrapper, reads)
+    _run(
+        "wrap",
+        root,
+        plan,
+        files,
+        apply,
+        patch_dir,
+        interactive,
+        force,
+        wrapper,
+        python_wrapper,
+        reads,
+        import_specifier,
+        per_package,
+    )
 
 
 @codemod_app.command(
@@ -166,9 +198,25 @@ def unwrap(
     force: bool = FORCE,
     wrapper: str = WRAPPER,
     python_wrapper: str = PY_WRAPPER,
+    import_specifier: str = IMPORT,
+    per_package: bool = PER_PACKAGE,
 ) -> None:
     """Cleanup: back to plain client calls on the new tables, columns mapped, the wrapper import removed."""
-    _run("unwrap", root, plan, files, apply, patch_dir, interactive, force, wrapper, python_wrapper)
+    _run(
+        "unwrap",
+        root,
+        plan,
+        files,
+        apply,
+        patch_dir,
+        interactive,
+        force,
+        wrapper,
+        python_wrapper,
+        False,
+        import_specifier,
+        per_package,
+    )
 
 
 @codemod_app.command(

@@ -134,7 +134,9 @@ def _unwrap_site(call: CallSite, chain, plan: Plan, quote: str, raw: bytes) -> l
     return mapper.edits
 
 
-def unwrap_typescript(source: str, rel_path: str, calls: list[CallSite], plan: Plan, wrapper_path: str) -> Rewrite:
+def unwrap_typescript(
+    source: str, rel_path: str, calls: list[CallSite], plan: Plan, wrapper_path: str, specifier: str | None = None
+) -> Rewrite:
     raw = source.encode("utf-8")
     suffix = PurePosixPath(rel_path).suffix
     tree = typescript.parse(raw, suffix)
@@ -169,5 +171,5 @@ def unwrap_typescript(source: str, rel_path: str, calls: list[CallSite], plan: P
         return Rewrite(source, 0, tuple(skipped))
     rewritten = apply_edits(raw, edits).decode("utf-8")
     if not re.search(rf"\b{WRAPPER_NAME}\s*\(", rewritten):
-        rewritten = remove_import(rewritten, WRAPPER_NAME, module_specifier(rel_path, wrapper_path))
+        rewritten = remove_import(rewritten, WRAPPER_NAME, specifier or module_specifier(rel_path, wrapper_path))
     return Rewrite(rewritten, done, tuple(skipped))

@@ -73,11 +73,19 @@ def receiver_edits(
 
 
 def wrap_typescript(
-    source: str, rel_path: str, calls: list[CallSite], plan: Plan, wrapper_path: str, reads: bool
+    source: str,
+    rel_path: str,
+    calls: list[CallSite],
+    plan: Plan,
+    wrapper_path: str,
+    reads: bool,
+    specifier: str | None = None,
 ) -> Rewrite:
+    """`specifier`, when given, is what the import names (a monorepo's package path); by default the
+    wrapper's path relative to the file."""
     edits, skipped, count = receiver_edits(calls, plan, reads, WRAPPER_NAME)
     if not edits:
         return Rewrite(source, 0, tuple(skipped))
     rewritten = apply_edits(source.encode("utf-8"), edits).decode("utf-8")
-    rewritten = add_import(rewritten, WRAPPER_NAME, module_specifier(rel_path, wrapper_path))
+    rewritten = add_import(rewritten, WRAPPER_NAME, specifier or module_specifier(rel_path, wrapper_path))
     return Rewrite(rewritten, count, tuple(skipped))
