@@ -653,6 +653,8 @@ def analyze(rel_path: str, source: bytes, suffix: str, with_arguments: bool = Tr
     """Everything one file holds. `with_arguments=False` skips the arguments of plain calls, which only
     matter for files that call a helper taking a table name (see `call_arguments`)."""
     tree = parse(source, suffix)
+    if tree.root_node.has_error and grammar_for(suffix) == "tsx":
+        tree, source = _recover_bare_ampersands(tree, source, suffix)
     root = tree.root_node
     language = SUFFIXES[suffix]
     symbols = _collect_symbols(_declarations(root, source, grammar_for(suffix)))
@@ -730,6 +732,40 @@ def _after_class_name(source: bytes, start: int) -> bool:
 
 def _call_matches(root: ts.Node, grammar: str) -> list[dict[str, list[ts.Node]]]:
     return [captures for _, captures in ts.QueryCursor(_query(grammar, _CALL_QUERY)).matches(root)]
+
+
+_ENTITY = re.compile(rb"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
+
+
+def _recover_bare_ampersands(tree: ts.Tree, source: bytes, suffix: str) -> tuple[ts.Tree, bytes]:
+    """tree-sitter's TSX grammar rejects a bare `&` in JSX text (`<p>Terms & conditions</p>`), which
+    TypeScript accepts. Inside the error spans, each lone `&` that starts no entity becomes a space (same
+    length: every byte offset stays true); the result is kept only if it then parses without error."""
+    patched = bytearray(source)
+    for start, end in _error_spans(tree.root_node):
+        for offset in range(start, end):
+            if (
+                source[offset : offset + 1] != b"&"
+                or b"&" in source[offset - 1 : offset] + source[offset + 1 : offset + 2]
+            ):
+                continue
+            if not _ENTITY.match(source, offset):
+                patched[offset] = ord(" ")
+    if patched == source:
+        return tree, source
+    retried = parse(bytes(patched), suffix)
+    return (retried, bytes(patched)) if not retried.root_node.has_error else (tree, source)
+
+
+def _error_spans(root: ts.Node) -> list[tuple[int, int]]:
+    spans, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if node.type == "ERROR":
+            spans.append((node.start_byte, node.end_byte))
+        elif node.has_error:
+            stack.extend(node.children)
+    return spans
 
 
 def _first_error_line(root: ts.Node) -> int:

@@ -315,3 +315,20 @@ def test_embeds_through_a_foreign_key_column_are_hints_not_tables(scan) -> None:
     assert read.embedded == ("profiles",)
     assert read.foreign_key_embeds == ("team_id", "invited_by")
     assert {c.table for c in result.calls} == {"members", "profiles"}
+
+
+def test_a_bare_ampersand_in_jsx_text_is_not_a_syntax_error(scan) -> None:
+    result = scan(
+        {
+            "Terms.tsx": """
+            type Client = import("axios").AxiosInstance;
+            export function Terms({ db, ok }: { db: any; ok: boolean }) {
+              const save = async () => ok && db.from('consents').insert({ accepted: true });
+              return <p onClick={save}>Terms & conditions &amp; privacy {ok && <b>R&D</b>}</p>;
+            }
+            """
+        }
+    )
+    assert result.failures == []
+    (call,) = result.calls
+    assert (call.table, call.operation, call.line) == ("consents", "insert", 4)
