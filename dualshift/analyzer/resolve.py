@@ -71,6 +71,11 @@ def resolve(modules: dict[str, ModuleFacts]) -> list[CallSite]:
     """Every call of every module with its table resolved as far as the whole tree allows."""
     index = ModuleIndex(modules)
     arguments = _arguments_by_callee(index)
+    definers: dict[str, set[str]] = defaultdict(set)  # helper name → files defining a helper of that name
+    for path, facts in modules.items():
+        for reference in facts.pending.values():
+            if reference.kind == "param":
+                definers[reference.name].add(path)
     resolved: list[CallSite] = []
     for path in sorted(modules):
         facts = modules[path]
@@ -82,7 +87,10 @@ def resolve(modules: dict[str, ModuleFacts]) -> list[CallSite]:
                 value, kind, how = index.resolve_import(path, reference)
                 resolved.append(replace(call, table=value, table_kind=kind, resolution=how))  # type: ignore[arg-type]
             else:
-                resolved.extend(_from_callers(call, reference, arguments))
+                callers = arguments.get(reference.name, [])
+                if len(definers[reference.name]) > 1:  # same name in several files: keep the callers of this one
+                    callers = [(p, a) for p, a in callers if _may_call_into(index, p, path)]
+                resolved.extend(_from_callers(call, reference, callers))
     return resolved
 
 
@@ -97,11 +105,16 @@ def _arguments_by_callee(index: ModuleIndex) -> dict[str, list[tuple[str, CallAr
     return by_callee
 
 
-def _from_callers(
-    call: CallSite, reference: Reference, arguments: dict[str, list[tuple[str, CallArgument]]]
-) -> list[CallSite]:
+def _may_call_into(index: ModuleIndex, caller: str, helper_file: str) -> bool:
+    """A call can reach a helper of another file only through something imported from that file."""
+    if caller == helper_file:
+        return True
+    return any(index.find(caller, module) == helper_file for module, _ in index.modules[caller].imports.values())
+
+
+def _from_callers(call: CallSite, reference: Reference, arguments: list[tuple[str, CallArgument]]) -> list[CallSite]:
     """One record per table the helper's callers pass, or the call left dynamic."""
-    callers = [(p, a) for p, a in arguments.get(reference.name, []) if a.index == reference.param_index]
+    callers = [(p, a) for p, a in arguments if a.index == reference.param_index]
     values = [a.value for _, a in callers]
     parameter = call.table_expression
     if not callers or any(v is None for v in values):

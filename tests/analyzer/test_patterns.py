@@ -332,3 +332,30 @@ def test_a_bare_ampersand_in_jsx_text_is_not_a_syntax_error(scan) -> None:
     assert result.failures == []
     (call,) = result.calls
     assert (call.table, call.operation, call.line) == ("consents", "insert", 4)
+
+
+def test_helpers_of_the_same_name_in_two_files_get_only_their_own_callers(scan) -> None:
+    result = scan(
+        {
+            "src/metrics/store.ts": """
+            export class MetricsStore {
+              safeInsert(table: string, row: object) { return this.client.from(table).insert(row); }
+            }
+            """,
+            "src/audit/store.ts": """
+            export class AuditStore {
+              safeInsert(table: string, row: object) { return this.client.from(table).insert(row); }
+            }
+            """,
+            "src/jobs/collect.ts": """
+            import { MetricsStore } from '../metrics/store';
+            export const run = (s: MetricsStore) => s.safeInsert('outcomes', { likes: 1 });
+            """,
+            "src/jobs/audit.ts": """
+            import { AuditStore } from '../audit/store';
+            export const log = (s: AuditStore) => s.safeInsert('audit_log', { at: 1 });
+            """,
+        }
+    )
+    tables = {(c.file, c.table) for c in result.calls}
+    assert tables == {("src/metrics/store.ts", "outcomes"), ("src/audit/store.ts", "audit_log")}
