@@ -247,12 +247,15 @@ def revert_command(
     "status", epilog=examples("dualshift codemod status fixtures/xbot --plan fixtures/xbot/dualshift.toml")
 )
 def status(root: Path = ROOT, plan: Path = PLAN) -> None:
-    """Per old table of the plan: files whose write call sites are all wrapped, and files still pending."""
+    """Per old table of the plan: files whose write call sites are all wrapped, files still pending, and
+    whether the table is ready (no pending file, and no unwrapped write whose table is a run-time name)."""
     from dualshift.analyzer.scan import scan_tree
     from dualshift.codemods.cli import read_plan
 
     loaded = read_plan(plan)
-    calls = [c for c in scan_tree(root).calls if c.is_write and c.table in loaded.table_mapping]
+    writes = [c for c in scan_tree(root).calls if c.is_write]
+    calls = [c for c in writes if c.table in loaded.table_mapping]
+    runtime = [c for c in writes if c.table is None and not is_wrapped(c)]  # could be any planned table
     done: dict[str, set[str]] = defaultdict(set)
     pending: dict[str, set[str]] = defaultdict(set)
     for call in calls:
@@ -260,21 +263,31 @@ def status(root: Path = ROOT, plan: Path = PLAN) -> None:
     for table in done:
         done[table] -= pending[table]
     table = Table(title="Write call sites on planned tables")
-    for column in ("old table", "new table", "files done", "files pending", "pending"):
+    for column in ("old table", "new table", "files done", "files pending", "ready", "pending"):
         table.add_column(column)
     for old in loaded.old_tables:
+        blockers = [f"{len(pending[old])} file(s)"] if pending[old] else []
+        blockers += [f"{len(runtime)} run-time write(s)"] if runtime else []
         table.add_row(
             old,
             loaded.table_mapping[old],
             str(len(done[old])),
             str(len(pending[old])),
+            "yes" if not blockers else "no: " + ", ".join(blockers),
             _file_list(sorted(pending[old])),
         )
-    output_console().print(table)
+    console = output_console()
+    console.print(table)
+    for call in runtime:
+        console.print(
+            f"{call.file}:{call.line}: {call.operation} on a run-time table name ({call.table_expression}) that"
+            f" could be a planned table, not wrapped: {call.resolution or 'the name is known only at run time'}",
+            highlight=False,
+        )
 
 
 def _file_list(files: list[str]) -> str:
     """Every pending file off a terminal; on one, the first four and how many more."""
-    if on_terminal() or len(files) <= 4:
+    if not on_terminal() or len(files) <= 4:
         return ", ".join(files)
     return ", ".join(files[:4]) + f" … and {len(files) - 4} more"

@@ -93,6 +93,9 @@ def test_wrap_is_idempotent_and_status_follows(service: Path) -> None:
     status = _cli("codemod", "status", str(service), "--plan", PLAN)
     line = next(row for row in status.output.splitlines() if "content_generation_metadata_compre" in row)
     assert " 1 " in line and " 0 " in line  # planJob.ts done, nothing pending for the comprehensive twin
+    # …but not ready: a delete through a run-time table name could reach it, and is listed with its reason.
+    assert "no: 1 run-time write(s)" in line
+    assert "src/db/db.ts:29: delete on a run-time table name (tableFromRequest)" in status.output
     _git(service, "commit", "-qam", "wrapped planJob")
     again = _cli("codemod", "wrap", str(service), "--plan", PLAN, "--apply", "--file", "src/jobs/planJob.ts")
     assert again.exit_code == 0 and "0 changed, 1 unchanged" in again.output
