@@ -12,6 +12,7 @@ from dualshift import __version__
 from dualshift.analyzer import cli as analyzer_cli
 from dualshift.codemods import cli as codemods_cli
 from dualshift.executor import cli as executor_cli
+from dualshift.guard import cli as guard_cli
 from dualshift.reports import cli as reports_cli
 
 app = typer.Typer(
@@ -38,7 +39,7 @@ def root(
     """Map every database call, plan the consolidation, dual-write, backfill, verify, switch and archive."""
 
 
-for area in (analyzer_cli, reports_cli, codemods_cli, executor_cli):
+for area in (analyzer_cli, reports_cli, codemods_cli, guard_cli, executor_cli):
     area.register(app)
 
 
