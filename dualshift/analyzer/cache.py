@@ -101,11 +101,22 @@ class ScanCache:
             _dump(self.folder / "files.pickle", {"format": (FORMAT, __version__), "files": self.files})
 
     def tree(self, key: str) -> Any | None:
+        # The key is read first, on its own: a tree that changed must not pay for loading the old result.
+        try:
+            if (self.folder / "tree.key").read_text(encoding="utf-8") != key:
+                return None
+        except OSError:
+            return None
         stored = _load(self.folder / "tree.pickle")
         return stored[1] if isinstance(stored, tuple) and stored[0] == key else None
 
     def put_tree(self, key: str, result: Any) -> None:
+        (self.folder / "tree.key").unlink(missing_ok=True)  # never a key beside another tree's result
         _dump(self.folder / "tree.pickle", (key, result))
+        try:
+            (self.folder / "tree.key").write_text(key, encoding="utf-8")
+        except OSError:
+            pass
 
     def map_file(self, key: str) -> Path | None:
         """The map rendered for this tree listing, if the last scan rendered one."""

@@ -325,10 +325,14 @@ def separate_foreign_key_embeds(calls: list[CallSite]) -> list[CallSite]:
     """An embed whose name no call uses as a table, and that ends in `_id` or is a column some call of
     the tree selects from or writes to the call's table, names a foreign-key column (`team:team_id(*)`),
     not a table."""
+    embedding = {c.table for c in calls if c.embedded}
+    if not embedding:
+        return calls
     tables = {c.table for c in calls if c.table}
     columns: dict[str | None, set[str]] = {}
     for call in calls:
-        columns.setdefault(call.table, set()).update(call.select_columns, call.write_columns)
+        if call.table in embedding:
+            columns.setdefault(call.table, set()).update(call.select_columns, call.write_columns)
     separated = []
     for call in calls:
         hints = tuple(
