@@ -11,6 +11,7 @@ Everything is written atomically; a cache that cannot be read or written only co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -113,10 +114,8 @@ class ScanCache:
     def put_tree(self, key: str, result: Any) -> None:
         (self.folder / "tree.key").unlink(missing_ok=True)  # never a key beside another tree's result
         _dump(self.folder / "tree.pickle", (key, result))
-        try:
+        with contextlib.suppress(OSError):  # without its key the result is simply not reused
             (self.folder / "tree.key").write_text(key, encoding="utf-8")
-        except OSError:
-            pass
 
     def map_file(self, key: str) -> Path | None:
         """The map rendered for this tree listing, if the last scan rendered one."""
