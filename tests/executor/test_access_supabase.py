@@ -283,6 +283,18 @@ def test_grants_on_new_tables_are_the_intersection_of_the_sources(
             assert not _has(conn, "has_sequence_privilege", role, sequence, "UPDATE"), role
 
 
+def test_a_dry_run_shows_the_revokes_the_default_privileges_call_for(supabase_db) -> None:
+    url, plan = supabase_db
+    with psycopg.connect(url, autocommit=True) as conn:
+        _setup(conn, supabase_defaults=True)
+        statements = Executor(connect(url), plan, url, dry_run=True).create()["statements"]
+        assert 'REVOKE ALL ON TABLE "public"."notes" FROM "anon", "authenticated", "service_role"' in statements
+        assert (
+            'REVOKE ALL ON SEQUENCE "public"."notes_id_seq" FROM "anon", "authenticated", "service_role"' in statements
+        )
+        assert conn.execute("SELECT to_regclass('public.notes')").fetchone()[0] is None
+
+
 # ─── row level security ──────────────────────────────────────────────────────────────────────
 
 POLICIES = """
@@ -364,7 +376,10 @@ def test_writes_are_checked_by_the_policies_of_the_rows_source(supabase_db) -> N
     with psycopg.connect(url, autocommit=True) as conn:
         _setup(conn, supabase_defaults=True)
         conn.execute(POLICIES)
+        conn.execute("ALTER TABLE public.notes_b FORCE ROW LEVEL SECURITY")
         Executor(connect(url), plan, url).create()
+        forced = "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = 'public.notes'::regclass"
+        assert conn.execute(forced).fetchone() == (True, True)  # one source forces it: so does the new table
         insert = "INSERT INTO public.notes (note_id, owner_id, body, origin) VALUES (gen_random_uuid(), %s, 'x', %s)"
         me, other = str(USERS[0]), str(USERS[1])
         for origin in ("a", "b"):  # notes_a's FOR ALL policy and notes_b's INSERT policy: own rows only
