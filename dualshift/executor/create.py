@@ -287,6 +287,7 @@ class SourceSecurity:
     source: Source
     enabled: bool
     forced: bool
+    owner: str
     policies: tuple[Policy, ...]
 
 
@@ -349,36 +350,44 @@ def rewrite_expression(
 
 
 def _read_security(conn: psycopg.Connection, table: NewTable) -> list[SourceSecurity]:
-    found = []
-    forbidden = {s.table for s in table.sources}
-    for source in table.sources:
-        relation = sql.Identifier(source.schema, source.table).as_string(conn)
-        enabled, forced = conn.execute(
-            "SELECT relrowsecurity, relforcerowsecurity FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass(%s)",
-            (relation,),
-        ).fetchone()
-        rows = conn.execute(
-            "SELECT policyname, permissive = 'PERMISSIVE', roles, cmd, qual, with_check FROM pg_catalog.pg_policies"
-            " WHERE schemaname = %s AND tablename = %s ORDER BY policyname",
-            (source.schema, source.table),
-        ).fetchall()
-        mapping = table.column_mapping(source.table)
-        policies = []
-        for name, permissive, roles, command, using, check in rows:
-            try:
-                rewritten = [
-                    rewrite_expression(e, source.table, table.name, mapping, forbidden - {source.table}) if e else None
-                    for e in (using, check)
-                ]
-            except RewriteError as exc:
-                raise ExecutorError(
-                    f"policy {name!r} on {source.schema}.{source.table} cannot be carried to {table.name}: {exc};"
-                    f" change the policy or the plan. Nothing was created"
-                ) from exc
-            roles = tuple(PUBLIC if r == "public" else r for r in roles)
-            policies.append(Policy(name, permissive, roles, command, *rewritten))
-        found.append(SourceSecurity(source, enabled, forced, tuple(policies)))
-    return found
+    return [read_source_security(conn, table, source) for source in table.sources]
+
+
+def read_source_security(
+    conn: psycopg.Connection, table: NewTable, source: Source, schema: str | None = None
+) -> SourceSecurity:
+    """A source's RLS switches and its policies, rewritten over the new table's columns.
+
+    `schema` is where the old table is now, when not where the plan says (the archive, after cleanup)."""
+    schema = schema or source.schema
+    relation = sql.Identifier(schema, source.table).as_string(conn)
+    enabled, forced, owner = conn.execute(
+        "SELECT c.relrowsecurity, c.relforcerowsecurity, pg_catalog.pg_get_userbyid(c.relowner)"
+        " FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)",
+        (relation,),
+    ).fetchone()
+    rows = conn.execute(
+        "SELECT policyname, permissive = 'PERMISSIVE', roles, cmd, qual, with_check FROM pg_catalog.pg_policies"
+        " WHERE schemaname = %s AND tablename = %s ORDER BY policyname",
+        (schema, source.table),
+    ).fetchall()
+    mapping = table.column_mapping(source.table)
+    forbidden = {s.table for s in table.sources} - {source.table}
+    policies = []
+    for name, permissive, roles, command, using, check in rows:
+        try:
+            rewritten = [
+                rewrite_expression(e, source.table, table.name, mapping, forbidden) if e else None
+                for e in (using, check)
+            ]
+        except RewriteError as exc:
+            raise ExecutorError(
+                f"policy {name!r} on {source.schema}.{source.table} cannot be carried to {table.name}: {exc};"
+                f" change the policy or the plan. Nothing was created"
+            ) from exc
+        roles = tuple(PUBLIC if r == "public" else r for r in roles)
+        policies.append(Policy(name, permissive, roles, command, *rewritten))
+    return SourceSecurity(source, enabled, forced, owner, tuple(policies))
 
 
 def _policy(
@@ -456,6 +465,58 @@ def _source_allows(found: SourceSecurity, command: str, clause: str) -> str:
         if expression is not None:
             terms.append(f"({_member_of(p.roles)} AND ({expression}))")
     return " OR ".join(terms) or "false"
+
+
+def _source_restricts(found: SourceSecurity, command: str, clause: str) -> str:
+    """One SQL condition: every restrictive policy of the source for `command` that applies to the current role passes."""
+    terms = []
+    for p in found.policies:
+        if p.permissive or not p.applies_to(command):
+            continue
+        expression = p.using if clause == "using" else p.check or p.using
+        if expression is not None:
+            terms.append(f"(NOT {_member_of(p.roles)} OR ({expression}))")
+    return " AND ".join(terms) or "true"
+
+
+def _bypasses(found: SourceSecurity) -> str:
+    """The roles PostgreSQL exempts from the source's RLS: superusers, BYPASSRLS roles, and (unless FORCE) its owner."""
+    exempt = (
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER AND (r.rolsuper OR r.rolbypassrls))"
+    )
+    if found.forced:
+        return exempt
+    return f"{exempt} OR pg_catalog.pg_has_role(CURRENT_USER, {_quote(found.owner)}, 'USAGE')"
+
+
+def source_row_filter(
+    conn: psycopg.Connection,
+    plan: Plan,
+    table: NewTable,
+    source_table: str,
+    command: str = "SELECT",
+    schema: str | None = None,
+) -> str:
+    """SQL over the new table's columns: the rows of one source that its RLS let the current role `command`.
+
+    For a compatibility view that runs with its owner's rights (not security_invoker), so that a role that
+    could read this source but not every source of the new table keeps exactly the rows it saw: the
+    source's partition, and the source's policies (their TO roles tested with pg_has_role on CURRENT_USER,
+    which in a view is the querying role). Subqueries in it may name the new table: select FROM it
+    unaliased. `schema`: where the old table is now (the archive, after cleanup)."""
+    source = table.source(source_table)
+    if source is None:
+        raise KeyError(source_table)
+    found = read_source_security(conn, table, source, schema)
+    parts = []
+    predicate = table.partition_predicate(source_table)
+    if predicate is not None:
+        parts.append(f"({predicate})")
+    if found.enabled:
+        clause = "check" if command == "INSERT" else "using"
+        allows = f"({_source_allows(found, command, clause)}) AND {_source_restricts(found, command, clause)}"
+        parts.append(f"({_bypasses(found)} OR ({allows}))")
+    return " AND ".join(parts) or "true"
 
 
 def _twin_policies(table: NewTable, target: sql.Composable, security: list[SourceSecurity]) -> list:
