@@ -469,3 +469,22 @@ def test_a_policy_that_cannot_be_carried_over_stops_create_with_nothing_created(
             None,
             None,
         )
+
+
+def test_twins_with_the_same_policies_after_renames_get_them_copied(supabase_db) -> None:
+    url, plan = supabase_db
+    with psycopg.connect(url, autocommit=True) as conn:
+        _setup(conn, supabase_defaults=True)
+        conn.execute(
+            """
+            ALTER TABLE public.profiles_main ENABLE ROW LEVEL SECURITY;
+            ALTER TABLE public.profiles_copy ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY "mine" ON public.profiles_main FOR ALL TO authenticated USING (user_id = auth.uid());
+            CREATE POLICY "mine" ON public.profiles_copy FOR ALL TO authenticated USING (uid = auth.uid());
+            """
+        )
+        Executor(connect(url), plan, url).create()
+        policies = conn.execute(
+            "SELECT policyname, permissive, roles, cmd, qual FROM pg_policies WHERE tablename = 'profiles'"
+        ).fetchall()
+        assert policies == [("mine", "PERMISSIVE", ["authenticated"], "ALL", "(user_id = auth.uid())")]
