@@ -432,6 +432,14 @@ def test_writes_are_checked_by_the_policies_of_the_rows_source(supabase_db) -> N
         with conn.transaction():  # notes_c had no RLS: authenticated may insert any row there
             conn.execute("SET LOCAL ROLE authenticated")
             conn.execute(insert, (other, "c"))
+        conn.execute(insert, (other, "a"))  # as the owner: someone else's note in each partition
+        conn.execute(insert, (other, "b"))
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE authenticated")
+            conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps({"sub": me}),))
+            updated = conn.execute("UPDATE public.notes SET body = 'edited' RETURNING origin, owner_id::text")
+            # notes_a: its FOR ALL policy, own note only; notes_b: no UPDATE policy, none; notes_c: no RLS, all
+            assert sorted(updated.fetchall()) == [("a", me), ("c", other)]
 
 
 # ─── policy expressions through the plan's renames ──────────────────────────────────────────
