@@ -188,6 +188,21 @@ class Thresholds:
     freshness_hours: int = 24  # the window of the freshness check
 
 
+WATCH_ACTIONS = ("switch-reads-0", "dual-write-off", "alert")
+
+
+@dataclass(frozen=True)
+class Watch:
+    """`[watch]`: when `migrate watch` calls the migration unhealthy, and what it then does (seed 000 §4)."""
+
+    drift_minutes: int = 15  # how far back each source's recent rows are compared with the new table
+    max_drift_rows: int = 0  # recent source rows missing from the new table
+    max_failed_writes: int = 0  # failed mirror writes recorded in dualshift.failed_writes per interval
+    max_probe_ms: int = 2000  # a probe query on an old or new table slower than this is a breach
+    max_lock_waits: int = 5  # sessions waiting on a lock on the migration's tables
+    action: str = "switch-reads-0"  # or "dual-write-off", or "alert" (report only)
+
+
 @dataclass(frozen=True)
 class Plan:
     path: str
@@ -198,6 +213,7 @@ class Plan:
     target_schema: str = "public"  # where `cleanup` promotes them
     archive_schema: str = "dualshift_archive"  # where `cleanup` moves the old tables
     thresholds: Thresholds = Thresholds()
+    watch: Watch = Watch()
 
     def table(self, name: str) -> NewTable | None:
         return next((t for t in self.tables if t.name == name), None)
@@ -304,6 +320,7 @@ class _PlanReader:
             target_schema=target_schema,
             archive_schema=archive_schema,
             thresholds=self.thresholds(self.table_value(raw, "verify")),
+            watch=self.watch(self.table_value(raw, "watch")),
         )
         self.check_cross_references(plan)
         return plan
@@ -476,6 +493,20 @@ class _PlanReader:
             where=None if where is None else self.snippet(where, f"index predicate of {table}", str(where)),
             descending=bool(raw.get("descending", False)),
         )
+
+    def watch(self, raw: Mapping[str, Any]) -> Watch:
+        values: dict[str, Any] = {}
+        for name in ("drift_minutes", "max_drift_rows", "max_failed_writes", "max_probe_ms", "max_lock_waits"):
+            if name in raw:
+                value = raw[name]
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise self.fail(f"watch.{name} must be a whole number >= 0", name)
+                values[name] = value
+        if "action" in raw:
+            if raw["action"] not in WATCH_ACTIONS:
+                raise self.fail(f"watch.action must be one of {', '.join(WATCH_ACTIONS)}", "action")
+            values["action"] = raw["action"]
+        return Watch(**values)
 
     def thresholds(self, raw: Mapping[str, Any]) -> Thresholds:
         values: dict[str, int] = {}

@@ -1,0 +1,85 @@
+"""`migrate watch`: healthy runs are recorded; drift and failed mirror writes roll reads back; metrics."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import psycopg
+
+from dualshift.executor import watch
+from dualshift.executor.backfill import BackfillOptions
+from dualshift.executor.catalog import validate
+from dualshift.executor.connection import connect
+from dualshift.executor.phases import Executor
+from dualshift.plan import load_plan
+
+from .conftest import PLAN
+
+
+def _switched(dsn: str, sync_triggers: bool) -> Executor:
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    ex.backfill(BackfillOptions(batch_size=1000), sync_triggers=sync_triggers)
+    assert ex.verify()["passed"]
+    ex.switch_reads(50)
+    return ex
+
+
+def _check(ex: Executor) -> watch.Health:
+    return watch.check(ex.conn, ex.plan, validate(ex.conn, ex.plan), interval_s=60)
+
+
+def _read_percent(db: psycopg.Connection) -> list[str]:
+    return [r[0] for r in db.execute("SELECT value::text FROM dualshift.flags WHERE name = 'read_from_new_percent'")]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_healthy_migration_stays_switched_and_is_green(dsn: str, db: psycopg.Connection) -> None:
+    ex = _switched(dsn, sync_triggers=True)
+    db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('w1', gen_random_uuid(), 'mirrored')")
+    health = _check(ex)
+    assert health.healthy, health.breaches
+    assert set(health.probe_ms) >= {"public.tweets", "public.posted_content"}
+    watch.record(ex.conn, ex.plan, health)
+    assert watch.green_since(ex.conn, ex.plan) is not None
+    assert _read_percent(db) == ["50"]
+
+
+def test_drift_rolls_reads_back_and_is_audited_and_published(dsn: str, db: psycopg.Connection) -> None:
+    ex = _switched(dsn, sync_triggers=False)  # no net: a write the wrapper did not mirror stays behind
+    db.execute(
+        "INSERT INTO tweets (tweet_id, decision_id, text, posted_at)"
+        " SELECT 'late' || n, gen_random_uuid(), 'only old', now() - interval '1 minute' FROM generate_series(1, 3) n"
+    )
+    metrics = watch.Metrics()
+    port = _free_port()
+    metrics.serve(port)
+    lines: list[str] = []
+    health = watch.run(lambda: _check(ex), lambda h: watch.act(ex, h), 60, True, lines.append, metrics)
+    assert health.drift_rows["tweets"] == 3 and not health.healthy
+    assert lines[-1].startswith("BREACH: 3 row(s) written to tweets in the last 15 min are missing from posted_content")
+    assert lines[-1].endswith("→ reads switched back to the old tables (read_from_new_percent = 0)")
+    assert _read_percent(db) == ["0"]
+    audited = db.execute("SELECT action FROM dualshift.audit WHERE phase = 'watch'").fetchall()
+    assert audited == [("breach: reads switched back to the old tables (read_from_new_percent = 0)",)]
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'dualshift_sync_drift_rows{source="tweets"} 3.0' in scraped
+    assert "dualshift_healthy 0.0" in scraped
+    watch.record(ex.conn, ex.plan, health)
+    assert watch.green_since(ex.conn, ex.plan) is None
+
+
+def test_failed_mirror_writes_are_a_breach(dsn: str, db: psycopg.Connection) -> None:
+    ex = _switched(dsn, sync_triggers=True)
+    db.execute(
+        "INSERT INTO dualshift.failed_writes (old_table, new_table, operation, payload, error)"
+        " VALUES ('tweets', 'posted_content', 'insert', '{}', 'permission denied for table posted_content')"
+    )
+    health = _check(ex)
+    assert health.breaches == ["1 mirror write(s) failed in the last 60 s (limit 0)"]
