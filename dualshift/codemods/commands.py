@@ -104,24 +104,25 @@ def _report(console: Console, outcomes: list[FileOutcome], apply: bool) -> None:
 
 def _run(
     kind: str,
+    *,
     root: Path,
-    plan_path: Path,
-    files,
-    apply,
-    patch_dir,
-    interactive,
-    force,
-    wrapper,
-    python_wrapper,
-    reads=False,
-    import_specifier: str = "",
-    per_package: bool = False,
+    plan: Path,
+    files: list[str],
+    apply: bool,
+    patch_dir: Path | None,
+    interactive: bool,
+    force: bool,
+    wrapper: str,
+    python_wrapper: str,
+    import_specifier: str,
+    per_package: bool,
+    reads: bool = False,
 ):
     from dualshift.codemods.cli import read_plan
 
     if not root.is_dir():
         raise fail(f"{root}: not a directory")
-    plan = read_plan(plan_path)
+    loaded = read_plan(plan)
     console = output_console()
     state: dict = {}
     decide = partial(_ask, console, state) if interactive and apply else None
@@ -131,7 +132,7 @@ def _run(
         outcomes = run_codemod(
             kind,
             root,
-            _transform(kind, plan, target, reads, python_wrapper),
+            _transform(kind, loaded, target, reads, python_wrapper),
             RunOptions(apply=apply, force=force, patch_dir=patch_dir, files=tuple(files)),
             decide,
             skip=lambda rel: rel in (target.wrapper_for(rel), python_wrapper),
@@ -165,21 +166,7 @@ def wrap(
 ) -> None:
     """Route write call sites on the plan's old tables through dualWrite(client) (dual_write(client) in
     Python); add the import once per file."""
-    _run(
-        "wrap",
-        root,
-        plan,
-        files,
-        apply,
-        patch_dir,
-        interactive,
-        force,
-        wrapper,
-        python_wrapper,
-        reads,
-        import_specifier,
-        per_package,
-    )
+    _run("wrap", **locals())  # every option, by name
 
 
 @codemod_app.command(
@@ -202,21 +189,7 @@ def unwrap(
     per_package: bool = PER_PACKAGE,
 ) -> None:
     """Cleanup: back to plain client calls on the new tables, columns mapped, the wrapper import removed."""
-    _run(
-        "unwrap",
-        root,
-        plan,
-        files,
-        apply,
-        patch_dir,
-        interactive,
-        force,
-        wrapper,
-        python_wrapper,
-        False,
-        import_specifier,
-        per_package,
-    )
+    _run("unwrap", **locals())
 
 
 @codemod_app.command(
