@@ -97,7 +97,7 @@ def held_keys_backfill_rate(executor: Executor, plan, args: argparse.Namespace) 
     conn.execute(
         sql.SQL("DELETE FROM {} WHERE get_byte(uuid_send(decision_id), 15) % 10 <> 0").format(sql.Identifier(table))
     )
-    conn.execute("DELETE FROM dualshift.checkpoints")
+    conn.execute("DELETE FROM dualshift_private.checkpoints")
     conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
     seconds, _ = timed(lambda: executor.backfill(BackfillOptions(batch_size=args.batch_size)))
     return round(args.rows / seconds)

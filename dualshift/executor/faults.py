@@ -26,6 +26,7 @@ POINTS: tuple[str, ...] = (
     "backfill.committed",  # after the phase's state is committed
     "verify.committed",
     "switch.committed",
+    "flags.committed",
     "cleanup.backup_written",  # pg_dump finished, nothing moved yet
     "cleanup.committed",
     "rollback.committed",
