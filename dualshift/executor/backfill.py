@@ -234,7 +234,8 @@ def run(
         for mapping in table_mappings:
             copy_source(conn, plan, mapping, options, sink, progress)
         state = conn.execute(
-            "SELECT bool_and(done), sum(rows_copied) FROM dualshift_private.checkpoints WHERE new_table = %s", (table.name,)
+            "SELECT bool_and(done), sum(rows_copied) FROM dualshift_private.checkpoints WHERE new_table = %s",
+            (table.name,),
         ).fetchone()
         finished = bool(state[0]) and not sink.dry_run
         removed = 0

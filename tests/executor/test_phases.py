@@ -129,7 +129,9 @@ def test_dry_run_prints_the_sql_and_changes_nothing(dsn: str, db: psycopg.Connec
     assert result.exit_code == 0, result.output
     assert 'CREATE TABLE "public"."content_queue"' in result.output
     assert 'UNIQUE ("tweet_id", "collected_at")' in result.output
-    assert db.execute("SELECT to_regclass('public.content_queue'), to_regclass('dualshift_private.state')").fetchone() == (
+    assert db.execute(
+        "SELECT to_regclass('public.content_queue'), to_regclass('dualshift_private.state')"
+    ).fetchone() == (
         None,
         None,
     )
