@@ -72,15 +72,18 @@ class Executor:
         """Lock, check (order, plan hash, catalog against state row), validate, run `body(mappings, sink,
         current)`, audit. `validation_plan`: the plan to validate the live tables against when the old
         tables are not where `self.plan` says (after cleanup, in the archive)."""
-        mappings = validate(self.conn, validation_plan or self.plan)  # before any SQL changes anything
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
-            if not self.dry_run:
-                ensure_schema(self.conn)
-            current = current_phase(self.conn, self.key)
-            self._check_plan_hash(current)
-            require_phase(current, allowed, phase)
-            self._check_catalog(phase, current)
+            try:
+                current = current_phase(self.conn, self.key)
+                self._check_plan_hash(current)
+                require_phase(current, allowed, phase)
+                self._check_catalog(phase, current)
+                mappings = validate(self.conn, validation_plan or self.plan)  # before any SQL changes anything
+                if not self.dry_run:
+                    ensure_schema(self.conn)
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                raise self._timed_out(phase, exc) from None
             try:
                 result = body(mappings, sink, current)
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
