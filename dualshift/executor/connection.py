@@ -102,7 +102,7 @@ def _options(settings: dict[str, str], given: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return lines[0].removeprefix("connection is bad: ") if lines else type(exc).__name__
 
 
 def connect(dsn: str, timeouts: Timeouts = Timeouts()) -> psycopg.Connection:
