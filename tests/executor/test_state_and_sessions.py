@@ -442,3 +442,73 @@ def test_functions_planted_in_public_never_run_in_an_executor_session(
     ex.switch_reads(20)
     assert ex.status()["phase"] == "switched"
     assert db.execute("SELECT count(*) FROM public.hostile_log").fetchone()[0] == 0
+
+
+# ── PostgREST and locks ─────────────────────────────────────────────────────────────────────
+
+
+def test_postgrest_is_told_to_reload_after_create_and_each_ddl_rollback(dsn: str) -> None:
+    listener = psycopg.connect(dsn, autocommit=True)
+    listener.execute("LISTEN pgrst")
+    ex = executor(dsn)
+
+    def reloads() -> list[str]:
+        return [n.payload for n in listener.notifies(timeout=0.5, stop_after=5)]
+
+    ex.create()
+    assert reloads() == ["reload schema"]
+    ex.backfill(BackfillOptions())
+    assert reloads() == []
+    ex.rollback()  # backfilled → created: sync triggers removed, tables emptied
+    assert reloads() == ["reload schema"]
+    ex.rollback()  # created → none: tables dropped
+    assert reloads() == ["reload schema"]
+    listener.close()
+
+
+def test_a_rollback_behind_a_long_reader_retries_gives_up_and_never_stalls_writers(
+    dsn: str, db: psycopg.Connection
+) -> None:
+    timeouts = Timeouts(lock_ms=150, lock_attempts=3, backoff_ms=50, backoff_max_ms=100)
+    ex = executor(dsn, timeouts=timeouts)
+    ex.create()
+    ex.backfill(BackfillOptions(), sync_triggers=True)
+    reader = psycopg.connect(dsn)
+    reader.execute("SELECT count(*) FROM public.content_queue")  # a long-running transaction
+    stalls: list[float] = []
+    stop = threading.Event()
+
+    def application_writer() -> None:
+        with psycopg.connect(dsn, autocommit=True) as app_conn:
+            number = 0
+            while not stop.is_set():
+                number += 1
+                started = time.monotonic()
+                app_conn.execute(
+                    "INSERT INTO public.content_metadata (decision_id, content, decision_type)"
+                    " VALUES (gen_random_uuid(), %s, 'single')",
+                    (f"probe {number}",),
+                )
+                stalls.append(time.monotonic() - started)
+                time.sleep(0.01)
+
+    probe = threading.Thread(target=application_writer)
+    probe.start()
+    try:
+        time.sleep(0.2)
+        with pytest.raises(
+            ExecutorError, match=rf"could not take its locks in 3 tries of 150 ms.*pid {reader.info.backend_pid}"
+        ):
+            ex.rollback()
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        probe.join()
+        reader.close()
+    assert state(db) == "backfilled"
+    # nothing of the refused step was kept: the sync triggers still mirror the writers' rows
+    assert db.execute("SELECT count(*) FROM public.content_queue WHERE content LIKE 'probe %'").fetchone()[0] == len(
+        stalls
+    )
+    # a writer waits at most one try's lock timeout plus the rest of that try's transaction
+    assert max(stalls) < 0.15 + 0.35, f"worst application stall {max(stalls):.3f} s"
