@@ -27,6 +27,7 @@ POINTS: tuple[str, ...] = (
     "verify.committed",
     "switch.committed",
     "flags.committed",
+    "reconcile.committed",
     "cleanup.backup_written",  # pg_dump finished, nothing moved yet
     "cleanup.committed",
     "rollback.committed",

@@ -432,6 +432,8 @@ class Executor:
                         {"from": current, "catalog": seen.describe()},
                         [],
                     )
+            if not self.dry_run:
+                faults.point("reconcile.committed")
             return {"from": current, "to": target, "catalog": seen.describe(), "statements": []}
 
 
