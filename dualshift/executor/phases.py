@@ -152,8 +152,8 @@ class Executor:
 
     def _check_catalog(self, phase: str, current: str) -> CatalogView:
         seen = reconcile(self.conn, self.plan)
-        if current in seen.phases:
-            return seen
+        if current in seen.phases or seen.old_nowhere:
+            return seen  # an old table that is nowhere: the plan does not fit this database; validate names it
         if phase == "create" and current == "none" and seen.phases:
             tables = ", ".join(f"{self.plan.new_schema}.{t}" for t in seen.new_in_new)
             raise ExecutorError(

@@ -28,6 +28,7 @@ class CatalogView:
     old_in_place: tuple[str, ...]  # "schema.table" of old tables still tables in their schema
     old_archived: tuple[str, ...]  # old tables in plan.archive_schema
     old_views: tuple[str, ...]  # views under old names
+    old_nowhere: tuple[str, ...]  # "schema.table" of old tables that are none of the above
     sources_with_rows: int
     new_tables: int
     old_tables: int
@@ -95,13 +96,20 @@ def reconcile(conn: psycopg.Connection, plan: Plan) -> CatalogView:
         if t.name in new_in_new
     )
     old_in_place = tuple(f"{s.schema}.{s.table}" for s in sources if _is_table(conn, s.schema, s.table))
+    old_archived = tuple(s.table for s in sources if _is_table(conn, plan.archive_schema, s.table))
+    old_views = tuple(s.table for s in sources if _kind(conn, s.schema, s.table) == "v")
     return CatalogView(
         new_in_new=new_in_new,
         new_in_target=new_in_target,
         new_with_rows=tuple(t for t in new_in_new if _has_rows(conn, plan.new_schema, t)),
         old_in_place=old_in_place,
-        old_archived=tuple(s.table for s in sources if _is_table(conn, plan.archive_schema, s.table)),
-        old_views=tuple(s.table for s in sources if _kind(conn, s.schema, s.table) == "v"),
+        old_archived=old_archived,
+        old_views=old_views,
+        old_nowhere=tuple(
+            f"{s.schema}.{s.table}"
+            for s in sources
+            if f"{s.schema}.{s.table}" not in old_in_place and s.table not in old_archived and s.table not in old_views
+        ),
         sources_with_rows=sum(
             _has_rows(conn, s.schema, s.table) for s in sources if _is_table(conn, s.schema, s.table)
         ),

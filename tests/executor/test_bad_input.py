@@ -86,6 +86,8 @@ BAD = {
     ),
     "switch-reads above 100": (["switch-reads", "500"], "not 500"),
     "switch-reads below 0": (["switch-reads", "--", "-1"], "not -1"),
+    "negative throttle": (["backfill", "--max-rows-per-s", "-1"], "--max-rows-per-s -1"),
+    "zero connect timeout": (["--connect-timeout", "0", "status"], "--connect-timeout 0"),
     "unknown sync mode": (["backfill", "--sync", "trigger"], "--sync trigger: choose none or triggers"),
 }
 
