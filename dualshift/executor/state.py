@@ -80,9 +80,25 @@ def ensure_schema(conn: psycopg.Connection) -> None:
     if all(_exists(conn, schema, table) for schema, table in OWN_TABLES):
         return
     with conn.transaction():
+        conn.execute("CREATE SCHEMA IF NOT EXISTS dualshift_private")
+        _move_out_of_the_api_schema(conn)
         conn.execute(PRIVATE_DDL)
         conn.execute(API_DDL)
         restrict_access(conn)
+
+
+def _move_out_of_the_api_schema(conn: psycopg.Connection) -> None:
+    """A database set up by an older dualshift kept state, audit, checkpoints and verify runs in the
+    exposed `dualshift` schema: move them to the private one (their rows kept)."""
+    for schema, table in OWN_TABLES:
+        if schema == PRIVATE_SCHEMA and _exists(conn, API_SCHEMA, table) and not _exists(conn, schema, table):
+            conn.execute(
+                sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                    sql.Identifier(API_SCHEMA, table), sql.Identifier(schema)
+                )
+            )
+    conn.execute("ALTER TABLE IF EXISTS dualshift_private.state ADD COLUMN IF NOT EXISTS plan_hash text")
+    conn.execute("ALTER TABLE IF EXISTS dualshift_private.state ADD COLUMN IF NOT EXISTS plan_path text")
 
 
 def restrict_access(conn: psycopg.Connection) -> None:

@@ -289,8 +289,35 @@ def test_application_roles_read_flags_and_record_failures_and_nothing_else(dsn: 
         "SELECT has_schema_privilege('public', 'dualshift', 'USAGE'),"
         " has_schema_privilege('public', 'dualshift_private', 'USAGE')"
     ).fetchone() == (False, False)
-    # the old layout is gone: nothing of dualshift's own state is in the exposed schema
+    assert db.execute(
+        "SELECT has_sequence_privilege('anon', 'dualshift_private.audit_id_seq', 'USAGE'),"
+        " has_sequence_privilege('anon', 'dualshift.failed_writes_id_seq', 'USAGE')"
+    ).fetchone() == (False, True)
+    # nothing of dualshift's own state is in the exposed schema
     assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'dualshift'").fetchone()[0] == 2
+
+
+def test_an_older_layout_is_moved_out_of_the_exposed_schema(dsn: str, db: psycopg.Connection) -> None:
+    db.execute("CREATE SCHEMA dualshift")
+    db.execute(
+        "CREATE TABLE dualshift.state (plan text PRIMARY KEY, phase text NOT NULL, updated_at timestamptz DEFAULT now())"
+    )
+    db.execute("INSERT INTO dualshift.state VALUES ('dualshift.toml', 'created')")
+    db.execute(
+        "CREATE TABLE dualshift.audit (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), actor text,"
+        " plan text, phase text, action text, result text, detail jsonb, statements text)"
+    )
+    executor(dsn).status()  # reads only
+    result = migrate(dsn, "create")  # the first phase sets the schemas up
+    assert result.exit_code == 0, result.stderr
+    assert db.execute("SELECT plan, phase FROM dualshift_private.state ORDER BY 1").fetchall() == [
+        ("dualshift.toml", "created"),
+        ("xbot-9-to-3", "created"),
+    ]
+    assert db.execute("SELECT to_regclass('dualshift.state'), to_regclass('dualshift.audit')").fetchone() == (
+        None,
+        None,
+    )
 
 
 # ── sessions ────────────────────────────────────────────────────────────────────────────────
