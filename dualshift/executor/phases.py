@@ -389,9 +389,11 @@ class Executor:
                 "sources": counts,
             }
         seen = reconcile(self.conn, self.plan)
+        recorded = state_row(self.conn, self.key)
         return {
             "plan": self.key,
             "phase": phase,
+            "plan_changed": recorded is not None and recorded[1] not in (None, self.plan_hash),
             "catalog": seen.describe(),
             "catalog_agrees": phase in seen.phases,
             "tables": tables,

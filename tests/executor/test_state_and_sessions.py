@@ -222,6 +222,7 @@ def test_a_plan_changed_under_a_running_migration_is_refused_unless_accepted(
     plan.write_text(PLAN.read_text() + "\n# a comment changes nothing the plan says\n")
     assert migrate(dsn, "backfill", "--max-batches", "1", "--batch-size", "100", plan=plan).exit_code == 3
     plan.write_text(PLAN.read_text().replace("max_missing_rows = 0", "max_missing_rows = 5"))
+    assert '"plan_changed": true' in migrate(dsn, "status", plan=plan).stdout
     refused = migrate(dsn, "verify", plan=plan)
     assert refused.exit_code == 2
     assert "plan xbot-9-to-3 changed since the migration reached 'created'" in refused.stderr
