@@ -36,6 +36,7 @@ from dualshift.executor.state import (
 from dualshift.plan import Plan
 
 T = TypeVar("T")
+Body = Callable[[dict[tuple[str, str], SourceMapping], Sink, str], dict[str, Any]]  # (mappings, sink, current)
 RELOAD_POSTGREST = sql.SQL("NOTIFY pgrst, 'reload schema'")
 
 
@@ -68,7 +69,9 @@ class Executor:
 
     # ── the frame every phase runs in ──────────────────────────────────────────────────────────
 
-    def _run(self, phase: str, allowed: tuple[str, ...], body, validation_plan: Plan | None = None) -> dict[str, Any]:
+    def _run(
+        self, phase: str, allowed: tuple[str, ...], body: Body, validation_plan: Plan | None = None
+    ) -> dict[str, Any]:
         """Lock, check (order, plan hash, catalog against state row), validate, run `body(mappings, sink,
         current)`, audit. `validation_plan`: the plan to validate the live tables against when the old
         tables are not where `self.plan` says (after cleanup, in the archive)."""
