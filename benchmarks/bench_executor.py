@@ -81,12 +81,14 @@ def mapped_copy_rate(executor: Executor, plan, rows: int) -> int:
     table = plan.tables[0]
     mapping = validate(executor.conn, plan)[(table.name, table.sources[0].table)]
     conn = executor.conn
-    conn.execute(sql.SQL("CREATE TABLE bench_mapped (LIKE {} INCLUDING ALL)").format(sql.Identifier(table.name)))
-    statement = sql.SQL("INSERT INTO bench_mapped ({}) SELECT {} FROM bench_old o").format(
+    conn.execute(
+        sql.SQL("CREATE TABLE public.bench_mapped (LIKE {} INCLUDING ALL)").format(sql.Identifier("public", table.name))
+    )
+    statement = sql.SQL("INSERT INTO public.bench_mapped ({}) SELECT {} FROM public.bench_old o").format(
         sql.SQL(", ").join(map(sql.Identifier, mapping.new_columns)), mapping.select_list()
     )
     seconds, _ = timed(lambda: conn.execute(statement))
-    conn.execute("DROP TABLE bench_mapped")
+    conn.execute("DROP TABLE public.bench_mapped")
     return round(rows / seconds)
 
 
@@ -95,10 +97,12 @@ def held_keys_backfill_rate(executor: Executor, plan, args: argparse.Namespace) 
     table = plan.tables[0].name
     conn = executor.conn
     conn.execute(
-        sql.SQL("DELETE FROM {} WHERE get_byte(uuid_send(decision_id), 15) % 10 <> 0").format(sql.Identifier(table))
+        sql.SQL("DELETE FROM {} WHERE pg_catalog.get_byte(pg_catalog.uuid_send(decision_id), 15) % 10 <> 0").format(
+            sql.Identifier("public", table)
+        )
     )
-    conn.execute("DELETE FROM dualshift.checkpoints")
-    conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(table)))
+    conn.execute("DELETE FROM dualshift_private.checkpoints")
+    conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier("public", table)))
     seconds, _ = timed(lambda: executor.backfill(BackfillOptions(batch_size=args.batch_size)))
     return round(args.rows / seconds)
 
@@ -141,7 +145,8 @@ def main() -> None:
         results["verify_identical_passed"] = report["passed"]
         results["verify_rows_per_s"] = round(args.rows / seconds)
         executor.conn.execute(
-            "UPDATE bench_queue SET raw_topic = 'planted' WHERE decision_id = md5('b' || %s)::uuid", (args.rows // 2,)
+            "UPDATE public.bench_queue SET raw_topic = 'planted' WHERE decision_id = md5('b' || %s)::uuid",
+            (args.rows // 2,),
         )
         seconds, report = timed(executor.verify)
         table = report["tables"][0]

@@ -112,12 +112,12 @@ def not_held_by_earlier(plan: Plan, mapping: SourceMapping) -> sql.Composable:
 
 def _checkpoint(conn: psycopg.Connection, mapping: SourceMapping) -> tuple[list | None, int, bool]:
     row = conn.execute(
-        "SELECT last_key, rows_copied, done FROM dualshift.checkpoints WHERE new_table = %s AND source = %s",
+        "SELECT last_key, rows_copied, done FROM dualshift_private.checkpoints WHERE new_table = %s AND source = %s",
         (mapping.table.name, mapping.source.table),
     ).fetchone()
     if row is None:
         conn.execute(
-            "INSERT INTO dualshift.checkpoints (new_table, source) VALUES (%s, %s)",
+            "INSERT INTO dualshift_private.checkpoints (new_table, source) VALUES (%s, %s)",
             (mapping.table.name, mapping.source.table),
         )
         return None, 0, False
@@ -162,7 +162,7 @@ def copy_source(
                 last_key = last
                 copied += rows
             conn.execute(
-                "UPDATE dualshift.checkpoints SET last_key = %s, rows_copied = %s, done = %s"
+                "UPDATE dualshift_private.checkpoints SET last_key = %s, rows_copied = %s, done = %s"
                 " WHERE new_table = %s AND source = %s",
                 (json.dumps(last_key), copied, rows < options.batch_size, mapping.table.name, mapping.source.table),
             )
@@ -234,7 +234,8 @@ def run(
         for mapping in table_mappings:
             copy_source(conn, plan, mapping, options, sink, progress)
         state = conn.execute(
-            "SELECT bool_and(done), sum(rows_copied) FROM dualshift.checkpoints WHERE new_table = %s", (table.name,)
+            "SELECT bool_and(done), sum(rows_copied) FROM dualshift_private.checkpoints WHERE new_table = %s",
+            (table.name,),
         ).fetchone()
         finished = bool(state[0]) and not sink.dry_run
         removed = 0
@@ -260,7 +261,7 @@ def run(
 def reset_checkpoints(conn: psycopg.Connection, plan: Plan) -> None:
     """A finished pass starts over next time: a second backfill is a full re-sync (and a replay)."""
     conn.execute(
-        "DELETE FROM dualshift.checkpoints WHERE new_table = ANY(%s) AND NOT EXISTS ("
-        " SELECT 1 FROM dualshift.checkpoints c WHERE c.new_table = ANY(%s) AND NOT c.done)",
+        "DELETE FROM dualshift_private.checkpoints WHERE new_table = ANY(%s) AND NOT EXISTS ("
+        " SELECT 1 FROM dualshift_private.checkpoints c WHERE c.new_table = ANY(%s) AND NOT c.done)",
         ([t.name for t in plan.tables], [t.name for t in plan.tables]),
     )

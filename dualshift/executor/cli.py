@@ -66,9 +66,30 @@ def options(
     dsn: str = typer.Option(None, "--dsn", envvar="DATABASE_URL", help="PostgreSQL connection string ($DATABASE_URL)."),
     plan: Path = typer.Option(Path("dualshift.toml"), "--plan", help="The plan (dualshift.toml)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact SQL; change nothing."),
-    lock_timeout_ms: int = typer.Option(3000, "--lock-timeout-ms", help="Give up on a table lock after this long."),
+    lock_timeout_ms: int = typer.Option(
+        500,
+        "--lock-timeout-ms",
+        help="Wait at most this long for a table lock in each try of a DDL step (retried with backoff).",
+    ),
+    connect_timeout_s: int = typer.Option(10, "--connect-timeout", help="Give up connecting after this many seconds."),
+    accept_plan_change: bool = typer.Option(
+        False,
+        "--accept-plan-change",
+        help="Continue a migration whose plan changed since it started (recorded in the audit log).",
+    ),
 ) -> None:
-    context.obj = {"dsn": dsn, "plan": plan, "dry_run": dry_run, "lock_timeout_ms": lock_timeout_ms}
+    if not 1 <= lock_timeout_ms <= 600_000:
+        raise fail(f"--lock-timeout-ms {lock_timeout_ms}: give a number of milliseconds from 1 to 600000")
+    if not 1 <= connect_timeout_s <= 3600:
+        raise fail(f"--connect-timeout {connect_timeout_s}: give a number of seconds from 1 to 3600")
+    context.obj = {
+        "dsn": dsn,
+        "plan": plan,
+        "dry_run": dry_run,
+        "lock_timeout_ms": lock_timeout_ms,
+        "connect_timeout_s": connect_timeout_s,
+        "accept_plan_change": accept_plan_change,
+    }
 
 
 def _executor(context: typer.Context, progress=None):
@@ -84,10 +105,18 @@ def _executor(context: typer.Context, progress=None):
     except PlanError as exc:
         raise fail(str(exc)) from exc
     try:
-        conn = connect(settings["dsn"], Timeouts(lock_ms=settings["lock_timeout_ms"]))
+        timeouts = Timeouts(lock_ms=settings["lock_timeout_ms"], connect_s=settings["connect_timeout_s"])
+        conn = connect(settings["dsn"], timeouts)
     except ExecutorError as exc:
-        raise fail(str(exc)) from exc
-    executor = Executor(conn, plan, settings["dsn"], settings["dry_run"])
+        raise fail(str(exc)) from None
+    executor = Executor(
+        conn,
+        plan,
+        settings["dsn"],
+        settings["dry_run"],
+        timeouts=timeouts,
+        accept_plan_change=settings["accept_plan_change"],
+    )
     if progress is not None:
         executor.progress = progress
     return executor
@@ -102,9 +131,9 @@ def _perform(context: typer.Context, action, progress=None) -> dict[str, Any]:
     try:
         return action(executor)
     except ExecutorError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(str(exc)) from None
     except psycopg.Error as exc:
-        raise fail(f"database error: {str(exc).strip().splitlines()[0]} (nothing of this step was kept)") from exc
+        raise fail(f"database error: {str(exc).strip().splitlines()[0]} (nothing of this step was kept)") from None
     finally:
         executor.conn.close()
 
@@ -150,6 +179,14 @@ def backfill_command(
     A completed pass also repairs the writes the wrapper recorded as failed."""
     from dualshift.executor.backfill import BackfillOptions
 
+    if batch_size < 1:
+        raise fail(f"--batch-size {batch_size}: a batch needs at least 1 row")
+    if max_batches < 0:
+        raise fail(f"--max-batches {max_batches}: give 0 (no limit) or more")
+    if max_rows_per_s < 0:
+        raise fail(f"--max-rows-per-s {max_rows_per_s}: give 0 (no throttle) or more")
+    if sync_mode not in ("none", "triggers"):
+        raise fail(f"--sync {sync_mode}: choose none or triggers")
     options = BackfillOptions(batch_size, max_rows_per_s or None, max_batches or None)
     console = Console(stderr=True)
     with Progress(
@@ -167,8 +204,6 @@ def backfill_command(
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=done, total=max(total, done))
 
-        if sync_mode not in ("none", "triggers"):
-            raise fail(f"--sync {sync_mode}: choose none or triggers")
         result = _perform(context, lambda e: e.backfill(options, sync_mode == "triggers"), progress)
     _print(result, context.obj["dry_run"])
     if not result.get("complete", True):
@@ -223,18 +258,33 @@ def flags_command(
     context: typer.Context,
     set_: list[str] = typer.Option([], "--set", help="NAME=VALUE or SCOPE.NAME=VALUE (VALUE is JSON), repeatable."),
 ) -> None:
-    """Show (or set) the wrapper's flags: dual_write, read_from_new_percent, shadow_reads."""
-    from dualshift.executor.state import ensure_schema, flags, set_flag
+    """Show (or set) the wrapper's flags: dual_write, read_from_new_percent, shadow_reads. Setting
+    read_from_new_percent is switch-reads (same checks: 0-100, a new table of the plan, a passing verify)."""
+    assignments = [_flag_assignment(item) for item in set_]
 
     def action(executor) -> dict:
-        ensure_schema(executor.conn)
-        for item in set_:
-            name, _, value = item.partition("=")
-            scope, _, flag = name.rpartition(".")
-            set_flag(executor.conn, flag, json.loads(value), scope or "*")
+        from dualshift.executor.state import flags
+
+        if assignments:
+            return executor.set_flags(assignments)
         return {f"{s}.{n}": v for (s, n), v in flags(executor.conn).items()}
 
     _print(_perform(context, action), False)
+
+
+def _flag_assignment(item: str) -> tuple[str, str, Any]:
+    """`[SCOPE.]NAME=JSON` → (scope, name, value); a malformed one ends the command with one line."""
+    name, equals, value = item.partition("=")
+    if not equals or not name:
+        raise fail(f"--set {item!r}: write NAME=VALUE or TABLE.NAME=VALUE")
+    scope, _, flag = name.rpartition(".")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        raise fail(
+            f"--set {item!r}: the value {value!r} is not JSON (true, false, a number, or a quoted string)"
+        ) from None
+    return scope or "*", flag, parsed
 
 
 @migrate_app.command("cleanup")
@@ -251,6 +301,13 @@ def cleanup_command(
 def rollback_command(context: typer.Context) -> None:
     """Go back one phase from wherever the migration stands, cleanup included, losing no row."""
     _print(_perform(context, lambda e: e.rollback()), context.obj["dry_run"])
+
+
+@migrate_app.command("reconcile")
+def reconcile_command(context: typer.Context) -> None:
+    """When the state row disagrees with the catalog (a crash of an older dualshift between a commit and
+    its state), record the earliest phase the catalog is consistent with. Changes no table."""
+    _print(_perform(context, lambda e: e.reconcile()), False)
 
 
 @migrate_app.command("status")

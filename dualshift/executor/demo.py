@@ -142,12 +142,12 @@ def run_demo(dsn: str | None, rows: int, writers: int, report: Callable[[str], N
         keys = [k for w in team for k in w.keys]
         result.rows_written_by_writers = len(keys)
         found = ex.conn.execute(
-            "SELECT count(*) FROM content_queue WHERE decision_id = ANY(SELECT md5(k)::uuid FROM unnest(%s::text[]) AS k)",
+            "SELECT count(*) FROM public.content_queue WHERE decision_id = ANY(SELECT md5(k)::uuid FROM unnest(%s::text[]) AS k)",
             (keys,),
         ).fetchone()[0]
         result.rows_lost = len(keys) - found
         for table in ("content_queue", "posted_content", "engagement_metrics"):
-            result.tables[table] = ex.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            result.tables[table] = ex.conn.execute(f"SELECT count(*) FROM public.{table}").fetchone()[0]
         ex.conn.close()
     return result
 

@@ -26,6 +26,8 @@ POINTS: tuple[str, ...] = (
     "backfill.committed",  # after the phase's state is committed
     "verify.committed",
     "switch.committed",
+    "flags.committed",
+    "reconcile.committed",
     "cleanup.backup_written",  # pg_dump finished, nothing moved yet
     "cleanup.committed",
     "rollback.committed",

@@ -1,64 +1,175 @@
 """The migration, phase by phase: each validates, takes the lock, checks the order, runs, audits.
 
-State (dualshift.state) moves none → created → backfilled → verified → switched → cleaned, and
+State (dualshift_private.state, keyed by the plan's name) moves none → created → backfilled → verified → switched → cleaned, and
 `rollback` moves it one step back from wherever it is, losing no row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import backfill, cleanup, create, snapshot, sync, verify
+from dualshift.executor import backfill, cleanup, create, faults, snapshot, sync, verify
 from dualshift.executor.catalog import SourceMapping, validate
-from dualshift.executor.connection import ExecutorError, Sink, advisory_lock
+from dualshift.executor.connection import ExecutorError, Sink, Timeouts, advisory_lock, blockers, with_lock_retries
+from dualshift.executor.reconcile import ALL_BEFORE_CLEANUP, CatalogView, reconcile, rows_only_in_new
 from dualshift.executor.state import (
     PHASES,
     audit,
+    check_read_percent,
     current_phase,
     ensure_schema,
+    flags,
     last_verify,
+    plan_hash,
     require_phase,
     set_flag,
     set_phase,
+    state_row,
 )
 from dualshift.plan import Plan
+
+T = TypeVar("T")
+Body = Callable[[dict[tuple[str, str], SourceMapping], Sink, str], dict[str, Any]]  # (mappings, sink, current)
+RELOAD_POSTGREST = sql.SQL("NOTIFY pgrst, 'reload schema'")
 
 
 @dataclass
 class Executor:
+    """Runs the phases of one plan on one connection.
+
+    How a phase commits (for every phase, cleanup and finalize included): its body runs under the
+    advisory lock after `_run` has checked the order, the plan's hash and the catalog. The body puts
+    its last effect and `self._record(new_phase)` in one transaction, `self._commit(point, effect,
+    what, relations)`: `effect` runs inside `with_lock_retries` (short lock timeout, retried with
+    backoff, nothing of a failed try kept), then `faults.point(point)` fires. Nothing in a body may
+    write the state row outside that transaction.
+    """
+
     conn: psycopg.Connection
     plan: Plan
     dsn: str
     dry_run: bool = False
     progress: backfill.Progress = field(default=lambda label, done, total: None)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    accept_plan_change: bool = False
+
+    def __post_init__(self) -> None:
+        self.plan_hash = plan_hash(self.plan)
 
     @property
     def key(self) -> str:
-        return Path(self.plan.path).name
+        return self.plan.name
 
-    def _run(self, phase: str, allowed: tuple[str, ...], body) -> dict[str, Any]:
-        mappings = validate(self.conn, self.plan)  # before any SQL changes anything
+    # ── the frame every phase runs in ──────────────────────────────────────────────────────────
+
+    def _run(
+        self, phase: str, allowed: tuple[str, ...], body: Body, validation_plan: Plan | None = None
+    ) -> dict[str, Any]:
+        """Lock, check (order, plan hash, catalog against state row), validate, run `body(mappings, sink,
+        current)`, audit. `validation_plan`: the plan to validate the live tables against when the old
+        tables are not where `self.plan` says (after cleanup, in the archive)."""
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
-            if not self.dry_run:
-                ensure_schema(self.conn)
-            current = current_phase(self.conn, self.key)
-            require_phase(current, allowed, phase)
+            try:
+                current = current_phase(self.conn, self.key)
+                self._check_plan_hash(current)
+                require_phase(current, allowed, phase)
+                self._check_catalog(phase, current)
+                mappings = validate(self.conn, validation_plan or self.plan)  # before any SQL changes anything
+                if not self.dry_run:
+                    ensure_schema(self.conn)
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                raise self._timed_out(phase, exc) from None
             try:
                 result = body(mappings, sink, current)
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+                error = self._timed_out(phase, exc)
+                self._audit_failure(phase, error, sink)
+                raise error from None
             except Exception as exc:
-                if not self.dry_run:
-                    audit(self.conn, self.key, phase, phase, "failed", {"error": str(exc)}, sink.statements)
+                self._audit_failure(phase, exc, sink)
                 raise
             if not self.dry_run:
                 audit(self.conn, self.key, phase, phase, "ok", result, sink.statements)
         result["statements"] = sink.statements
         return result
+
+    def _record(self, phase: str) -> None:
+        """Write the state row; call it inside the transaction of the phase's last effect."""
+        if not self.dry_run:
+            set_phase(self.conn, self.key, phase, self.plan_hash, str(self.plan.path))
+
+    def _commit(self, point: str, effect: Callable[[], T], what: str, relations: tuple[str, ...] = ()) -> T:
+        """Run `effect` (ending with `self._record(...)`) as one transaction with lock retries, then the
+        fault point `point` (a name in faults.POINTS)."""
+        result = with_lock_retries(self.conn, effect, what, relations, self.timeouts)
+        if not self.dry_run:
+            faults.point(point)
+        return result
+
+    def _audit_failure(self, phase: str, exc: BaseException, sink: Sink) -> None:
+        if not self.dry_run and not self.conn.closed:
+            with suppress(psycopg.Error):  # the failure itself is what the operator needs to see
+                audit(self.conn, self.key, phase, phase, "failed", {"error": str(exc)}, sink.statements)
+
+    def _timed_out(self, phase: str, exc: psycopg.Error) -> ExecutorError:
+        holding = blockers(self.conn, self._relations())
+        return ExecutorError(
+            f"{phase} gave up waiting ({str(exc).strip().splitlines()[0]}); nothing of the interrupted step was kept;"
+            f" blocked by {', '.join(holding) or 'a session that has since ended'}"
+        )
+
+    def _relations(self) -> list[str]:
+        old = [f"{s.schema}.{s.table}" for t in self.plan.tables for s in t.sources]
+        return old + [f"{self.plan.new_schema}.{t.name}" for t in self.plan.tables]
+
+    def _check_plan_hash(self, current: str) -> None:
+        row = state_row(self.conn, self.key)
+        if row is None or current == "none" or row[1] == self.plan_hash:
+            return
+        if row[1] is not None and not self.accept_plan_change:
+            raise ExecutorError(
+                f"{self.plan.path}: plan {self.key} changed since the migration reached '{current}'"
+                f" (content hash {row[1]} → {self.plan_hash}); restore it, or pass --accept-plan-change"
+                " if the change is meant (it is recorded in the audit log)"
+            )
+        if not self.dry_run:
+            with self.conn.transaction():
+                set_phase(self.conn, self.key, current, self.plan_hash, str(self.plan.path))
+                audit(
+                    self.conn,
+                    self.key,
+                    current,
+                    "accept plan change",
+                    "ok",
+                    {"from": row[1], "to": self.plan_hash, "path": str(self.plan.path)},
+                    [],
+                )
+
+    def _check_catalog(self, phase: str, current: str) -> CatalogView:
+        seen = reconcile(self.conn, self.plan)
+        if current in seen.phases or seen.old_nowhere:
+            return seen  # an old table that is nowhere: the plan does not fit this database; validate names it
+        if phase == "create" and current == "none" and seen.phases:
+            tables = ", ".join(f"{self.plan.new_schema}.{t}" for t in seen.new_in_new)
+            raise ExecutorError(
+                f"create: {tables} already exist but no state was recorded for plan {self.key} (a create that"
+                " crashed after its commit in an older dualshift?); `dualshift migrate reconcile` records 'created'"
+                " when they are exactly the plan's tables and empty, otherwise drop them by hand"
+            )
+        consistent = " or ".join(repr(p) for p in seen.phases) or "no phase dualshift can name"
+        raise ExecutorError(
+            f"{phase} refused: the state row of plan {self.key} says '{current}' but the catalog shows"
+            f" {seen.describe()} ({consistent}); nothing was changed; `dualshift migrate status` shows both,"
+            " `dualshift migrate reconcile` records what the catalog shows"
+        )
 
     # ------------------------------------------------------------------------------------------
 
@@ -72,25 +183,37 @@ class Executor:
         def body(mappings, sink: Sink, current: str) -> dict:
             if current != "none":
                 return {"created": [], "note": f"already past create (at '{current}'): nothing to do"}
-            result = create.run(self.conn, self.plan, sink)
-            if not self.dry_run:
-                set_phase(self.conn, self.key, "created")
-                set_flag(self.conn, "dual_write", True)
-                set_flag(self.conn, "read_from_new_percent", 0)
-                set_flag(self.conn, "shadow_reads", False)
-            return result
+
+            def effect() -> dict:
+                result = create.run(self.conn, self.plan, sink)
+                if not self.dry_run:
+                    set_flag(self.conn, "dual_write", True)
+                    set_flag(self.conn, "read_from_new_percent", 0)
+                    set_flag(self.conn, "shadow_reads", False)
+                self._record("created")
+                sink.run(RELOAD_POSTGREST)
+                return result
+
+            return self._commit("create.committed", effect, "create", tuple(self._relations()))
 
         return self._run("create", PHASES, body)
 
     def backfill(self, options: backfill.BackfillOptions, sync_triggers: bool = False) -> dict[str, Any]:
+        if options.batch_size < 1:
+            raise ExecutorError(f"batch size {options.batch_size}: a batch needs at least 1 row")
+        if options.max_batches is not None and options.max_batches < 1:
+            raise ExecutorError(f"max batches {options.max_batches}: give at least 1, or none for no limit")
+
         def body(mappings: dict[tuple[str, str], SourceMapping], sink: Sink, current: str) -> dict:
             if current in ("backfilled", "verified"):
                 backfill.reset_checkpoints(self.conn, self.plan)  # a new full pass: re-sync and replay
             triggers = sync.install(self.conn, self.plan, mappings, sink) if sync_triggers else []
             result = backfill.run(self.conn, self.plan, mappings, options, sink, self.progress)
             result["sync_triggers"] = triggers
-            if result["complete"] and not self.dry_run:
-                set_phase(self.conn, self.key, "backfilled")
+            if result["complete"] and not self.dry_run and current == "created":
+                with self.conn.transaction():
+                    self._record("backfilled")
+                faults.point("backfill.committed")
             return result
 
         return self._run("backfill", ("created", "backfilled", "verified"), body)
@@ -99,19 +222,20 @@ class Executor:
         def body(mappings, sink: Sink, current: str) -> dict:
             report = verify.run(self.conn, self.plan, mappings)
             if not self.dry_run:
-                self.conn.execute(
-                    "INSERT INTO dualshift.verify_runs (plan, passed, report) VALUES (%s, %s, %s)",
-                    (self.key, report["passed"], psycopg.types.json.Jsonb(report)),
-                )
-                if report["passed"] and current == "backfilled":
-                    set_phase(self.conn, self.key, "verified")
+                with self.conn.transaction():
+                    self.conn.execute(
+                        "INSERT INTO dualshift_private.verify_runs (plan, passed, report) VALUES (%s, %s, %s)",
+                        (self.key, report["passed"], psycopg.types.json.Jsonb(report)),
+                    )
+                    if report["passed"] and current == "backfilled":
+                        self._record("verified")
+                faults.point("verify.committed")
             return report
 
         return self._run("verify", ("backfilled", "verified", "switched"), body)
 
     def switch_reads(self, percent: int, table: str | None = None) -> dict[str, Any]:
-        if not 0 <= percent <= 100:
-            raise ExecutorError(f"read percentage {percent} is not between 0 and 100")
+        check_read_percent(self.plan, percent, table)
 
         def body(mappings, sink: Sink, current: str) -> dict:
             last = last_verify(self.conn, self.key)
@@ -119,12 +243,50 @@ class Executor:
                 raise ExecutorError("the last verify did not pass; run `dualshift migrate verify` until it does")
             scope = table or "*"
             sink.statements.append(f"-- flag {scope}.read_from_new_percent = {percent}")
-            if not self.dry_run:
-                set_flag(self.conn, "read_from_new_percent", percent, scope)
-                set_phase(self.conn, self.key, "switched" if percent > 0 else "verified")
+
+            def effect() -> None:
+                if not self.dry_run:
+                    set_flag(self.conn, "read_from_new_percent", percent, scope)
+                    self._record("switched" if _reading_new(self.conn) else "verified")
+
+            self._commit("switch.committed", effect, "switch-reads")
             return {"read_from_new_percent": percent, "scope": scope}
 
         return self._run("switch-reads", ("verified", "switched"), body)
+
+    def set_flags(self, assignments: list[tuple[str, str, Any]]) -> dict[str, Any]:
+        """`flags --set`: read_from_new_percent goes through switch-reads (same checks, same state);
+        dual_write and shadow_reads take true or false, for the whole plan or one of its new tables."""
+        for scope, name, value in assignments:
+            if name == "read_from_new_percent":
+                check_read_percent(self.plan, value, scope)
+            elif name in ("dual_write", "shadow_reads"):
+                if not isinstance(value, bool):
+                    raise ExecutorError(f"{name} takes true or false, not {value!r}")
+                if scope != "*" and self.plan.table(scope) is None:
+                    check_read_percent(self.plan, 0, scope)  # the same message for an unknown table
+            else:
+                raise ExecutorError(
+                    f"unknown flag {name!r}; the flags are dual_write, read_from_new_percent, shadow_reads"
+                )
+        for scope, name, value in assignments:
+            if name == "read_from_new_percent":
+                self.switch_reads(value, None if scope == "*" else scope)
+        others = [(scope, name, value) for scope, name, value in assignments if name != "read_from_new_percent"]
+        if others:
+
+            def body(mappings, sink: Sink, current: str) -> dict:
+                def effect() -> None:
+                    for scope, name, value in others:
+                        sink.statements.append(f"-- flag {scope}.{name} = {value}")
+                        if not self.dry_run:
+                            set_flag(self.conn, name, value, scope)
+
+                self._commit("flags.committed", effect, "flags")
+                return {"set": [f"{s}.{n}" for s, n, _ in others]}
+
+            self._run("flags", PHASES, body)
+        return {f"{s}.{n}": v for (s, n), v in flags(self.conn).items()}
 
     def cleanup(self, backup_dir: Path) -> dict[str, Any]:
         if current_phase(self.conn, self.key) == "cleaned":
@@ -152,37 +314,53 @@ class Executor:
     def _rollback_body(self, mappings, sink: Sink, current: str) -> dict:
         if current == "switched":
             sink.statements.append("-- every read_from_new_percent flag = 0")
-            if not self.dry_run:
-                self.conn.execute(
-                    "UPDATE dualshift.flags SET value = '0', updated_at = now() WHERE name = 'read_from_new_percent'"
-                )
-                set_phase(self.conn, self.key, "verified")
+
+            def to_verified() -> None:
+                if not self.dry_run:
+                    self.conn.execute(
+                        "UPDATE dualshift.flags SET value = '0', updated_at = pg_catalog.now()"
+                        " WHERE name = 'read_from_new_percent'"
+                    )
+                self._record("verified")
+
+            self._commit("rollback.committed", to_verified, "rollback")
             return {"to": "verified"}
         if current == "verified":
-            if not self.dry_run:
-                set_phase(self.conn, self.key, "backfilled")
+            self._commit("rollback.committed", lambda: self._record("backfilled"), "rollback")
             return {"to": "backfilled"}
-        if current == "backfilled":
+        emptying = current == "backfilled"  # backfilled → created: empty the new tables; created → none: drop them
+
+        def undo() -> None:
             sync.remove(self.conn, self.plan, sink)
-            for table in self.plan.tables:
-                sink.run(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.plan.new_schema, table.name)))
+            new_tables = [sql.Identifier(self.plan.new_schema, t.name) for t in self.plan.tables]
+            sink.run(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(new_tables)))
+            self._refuse_losing_rows("empty" if emptying else "drop")
+            for table in new_tables if emptying else reversed(new_tables):
+                sink.run(sql.SQL("TRUNCATE {}" if emptying else "DROP TABLE {}").format(table))
             if not self.dry_run:
                 self.conn.execute(
-                    "DELETE FROM dualshift.checkpoints WHERE new_table = ANY(%s)", ([t.name for t in self.plan.tables],)
+                    "DELETE FROM dualshift_private.checkpoints WHERE new_table = ANY(%s)",
+                    ([t.name for t in self.plan.tables],),
                 )
-                set_phase(self.conn, self.key, "created")
-            return {"to": "created", "note": "new tables emptied; the old tables hold every row"}
-        # created → none: the new tables go; the old tables were never touched.
-        sync.remove(self.conn, self.plan, sink)
-        with self.conn.transaction():
-            for table in reversed(self.plan.tables):
-                sink.run(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self.plan.new_schema, table.name)))
-            if not self.dry_run:
-                self.conn.execute(
-                    "DELETE FROM dualshift.checkpoints WHERE new_table = ANY(%s)", ([t.name for t in self.plan.tables],)
-                )
-                set_phase(self.conn, self.key, "none")
-        return {"to": "none"}
+            self._record("created" if emptying else "none")
+            sink.run(RELOAD_POSTGREST)
+
+        self._commit("rollback.committed", undo, "rollback", tuple(self._relations()))
+        if emptying:
+            return {"to": "created", "note": "new tables emptied; every one of their rows is in an old table"}
+        return {"to": "none", "note": "new tables dropped; every one of their rows is in an old table"}
+
+    def _refuse_losing_rows(self, action: str) -> None:
+        """Inside the rollback's transaction (the new tables locked): every new row's key must be in an
+        old table, or the rollback would lose it."""
+        only_new = {t.name: rows_only_in_new(self.conn, self.plan, t) for t in self.plan.tables}
+        lost = {name: count for name, count in only_new.items() if count}
+        if lost:
+            raise ExecutorError(
+                f"rollback refused: it would {action} the new tables, but "
+                + ", ".join(f"{name} holds {count} rows no old table has" for name, count in lost.items())
+                + "; copy them into the old tables first (nothing was changed)"
+            )
 
     def _rollback_cleanup(self) -> dict[str, Any]:
         sink = Sink(self.conn, self.dry_run)
@@ -213,18 +391,69 @@ class Executor:
                 or _count(self.conn, self.plan.target_schema, table.name),
                 "sources": counts,
             }
-        return {"phase": phase, "tables": tables, "last_verify": last_verify(self.conn, self.key)}
+        seen = reconcile(self.conn, self.plan)
+        recorded = state_row(self.conn, self.key)
+        return {
+            "plan": self.key,
+            "phase": phase,
+            "plan_changed": recorded is not None and recorded[1] not in (None, self.plan_hash),
+            "catalog": seen.describe(),
+            "catalog_agrees": phase in seen.phases,
+            "tables": tables,
+            "last_verify": last_verify(self.conn, self.key),
+        }
+
+    def reconcile(self) -> dict[str, Any]:
+        """Record the phase the catalog shows when the state row disagrees with it (a crash of an older
+        dualshift between a commit and its state): the earliest phase consistent with the catalog, so
+        that every later phase (backfill, verify) runs again."""
+        with advisory_lock(self.conn):
+            if not self.dry_run:
+                ensure_schema(self.conn)
+            current = current_phase(self.conn, self.key)
+            seen = reconcile(self.conn, self.plan)
+            if current in seen.phases:
+                return {"phase": current, "catalog": seen.describe(), "note": "state and catalog agree: nothing to do"}
+            if not seen.phases:
+                raise ExecutorError(
+                    f"reconcile: the catalog shows {seen.describe()}, which is no phase of plan {self.key};"
+                    " put the tables back by hand (nothing was changed)"
+                )
+            if seen.phases[0] in ALL_BEFORE_CLEANUP and not seen.exact_columns:
+                raise ExecutorError(
+                    f"reconcile: the new tables in {self.plan.new_schema} do not have exactly the plan's columns;"
+                    " drop them by hand or fix the plan (nothing was changed)"
+                )
+            target = seen.phases[0]
+            with self.conn.transaction():
+                self._record(target)
+                if not self.dry_run:
+                    audit(
+                        self.conn,
+                        self.key,
+                        target,
+                        "reconcile",
+                        "ok",
+                        {"from": current, "catalog": seen.describe()},
+                        [],
+                    )
+            if not self.dry_run:
+                faults.point("reconcile.committed")
+            return {"from": current, "to": target, "catalog": seen.describe(), "statements": []}
 
 
 def _count(conn: psycopg.Connection, schema: str, table: str) -> int | None:
-    if conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0] is None:
+    if conn.execute("SELECT pg_catalog.to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0] is None:
         return None
-    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+    return conn.execute(sql.SQL("SELECT pg_catalog.count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[
+        0
+    ]
 
 
 def _reading_new(conn: psycopg.Connection) -> bool:
     row = conn.execute(
-        "SELECT coalesce(max((value #>> '{}')::int), 0) FROM dualshift.flags WHERE name = 'read_from_new_percent'"
+        "SELECT coalesce(pg_catalog.max((value #>> '{}')::int), 0) FROM dualshift.flags"
+        " WHERE name = 'read_from_new_percent'"
     ).fetchone()
     return bool(row[0])
 

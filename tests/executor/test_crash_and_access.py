@@ -45,12 +45,12 @@ def test_backfill_killed_with_sigkill_resumes_and_parity_holds(dsn: str, db: psy
     copied = 0
     while time.monotonic() < deadline and copied < 600:  # let a few batches commit
         time.sleep(0.2)
-        copied = db.execute("SELECT coalesce(sum(rows_copied), 0) FROM dualshift.checkpoints").fetchone()[0]
+        copied = db.execute("SELECT coalesce(sum(rows_copied), 0) FROM dualshift_private.checkpoints").fetchone()[0]
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
     assert copied > 0
-    unfinished = db.execute("SELECT count(*) FROM dualshift.checkpoints WHERE NOT done").fetchone()[0]
+    unfinished = db.execute("SELECT count(*) FROM dualshift_private.checkpoints WHERE NOT done").fetchone()[0]
     assert unfinished >= 1  # it really died mid-way
     resumed = subprocess.run([*command[:-4], "--batch-size", "1000"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

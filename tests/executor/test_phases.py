@@ -105,7 +105,7 @@ def test_phases_refuse_to_run_out_of_order(dsn: str) -> None:
     with pytest.raises(ExecutorError, match="next step: dualshift migrate verify"):
         ex.switch_reads(10)
     assert ex.verify()["passed"]
-    ex.conn.execute("UPDATE posted_content SET content = 'drifted' WHERE decision_id = md5('d4')::uuid")
+    ex.conn.execute("UPDATE public.posted_content SET content = 'drifted' WHERE decision_id = md5('d4')::uuid")
     assert not ex.verify()["passed"]
     with pytest.raises(ExecutorError, match="the last verify did not pass"):
         ex.switch_reads(10)
@@ -129,7 +129,9 @@ def test_dry_run_prints_the_sql_and_changes_nothing(dsn: str, db: psycopg.Connec
     assert result.exit_code == 0, result.output
     assert 'CREATE TABLE "public"."content_queue"' in result.output
     assert 'UNIQUE ("tweet_id", "collected_at")' in result.output
-    assert db.execute("SELECT to_regclass('public.content_queue'), to_regclass('dualshift.state')").fetchone() == (
+    assert db.execute(
+        "SELECT to_regclass('public.content_queue'), to_regclass('dualshift_private.state')"
+    ).fetchone() == (
         None,
         None,
     )
@@ -155,7 +157,7 @@ def test_bad_plans_are_rejected_before_any_sql(dsn: str, db: psycopg.Connection,
     result = CliRunner().invoke(app, ["migrate", "--dsn", dsn, "--plan", str(bad), "create"])
     assert result.exit_code == 2
     assert message in result.stderr
-    assert db.execute("SELECT to_regclass('dualshift.state')").fetchone()[0] is None
+    assert db.execute("SELECT to_regclass('dualshift_private.state')").fetchone()[0] is None
 
 
 def test_a_table_name_with_a_quote_or_semicolon_never_reaches_the_database(dsn: str, tmp_path) -> None:
@@ -209,7 +211,7 @@ def test_backfill_resumes_from_its_checkpoint(dsn: str, db: psycopg.Connection) 
     assert partial.exit_code == 3  # incomplete
     assert 500 < db.execute("SELECT count(*) FROM content_queue").fetchone()[0] <= 1000  # one batch of each source
     checkpoint = db.execute(
-        "SELECT rows_copied, done FROM dualshift.checkpoints WHERE source = 'content_metadata'"
+        "SELECT rows_copied, done FROM dualshift_private.checkpoints WHERE source = 'content_metadata'"
     ).fetchone()
     assert checkpoint == (500, False)
     assert migrate(dsn, "backfill", "--batch-size", "500").exit_code == 0
