@@ -66,7 +66,7 @@ def test_drift_rolls_reads_back_and_is_audited_and_published(dsn: str, db: psyco
     assert lines[-1].startswith("BREACH: 3 row(s) written to tweets in the last 15 min are missing from posted_content")
     assert lines[-1].endswith("→ reads switched back to the old tables (read_from_new_percent = 0)")
     assert _read_percent(db) == ["0"]
-    audited = db.execute("SELECT action FROM dualshift.audit WHERE phase = 'watch'").fetchall()
+    audited = db.execute("SELECT action FROM dualshift_private.audit WHERE phase = 'watch'").fetchall()
     assert audited == [("breach: reads switched back to the old tables (read_from_new_percent = 0)",)]
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'dualshift_sync_drift_rows{source="tweets"} 3.0' in scraped
