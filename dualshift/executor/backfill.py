@@ -314,7 +314,9 @@ def copy_source(
     upsert = False
     if sink.dry_run:
         sink.statements.append(sink.text(next_batch_statement(mapping, batch_size, last_key)))
-        sink.statements.append(sink.text(copy_statement(plan, mapping, all_mappings, last_key, None)))
+        sink.statements.append(sink.text(copy_statement(plan, mapping, all_mappings, last_key, None, upsert=False)))
+        again = sink.text(copy_statement(plan, mapping, all_mappings, last_key, None))
+        sink.statements.append(f"-- the batch again, when the new table already holds one of its keys:\n{again}")
         return 1
     while options.max_batches is None or batches < options.max_batches:
         started = time.monotonic()
