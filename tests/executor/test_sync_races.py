@@ -86,7 +86,8 @@ def test_a_backfill_batch_that_waited_on_a_first_source_insert_does_not_overwrit
     ex = executor(dsn, items_plan())
     ex.create()
     ex.backfill(BackfillOptions(max_batches=0), sync_triggers=True)  # triggers on, nothing copied yet
-    assert actual(db) == {}
+    db.execute("UPDATE second_items SET value = 'second' WHERE id = 5")  # mirrored: batches must upsert
+    assert actual(db) == {5: ("second", "second")}
     first = psycopg.connect(dsn)
     first.execute("INSERT INTO first_items VALUES (25, 'first')")  # mirrored, not yet committed
     plan = ex.plan
