@@ -375,9 +375,10 @@ def _run_batch(
             time.sleep(min(2.0, 0.02 * 2**attempt) * random.uniform(0.5, 1.0))
         except psycopg.errors.IntegrityError as exc:
             raise ExecutorError(
-                f"backfill: {mapping.source.schema}.{mapping.source.table} → {mapping.table.name}: a row after key"
-                f" {after} does not fit the new table ({exc.diag.message_primary}; {exc.diag.message_detail or ''});"
-                " nothing of this batch was kept"
+                f"backfill: {mapping.source.schema}.{mapping.source.table} → {mapping.table.name}: a row in the"
+                f" batch {'after key ' + json.dumps(after) if after else 'at the start'} does not fit the new table"
+                f" ({exc.diag.message_primary}; {exc.diag.message_detail or 'no detail'}); nothing of this batch was"
+                " kept, the rows before it are; fix the row and run backfill again"
             ) from None
     raise AssertionError("unreachable")
 
