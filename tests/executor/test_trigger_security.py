@@ -115,9 +115,11 @@ def test_a_role_with_create_on_public_gets_none_of_its_functions_called(
     # The executor and the application both run with the default search_path ("$user", public).
     ex.backfill(BackfillOptions(batch_size=700), sync_triggers=True)
     db.execute("INSERT INTO content_metadata (decision_id, content) VALUES (md5('new')::uuid, 'mirrored')")
-    db.execute("UPDATE content_metadata SET decision_type = 'not a type' WHERE decision_id = md5('new')::uuid")
     db.execute("UPDATE tweets SET text = 'edited' WHERE decision_id = md5('d3')::uuid")
     db.execute("INSERT INTO tweet_metrics (decision_id, tweet_id, measured_at) VALUES (md5('d1')::uuid, 't', now())")
+    assert db.execute("SELECT fn, caller FROM public.hostile_calls").fetchall() == []
+    # A mirror the new table rejects runs the trigger's failure path (to_jsonb of the row) too.
+    db.execute("UPDATE content_metadata SET decision_type = 'not a type' WHERE decision_id = md5('new')::uuid")
     with pytest.raises(ExecutorError, match="violates check constraint"):  # the row the check rejects
         ex.backfill(BackfillOptions(batch_size=500))
     assert db.execute("SELECT fn, caller FROM public.hostile_calls").fetchall() == []
