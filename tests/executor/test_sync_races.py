@@ -167,3 +167,55 @@ def test_racing_writers_and_a_backfill_end_with_the_first_source_winning_every_k
         writer.finish()
     assert db.execute("SELECT count(*) FROM dualshift.failed_writes").fetchone()[0] == 0
     assert actual(db) == expected(db)
+
+
+WRITES = {
+    "content_metadata": "INSERT INTO content_metadata (content) VALUES ('app')",
+    "tweets": "INSERT INTO tweets (tweet_id, decision_id, text) VALUES (gen_random_uuid()::text, gen_random_uuid(), 'app')",
+    "posts": "INSERT INTO posts (decision_id, tweet_id, content) VALUES (gen_random_uuid(), 't', 'app')",
+    "tweet_metrics": "INSERT INTO tweet_metrics (decision_id, tweet_id) VALUES (gen_random_uuid(), gen_random_uuid()::text)",
+}
+
+
+def test_installing_triggers_while_the_app_writes_to_several_old_tables_fails_no_write(dsn: str) -> None:
+    from dualshift.executor.connection import connect
+    from dualshift.executor.phases import Executor
+    from dualshift.plan import load_plan
+
+    from .conftest import PLAN
+
+    stop = threading.Event()
+    failures: list[str] = []
+    committed = [0]
+
+    def write(conn: psycopg.Connection, seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            tables = rng.sample(sorted(WRITES), 3)  # several tables per transaction, in any order
+            try:
+                with conn.transaction():
+                    for table in tables:
+                        conn.execute(WRITES[table])
+                        conn.execute("SELECT pg_sleep(0.02)")
+                committed[0] += 1
+            except psycopg.Error as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    writers = [Writer(dsn, lambda c, seed=seed: write(c, seed)) for seed in range(4)]
+    for writer in writers:
+        writer.start()
+    try:
+        for _ in range(3):  # each run drops and creates every trigger again
+            result = ex.backfill(BackfillOptions(max_batches=0), sync_triggers=True)
+            assert len(result["sync_triggers"]) == 9
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.finish()
+    assert failures == []
+    assert committed[0] > 0
+    with psycopg.connect(dsn, autocommit=True) as db:
+        assert db.execute("SELECT count(*) FROM dualshift.failed_writes").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'dualshift_sync'").fetchone()[0] == 9
