@@ -30,7 +30,13 @@ import psycopg
 from psycopg import sql
 
 from dualshift.executor import faults
-from dualshift.executor.backfill import FAILED_WRITES, conflict_action, mapped_lock_key, session_settings
+from dualshift.executor.backfill import (
+    FAILED_WRITES,
+    MAX_LOCKED_KEYS,
+    conflict_action,
+    mapped_lock_key,
+    session_settings,
+)
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import Sink, Timeouts, with_lock_retries
 from dualshift.executor.names import PRIVATE_SCHEMA, fit
@@ -38,6 +44,9 @@ from dualshift.plan import NewTable, Plan, Source
 
 TRIGGER = "dualshift_sync"
 POLICY = "dualshift_sync"
+# Key locks a transaction's triggers have taken (a transaction-local setting): past MAX_LOCKED_KEYS a
+# mirror is recorded as failed instead, so one bulk write cannot fill the server's shared lock table.
+LOCK_COUNTER = "dualshift.locked_keys"
 
 
 def role_name(conn: psycopg.Connection, plan: Plan) -> str:
@@ -126,9 +135,15 @@ def trigger_function_statement(conn: psycopg.Connection, plan: Plan, mapping: So
         return sql.SQL("PERFORM {}({});").format(resync_function(table), args(record))
 
     body = sql.SQL(
-        "DECLARE\n  old_key record;\n  new_key record;\n"
+        "DECLARE\n  old_key record;\n  new_key record;\n  locked integer;\n"
         "BEGIN\n"
         "  BEGIN\n"
+        "    locked := COALESCE(NULLIF(pg_catalog.current_setting({counter}, true), ''), '0')::integer;\n"
+        "    IF locked >= {max_locked} THEN\n"
+        "      RAISE EXCEPTION 'this transaction already mirrored {max_locked} keys (each holds a lock until it commits):"
+        " the rest are left to the next backfill pass';\n"
+        "    END IF;\n"
+        "    PERFORM pg_catalog.set_config({counter}, (locked + 1 + (TG_OP = 'UPDATE')::integer)::text, true);\n"
         "    IF TG_OP <> 'INSERT' THEN\n"
         "      SELECT {key_record} INTO old_key FROM (SELECT OLD.*) o;\n"
         "    END IF;\n"
@@ -162,6 +177,8 @@ def trigger_function_statement(conn: psycopg.Connection, plan: Plan, mapping: So
         "END"
     ).format(
         key_record=key_record,
+        counter=sql.Literal(LOCK_COUNTER),
+        max_locked=sql.SQL(str(MAX_LOCKED_KEYS)),
         new_null=sql.SQL(" OR ").join(sql.SQL("new_key.{} IS NULL").format(f) for f in fields),
         key_names=sql.SQL(", ".join(source.key).replace("'", "''").replace("%", "%%")),
         resync_new=resync("new_key"),

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dualshift.executor.backfill import BackfillOptions
+from dualshift.executor.backfill import MAX_LOCKED_KEYS, BackfillOptions
 from dualshift.executor.connection import ExecutorError, connect
 from dualshift.executor.names import PRIVATE_SCHEMA
 from dualshift.executor.phases import Executor
@@ -181,3 +181,21 @@ def test_a_mirror_the_new_table_rejects_never_fails_the_app_and_backfill_reports
         result = ex.backfill(BackfillOptions())
         assert result["tables"]["items"]["failed_writes_replayed"] == 2
         assert actual(db) == expected(db) == {1: ("accepted", "first"), 2: ("fine", "second")}
+
+
+def test_a_bulk_write_holds_a_bounded_number_of_key_locks_and_the_rest_is_repaired(admin_dsn: str) -> None:
+    with items_database(admin_dsn) as dsn, psycopg.connect(dsn, autocommit=True) as db:
+        ex = executor(dsn, items_plan())
+        ex.create()
+        ex.backfill(BackfillOptions(), sync_triggers=True)
+        with db.transaction():
+            db.execute("INSERT INTO first_items SELECT g, 'bulk' FROM generate_series(1, 1200) g")
+            held = db.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'"
+            ).fetchone()[0]
+        assert held == MAX_LOCKED_KEYS
+        assert db.execute("SELECT count(*) FROM first_items").fetchone()[0] == 1200  # the app's write committed
+        assert db.execute("SELECT count(*) FROM dualshift.failed_writes").fetchone()[0] == 200
+        assert len(actual(db)) == 1000
+        ex.backfill(BackfillOptions())
+        assert actual(db) == expected(db)
