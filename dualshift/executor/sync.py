@@ -353,28 +353,37 @@ def _in_one_transaction(
     with_lock_retries(conn, action, what, relations, timeouts)
 
 
-def remove(conn: psycopg.Connection, plan: Plan, sink: Sink, schema_of: Callable[[Source], str] | None = None) -> None:
-    """Drop the sync triggers, their functions, policies and role (wherever the old tables are now).
-    Runs in the caller's transaction, if it has one."""
+def remove(
+    conn: psycopg.Connection,
+    plan: Plan,
+    sink: Sink,
+    schema_of: Callable[[Source], str] | None = None,
+    timeouts: Timeouts = Timeouts(),
+) -> None:
+    """Drop the sync triggers, their policies, functions and role (wherever the old tables are now).
+    Inside the caller's transaction if it has one; otherwise one short lock-retrying transaction per
+    table, as for installing."""
     role = role_name(conn, plan)
     role_exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone()
+    inline = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE or sink.dry_run
     for table in plan.tables:
-        relations = [(plan.new_schema, table.name)]
-        for source in table.sources:
-            schema = schema_of(source) if schema_of else source.schema
-            relations.append((schema, source.table))
-            if _exists(conn, schema, source.table):
-                sink.run(
-                    sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                        sql.Identifier(TRIGGER), sql.Identifier(schema, source.table)
-                    )
-                )
-        for schema, name in relations:
-            if role_exists and _has_policy(conn, schema, name):
-                sink.run(
-                    sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(
-                        sql.Identifier(POLICY), sql.Identifier(schema, name)
-                    )
+        relations = [(plan.new_schema, table.name, False)]
+        relations += [(schema_of(s) if schema_of else s.schema, s.table, True) for s in table.sources]
+        for schema, name, is_source in relations:
+            statements = _removal_statements(conn, schema, name, is_source)
+            if not statements:
+                continue
+            if inline:
+                for statement in statements:
+                    sink.run(statement)
+            else:
+                _in_one_transaction(
+                    conn,
+                    sink,
+                    timeouts,
+                    lambda s=statements: s,
+                    f"removing the sync trigger of {schema}.{name}",
+                    [f"{schema}.{name}"],
                 )
         for source in table.sources:
             function = trigger_function(SourceMapping(table, source, 0, ()))
@@ -386,8 +395,24 @@ def remove(conn: psycopg.Connection, plan: Plan, sink: Sink, schema_of: Callable
         sink.run(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-def _exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
-    return conn.execute("SELECT pg_catalog.to_regclass(%s)", (_relation(schema, table),)).fetchone()[0] is not None
+def _removal_statements(conn: psycopg.Connection, schema: str, name: str, is_source: bool) -> list[sql.Composable]:
+    target = sql.Identifier(schema, name)
+    statements: list[sql.Composable] = []
+    if is_source and _has_trigger(conn, schema, name):
+        statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), target))
+    if _has_policy(conn, schema, name):
+        statements.append(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), target))
+    return statements
+
+
+def _has_trigger(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgname = %s AND tgrelid = pg_catalog.to_regclass(%s)",
+            (TRIGGER, _relation(schema, table)),
+        ).fetchone()
+        is not None
+    )
 
 
 def _has_policy(conn: psycopg.Connection, schema: str, table: str) -> bool:
