@@ -39,11 +39,11 @@ from psycopg import sql
 from dualshift.executor import faults
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import ExecutorError, Sink
+from dualshift.executor.names import PRIVATE_SCHEMA
 from dualshift.plan import Plan
 
 Progress = Callable[[str, int, int], None]  # (label, rows done, rows total)
 
-CHECKPOINTS = sql.Identifier("dualshift", "checkpoints")
 FAILED_WRITES = sql.Identifier("dualshift", "failed_writes")
 # Advisory locks live in the server's shared lock table (max_locks_per_transaction times connections
 # entries, 3,840 on a small Supabase instance): a transaction never holds more than this many.
@@ -60,6 +60,12 @@ class BackfillOptions:
     max_rows_per_s: float | None = None
     max_batches: int | None = None  # stop early (tests, and a bounded first run)
     on_duplicate_key: str = "refuse"  # or "first": each key's first row in the source's key order wins
+
+
+def checkpoints(conn: psycopg.Connection) -> sql.Identifier:
+    """The checkpoints table: in the private schema, or where a database set up before it kept them."""
+    moved = conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{PRIVATE_SCHEMA}.checkpoints",)).fetchone()[0]
+    return sql.Identifier(PRIVATE_SCHEMA if moved else "dualshift", "checkpoints")
 
 
 def session_settings(plan: Plan) -> list[tuple[str, str]]:
@@ -274,12 +280,14 @@ def refuse_bad_keys(findings: dict[str, KeyFindings], on_duplicate_key: str) -> 
 
 def _checkpoint(conn: psycopg.Connection, mapping: SourceMapping) -> tuple[list | None, int, bool]:
     row = conn.execute(
-        sql.SQL("SELECT last_key, rows_copied, done FROM {} WHERE new_table = %s AND source = %s").format(CHECKPOINTS),
+        sql.SQL("SELECT last_key, rows_copied, done FROM {} WHERE new_table = %s AND source = %s").format(
+            checkpoints(conn)
+        ),
         (mapping.table.name, mapping.source.table),
     ).fetchone()
     if row is None:
         conn.execute(
-            sql.SQL("INSERT INTO {} (new_table, source) VALUES (%s, %s)").format(CHECKPOINTS),
+            sql.SQL("INSERT INTO {} (new_table, source) VALUES (%s, %s)").format(checkpoints(conn)),
             (mapping.table.name, mapping.source.table),
         )
         return None, 0, False
@@ -355,7 +363,7 @@ def _run_batch(
                     sql.SQL(
                         "UPDATE {} SET last_key = %s, rows_copied = rows_copied + %s, done = %s"
                         " WHERE new_table = %s AND source = %s"
-                    ).format(CHECKPOINTS),
+                    ).format(checkpoints(conn)),
                     (
                         json.dumps(last if rows else after),
                         rows,
@@ -472,7 +480,9 @@ def run(
         for mapping in table_mappings:
             copy_source(conn, plan, mapping, table_mappings, options, sink, progress)
         state = conn.execute(
-            sql.SQL("SELECT bool_and(done), sum(rows_copied) FROM {} WHERE new_table = %s").format(CHECKPOINTS),
+            sql.SQL(
+                "SELECT pg_catalog.bool_and(done), pg_catalog.sum(rows_copied) FROM {} WHERE new_table = %s"
+            ).format(checkpoints(conn)),
             (table.name,),
         ).fetchone()
         finished = bool(state[0]) and not sink.dry_run
@@ -507,6 +517,6 @@ def reset_checkpoints(conn: psycopg.Connection, plan: Plan) -> None:
         sql.SQL(
             "DELETE FROM {0} WHERE new_table = ANY(%s) AND NOT EXISTS ("
             " SELECT 1 FROM {0} c WHERE c.new_table = ANY(%s) AND NOT c.done)"
-        ).format(CHECKPOINTS),
+        ).format(checkpoints(conn)),
         (names, names),
     )

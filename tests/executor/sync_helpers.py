@@ -15,7 +15,9 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
-from dualshift.executor.connection import connect
+from dualshift.executor import sync
+from dualshift.executor.catalog import validate
+from dualshift.executor.connection import Sink, connect
 from dualshift.executor.pgserver import fresh_database
 from dualshift.executor.phases import Executor
 from dualshift.plan import parse_plan
@@ -71,6 +73,11 @@ def items_database(admin_dsn: str, schema: str = SCHEMA) -> Iterator[str]:
 
 def executor(dsn: str, plan) -> Executor:
     return Executor(connect(dsn), plan, dsn)
+
+
+def install_triggers(ex: Executor) -> None:
+    """The sync triggers alone, nothing copied yet (what `backfill --sync triggers` installs first)."""
+    sync.install(ex.conn, ex.plan, validate(ex.conn, ex.plan), Sink(ex.conn))
 
 
 def expected(conn: psycopg.Connection, first: str = "first_items", second: str = "second_items") -> dict:

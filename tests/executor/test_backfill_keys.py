@@ -12,7 +12,7 @@ from dualshift.cli import app
 from dualshift.executor.backfill import BackfillOptions
 from dualshift.executor.connection import ExecutorError
 
-from .sync_helpers import actual, executor, expected, items_database, items_plan
+from .sync_helpers import actual, executor, expected, install_triggers, items_database, items_plan
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_on_duplicate_key_first_keeps_each_keys_first_row_and_counts_the_rest(it
     db.execute("INSERT INTO second_items VALUES (7, 'second 7, again')")
     ex = executor(dsn, items_plan())
     ex.create()
-    ex.backfill(BackfillOptions(max_batches=0, on_duplicate_key="first"), sync_triggers=True)
+    install_triggers(ex)
     db.execute("UPDATE second_items SET value = 'second 8' WHERE id = 8")  # a mirrored key: batches upsert
     for batch_size in (1, 7, 1000):
         result = ex.backfill(BackfillOptions(batch_size=batch_size, on_duplicate_key="first"))

@@ -15,7 +15,16 @@ import pytest
 
 from dualshift.executor.backfill import BackfillOptions
 
-from .sync_helpers import Writer, actual, executor, expected, items_database, items_plan, wait_until_blocked
+from .sync_helpers import (
+    Writer,
+    actual,
+    executor,
+    expected,
+    install_triggers,
+    items_database,
+    items_plan,
+    wait_until_blocked,
+)
 
 
 @pytest.fixture
@@ -85,7 +94,7 @@ def test_a_backfill_batch_that_waited_on_a_first_source_insert_does_not_overwrit
     db.execute("INSERT INTO second_items SELECT g, 'second' FROM generate_series(1, 50) g")
     ex = executor(dsn, items_plan())
     ex.create()
-    ex.backfill(BackfillOptions(max_batches=0), sync_triggers=True)  # triggers on, nothing copied yet
+    install_triggers(ex)  # triggers on, nothing copied yet
     db.execute("UPDATE second_items SET value = 'second' WHERE id = 5")  # mirrored: batches must upsert
     assert actual(db) == {5: ("second", "second")}
     first = psycopg.connect(dsn)
@@ -106,7 +115,7 @@ def test_a_first_source_insert_that_waited_on_a_backfill_batch_wins(items) -> No
     db.execute("INSERT INTO second_items SELECT g, 'second' FROM generate_series(1, 50) g")
     ex = executor(dsn, items_plan())
     ex.create()
-    ex.backfill(BackfillOptions(max_batches=0), sync_triggers=True)
+    install_triggers(ex)
     # A dual write to key 26 holds the batch (1..50) after it took its keys' locks.
     wrapper = psycopg.connect(dsn)
     wrapper.execute("INSERT INTO items (id, value, origin) VALUES (26, 'dual write', 'second')")
@@ -133,7 +142,7 @@ def test_racing_writers_and_a_backfill_end_with_the_first_source_winning_every_k
     db.execute("INSERT INTO second_items SELECT g, 'second' FROM generate_series(1, 40, 2) g")
     ex = executor(dsn, items_plan())
     ex.create()
-    ex.backfill(BackfillOptions(max_batches=0), sync_triggers=True)
+    install_triggers(ex)
     plan = ex.plan
     stop = threading.Event()
 
@@ -208,7 +217,7 @@ def test_installing_triggers_while_the_app_writes_to_several_old_tables_fails_no
         writer.start()
     try:
         for _ in range(3):  # each run drops and creates every trigger again
-            result = ex.backfill(BackfillOptions(max_batches=0), sync_triggers=True)
+            result = ex.backfill(BackfillOptions(batch_size=1, max_batches=1), sync_triggers=True)
             assert len(result["sync_triggers"]) == 9
     finally:
         stop.set()
