@@ -1,33 +1,57 @@
 """Phase `backfill`: copy old → new inside the database, in keyset-paginated, checkpointed batches.
 
-Sources are copied in precedence order. A batch holds a share lock on the old rows it copies until it
-commits, so an application write to one of them waits for the batch and its mirror lands after it:
-the copy never overwrites a newer dual write with an older value. The first source of a new table owns its keys (its rows
-overwrite: ON CONFLICT DO UPDATE); later sources only fill keys nobody has (ON CONFLICT DO NOTHING),
-the same rule the dual-write wrapper follows. While the new table holds none of a batch's keys, the
-batch is a plain INSERT (speculative insertion, which ON CONFLICT needs for every row, costs about a
-third of the copy); the first unique violation rolls that batch back to a savepoint and redoes it with
-ON CONFLICT, which the rest of the source's run then keeps. Each batch and its checkpoint commit
-together, so a killed run resumes where it stopped. A completed pass also repairs what the wrapper recorded in
-dualshift.failed_writes: the copy re-upserts every row, and rows whose key no source has any more
-(failed deletes) are removed.
+The rule, here and in the sync triggers: a new-table row holds the mapped row of the first source
+(in precedence order) that holds its key, and no row when no source does. Under concurrent writers
+the rule is kept with one transaction-level advisory lock per new-table key (`lock_key`): whoever
+writes a new-table row (a backfill batch, a sync trigger) first takes the locks of its keys, and only
+then, in a new statement (so with a snapshot that sees every write committed before the lock was
+granted), reads which source wins. The last to take a key's lock is the last to write its row, and it
+saw every source change made before: the row ends as the rule says.
+
+A batch: lock the next rows of the source (FOR SHARE, so an application write to one of them waits
+for the batch and its mirror lands after it), take their keys' advisory locks in a fixed order (with a
+lock timeout below the deadlock detector's, retrying the batch on a timeout), then copy the rows whose
+key no earlier source holds. While the new table holds none of a batch's keys, the copy is a plain
+INSERT (speculative insertion, which ON CONFLICT needs for every row, costs about a third of the copy);
+the first unique violation redoes the batch with ON CONFLICT, which the rest of the source's run then
+keeps. Each batch and its checkpoint commit together, so a killed run resumes where it stopped.
+
+Before copying, a pass checks each source's keys (read-only): a key shared by two rows of one source,
+or a key with a NULL part, is refused with one line naming the table, the key and samples (NULL keys
+always; duplicates unless `on_duplicate_key="first"`, which keeps each key's first row in the
+source's key order and reports how many were left out). A completed pass also repairs what the
+wrapper and the triggers recorded in dualshift.failed_writes: the copy re-upserts every row, and rows
+whose key no source has any more (failed deletes) are removed.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
+from dualshift.executor import faults
 from dualshift.executor.catalog import SourceMapping
-from dualshift.executor.connection import Sink
+from dualshift.executor.connection import ExecutorError, Sink
+from dualshift.executor.names import PRIVATE_SCHEMA
 from dualshift.plan import Plan
 
 Progress = Callable[[str, int, int], None]  # (label, rows done, rows total)
+
+FAILED_WRITES = sql.Identifier("dualshift", "failed_writes")
+# Advisory locks live in the server's shared lock table (max_locks_per_transaction times connections
+# entries, 3,840 on a small Supabase instance): a transaction never holds more than this many.
+MAX_LOCKED_KEYS = 1000
+KEY_LOCK_TIMEOUT = "500ms"  # below deadlock_timeout (1 s): a batch that waits on a writer backs off first
+BATCH_ATTEMPTS = 30
+ON_DUPLICATE_KEY = ("refuse", "first")
+SAMPLES = 10
 
 
 @dataclass(frozen=True)
@@ -35,89 +59,235 @@ class BackfillOptions:
     batch_size: int = 5000
     max_rows_per_s: float | None = None
     max_batches: int | None = None  # stop early (tests, and a bounded first run)
+    on_duplicate_key: str = "refuse"  # or "first": each key's first row in the source's key order wins
 
 
-def batch_statement(
-    plan: Plan, mapping: SourceMapping, batch_size: int, after: list | None, upsert: bool = True
-) -> sql.Composable:
-    """One keyset batch: lock the next old rows, copy them mapped, return (rows, last key). Without
-    `upsert` the copy is a plain INSERT, which fails on a key the new table already holds."""
-    source, table = mapping.source, mapping.table
-    old = sql.Identifier(source.schema, source.table)
-    new = sql.Identifier(plan.new_schema, table.name)
-    keys = sql.SQL(", ").join(sql.Identifier("o", k) for k in source.key)
-    where = sql.SQL("")
-    if after is not None:
-        where = sql.SQL("WHERE ({}) > ({})").format(keys, sql.SQL(", ").join(sql.Literal(v) for v in after))
-    columns = sql.SQL(", ").join(map(sql.Identifier, mapping.new_columns))
-    conflict = sql.SQL(", ").join(map(sql.Identifier, table.key))
-    on_conflict = (
-        sql.SQL("ON CONFLICT ({}) {}").format(conflict, conflict_action(plan, mapping)) if upsert else sql.SQL("")
+def checkpoints(conn: psycopg.Connection) -> sql.Identifier:
+    """The checkpoints table: in the private schema, or where a database set up before it kept them."""
+    moved = conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{PRIVATE_SCHEMA}.checkpoints",)).fetchone()[0]
+    return sql.Identifier(PRIVATE_SCHEMA if moved else "dualshift", "checkpoints")
+
+
+def session_settings(plan: Plan) -> list[tuple[str, str]]:
+    """The settings every statement that maps rows runs under, in the backfill and in the triggers alike,
+    so that neither a planted function in `public` nor the writer's session changes what is copied."""
+    return [
+        ("search_path", "pg_catalog, pg_temp"),
+        ("TimeZone", plan.timezone),
+        ("DateStyle", "ISO, YMD"),
+        ("IntervalStyle", "postgres"),
+        ("extra_float_digits", "3"),
+    ]
+
+
+@contextmanager
+def pinned_transaction(conn: psycopg.Connection, plan: Plan) -> Iterator[None]:
+    with conn.transaction():
+        for name, value in session_settings(plan):
+            conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (name, value))
+        yield
+
+
+def lock_key(table_name: str, key_values: list[sql.Composable]) -> sql.Composable:
+    """The advisory lock (bigint) of one new-table key. It hashes the values by their types (not their
+    text), so the time zone or number formatting of the session computing it does not matter."""
+    return sql.SQL("pg_catalog.hash_record_extended(ROW(CAST({} AS pg_catalog.text), {}), 0)").format(
+        sql.Literal(table_name), sql.SQL(", ").join(key_values)
     )
-    # The key travels under its own names: an old key column may share its name with a new column.
+
+
+def mapped_lock_key(mapping: SourceMapping) -> sql.Composable:
+    return lock_key(mapping.table.name, mapping.key_exprs())
+
+
+def take_locks(conn: psycopg.Connection, locks: list[int]) -> None:
+    """Take these keys' advisory locks in ascending order (everyone's order, so batches never deadlock
+    each other); waits are bounded by KEY_LOCK_TIMEOUT."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(KEY_LOCK_TIMEOUT)))
+    conn.execute(
+        "SELECT pg_catalog.count(pg_catalog.pg_advisory_xact_lock(h))"
+        " FROM pg_catalog.unnest(%s::pg_catalog.int8[]) WITH ORDINALITY AS u(h, i)",
+        (sorted(set(locks)),),
+    )
+
+
+def _keys(source_key: tuple[str, ...], alias: str = "o") -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(alias, k) for k in source_key)
+
+
+def _range(mapping: SourceMapping, after: list | None, last: list | None) -> sql.Composable:
+    keys = _keys(mapping.source.key)
+    clauses = []
+    if after is not None:
+        clauses.append(sql.SQL("({}) > ({})").format(keys, sql.SQL(", ").join(sql.Literal(v) for v in after)))
+    if last is not None:
+        clauses.append(sql.SQL("({}) <= ({})").format(keys, sql.SQL(", ").join(sql.Literal(v) for v in last)))
+    return sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("true")
+
+
+def next_batch_statement(mapping: SourceMapping, batch_size: int, after: list | None) -> sql.Composable:
+    """The next keyset batch, its rows locked FOR SHARE: (rows, last old key, the keys' advisory locks)."""
+    source = mapping.source
     key_names = [sql.Identifier(f"__key_{i}") for i in range(len(source.key))]
     return sql.SQL(
-        "WITH batch AS (SELECT {keys_as}, {select} FROM {old} o {where} ORDER BY {keys} LIMIT {limit} FOR SHARE),\n"
-        "copied AS (INSERT INTO {new} ({columns}) SELECT {columns} FROM batch {on_conflict})\n"
-        "SELECT (SELECT count(*) FROM batch), (SELECT json_build_array({last}) FROM batch ORDER BY {descending} LIMIT 1)"
+        "WITH batch AS (SELECT {keys_as}, {lock} AS __lock FROM {old} o WHERE {where}"
+        " ORDER BY {keys} LIMIT {limit} FOR SHARE OF o)\n"
+        "SELECT (SELECT pg_catalog.count(*) FROM batch),"
+        " (SELECT pg_catalog.json_build_array({last}) FROM batch ORDER BY {descending} LIMIT 1),"
+        " (SELECT pg_catalog.array_agg(DISTINCT __lock) FROM batch)"
     ).format(
         keys_as=sql.SQL(", ").join(
             sql.SQL("{} AS {}").format(sql.Identifier("o", k), name)
             for k, name in zip(source.key, key_names, strict=True)
         ),
-        select=mapping.select_list(),
-        old=old,
-        where=where,
-        keys=keys,
+        lock=mapped_lock_key(mapping),
+        old=sql.Identifier(source.schema, source.table),
+        where=_range(mapping, after, None),
+        keys=_keys(source.key),
         limit=sql.Literal(batch_size),
-        new=new,
-        columns=columns,
-        on_conflict=on_conflict,
         last=sql.SQL(", ").join(key_names),
         descending=sql.SQL(", ").join(sql.SQL("{} DESC").format(name) for name in key_names),
     )
 
 
-def conflict_action(plan: Plan, mapping: SourceMapping) -> sql.Composable:
-    """ON CONFLICT's action for a source: overwrite, except that a later source updates only the keys
-    no earlier source holds (the first source wins)."""
-    updates = [c for c in mapping.new_columns if c not in mapping.table.key]
-    if not updates:
-        return sql.SQL("DO NOTHING")
-    action = sql.SQL("DO UPDATE SET {}").format(
+def held_by_earlier(plan: Plan, mapping: SourceMapping, all_mappings: list[SourceMapping], row: str) -> sql.Composable:
+    """SQL: an earlier source than `mapping` holds the key of new-table-shaped row `row`."""
+    clauses = [
+        sql.SQL("EXISTS (SELECT 1 FROM {} o WHERE {})").format(
+            sql.Identifier(earlier.source.schema, earlier.source.table),
+            earlier.key_match([sql.Identifier(row, k) for k in mapping.table.key]),
+        )
+        for earlier in all_mappings[: mapping.precedence]
+    ]
+    return sql.SQL(" OR ").join(clauses) if clauses else sql.SQL("false")
+
+
+def copy_statement(
+    plan: Plan,
+    mapping: SourceMapping,
+    all_mappings: list[SourceMapping],
+    after: list | None,
+    last: list | None,
+    upsert: bool = True,
+) -> sql.Composable:
+    """Copy the batch's rows (those whose key lock is in the parameter `locks`) that no earlier source
+    outranks. One row per new key: the first in the source's key order."""
+    source, table = mapping.source, mapping.table
+    columns = sql.SQL(", ").join(map(sql.Identifier, mapping.new_columns))
+    on_conflict = (
+        sql.SQL(" ON CONFLICT ({}) {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, table.key)), conflict_action(mapping)
+        )
+        if upsert
+        else sql.SQL("")
+    )
+    key_exprs = sql.SQL(", ").join(mapping.key_exprs())
+    return sql.SQL(
+        "INSERT INTO {new} ({columns}) SELECT {columns} FROM ("
+        "SELECT DISTINCT ON ({key_exprs}) {select} FROM {old} o"
+        " WHERE {range} AND {lock} = ANY(%(locks)s::pg_catalog.int8[])"
+        " ORDER BY {key_exprs}, {old_keys}, o.ctid) b WHERE NOT ({earlier}){on_conflict}"
+    ).format(
+        new=sql.Identifier(plan.new_schema, table.name),
+        columns=columns,
+        key_exprs=key_exprs,
+        select=mapping.select_list(),
+        old=sql.Identifier(source.schema, source.table),
+        range=_range(mapping, after, last),
+        lock=mapped_lock_key(mapping),
+        old_keys=_keys(source.key),
+        earlier=held_by_earlier(plan, mapping, all_mappings, "b"),
+        on_conflict=on_conflict,
+    )
+
+
+def conflict_action(mapping: SourceMapping) -> sql.Composable:
+    """ON CONFLICT's action: the winning source's row overwrites (precedence is decided before, under
+    the key's lock). With nothing but the key to write, a no-op update still reports the row as written."""
+    updates = [c for c in mapping.new_columns if c not in mapping.table.key] or [mapping.table.key[0]]
+    return sql.SQL("DO UPDATE SET {}").format(
         sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
     )
-    if mapping.precedence > 0:
-        action = sql.SQL("{} WHERE {}").format(action, not_held_by_earlier(plan, mapping))
-    return action
 
 
-def not_held_by_earlier(plan: Plan, mapping: SourceMapping) -> sql.Composable:
-    table = mapping.table
-    clauses = []
-    for earlier in table.sources[: mapping.precedence]:
-        match = sql.SQL(" AND ").join(
-            sql.SQL("CAST({} AS {}) = EXCLUDED.{}").format(
-                sql.Identifier("h", old), sql.SQL(table.column(new).type), sql.Identifier(new)
+# ------------------------------------------------------------------------------------------------
+# Keys: a read-only check per source before a pass copies anything.
+
+
+@dataclass(frozen=True)
+class KeyFindings:
+    null_rows: int
+    null_samples: list
+    duplicate_keys: int
+    duplicate_rows: int
+    duplicate_samples: list
+
+    @property
+    def left_out(self) -> int:
+        """Rows a copy that keeps each key's first row leaves out."""
+        return self.duplicate_rows - self.duplicate_keys
+
+
+def check_keys(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> KeyFindings:
+    source = mapping.source
+    old = sql.Identifier(source.schema, source.table)
+    any_null = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier("o", k)) for k in source.key)
+    old_keys = sql.SQL("pg_catalog.json_build_array({})").format(_keys(source.key))
+    new_keys = sql.SQL("pg_catalog.json_build_array({})").format(sql.SQL(", ").join(mapping.key_exprs()))
+    where = f"{source.schema}.{source.table} (key {', '.join(source.key)}) → {mapping.table.name}"
+    try:
+        with pinned_transaction(conn, plan):
+            nulls, null_samples = conn.execute(
+                sql.SQL(
+                    "SELECT pg_catalog.count(*), (pg_catalog.array_agg(CAST(k AS pg_catalog.text)))[1:{n}]"
+                    " FROM (SELECT {old_keys} AS k FROM {old} o WHERE {any_null}) s"
+                ).format(n=sql.Literal(SAMPLES), old_keys=old_keys, old=old, any_null=any_null)
+            ).fetchone()
+            keys, rows, samples = conn.execute(
+                sql.SQL(
+                    "SELECT pg_catalog.count(*), pg_catalog.sum(n),"
+                    " (pg_catalog.array_agg(k ORDER BY k))[1:{n}] FROM ("
+                    "SELECT CAST({new_keys} AS pg_catalog.text) AS k, pg_catalog.count(*) AS n FROM {old} o"
+                    " WHERE NOT ({any_null}) GROUP BY 1 HAVING pg_catalog.count(*) > 1) d"
+                ).format(n=sql.Literal(SAMPLES), new_keys=new_keys, old=old, any_null=any_null)
+            ).fetchone()
+    except psycopg.errors.DataException as exc:
+        raise ExecutorError(f"backfill: {where}: a key does not fit the new table's key type: {exc}") from None
+    return KeyFindings(nulls, list(null_samples or []), keys, int(rows or 0), list(samples or []))
+
+
+def refuse_bad_keys(findings: dict[str, KeyFindings], on_duplicate_key: str) -> None:
+    problems = []
+    for where, found in findings.items():
+        if found.null_rows:
+            problems.append(
+                f"{where}: {found.null_rows} row(s) have a NULL key part, e.g. {', '.join(found.null_samples)}"
+                " (a NULL key can never be copied: give those rows a key or delete them)"
             )
-            for old, new in zip(earlier.key, table.key, strict=True)
-        )
-        clauses.append(
-            sql.SQL("NOT EXISTS (SELECT 1 FROM {} h WHERE {})").format(
-                sql.Identifier(earlier.schema, earlier.table), match
+        if found.duplicate_keys and on_duplicate_key != "first":
+            problems.append(
+                f"{where}: {found.duplicate_keys} key(s) are held by {found.duplicate_rows} rows,"
+                f" e.g. {', '.join(found.duplicate_samples)} (make the key unique, or pass"
+                " --on-duplicate-key first to keep each key's first row in the source's key order)"
             )
-        )
-    return sql.SQL(" AND ").join(clauses)
+    if problems:
+        raise ExecutorError("backfill refuses to copy, nothing was copied: " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches.
 
 
 def _checkpoint(conn: psycopg.Connection, mapping: SourceMapping) -> tuple[list | None, int, bool]:
     row = conn.execute(
-        "SELECT last_key, rows_copied, done FROM dualshift_private.checkpoints WHERE new_table = %s AND source = %s",
+        sql.SQL("SELECT last_key, rows_copied, done FROM {} WHERE new_table = %s AND source = %s").format(
+            checkpoints(conn)
+        ),
         (mapping.table.name, mapping.source.table),
     ).fetchone()
     if row is None:
         conn.execute(
-            "INSERT INTO dualshift_private.checkpoints (new_table, source) VALUES (%s, %s)",
+            sql.SQL("INSERT INTO {} (new_table, source) VALUES (%s, %s)").format(checkpoints(conn)),
             (mapping.table.name, mapping.source.table),
         )
         return None, 0, False
@@ -126,7 +296,9 @@ def _checkpoint(conn: psycopg.Connection, mapping: SourceMapping) -> tuple[list 
 
 def _count(conn: psycopg.Connection, mapping: SourceMapping) -> int:
     return conn.execute(
-        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(mapping.source.schema, mapping.source.table))
+        sql.SQL("SELECT pg_catalog.count(*) FROM {}").format(
+            sql.Identifier(mapping.source.schema, mapping.source.table)
+        )
     ).fetchone()[0]
 
 
@@ -134,6 +306,7 @@ def copy_source(
     conn: psycopg.Connection,
     plan: Plan,
     mapping: SourceMapping,
+    all_mappings: list[SourceMapping],
     options: BackfillOptions,
     sink: Sink,
     progress: Progress,
@@ -144,78 +317,140 @@ def copy_source(
         return 0
     total = _count(conn, mapping)
     label = f"{mapping.source.table} → {mapping.table.name}"
+    batch_size = min(options.batch_size, MAX_LOCKED_KEYS)
     batches = 0
     upsert = False
-    while True:
-        if options.max_batches is not None and batches >= options.max_batches:
-            return batches
+    if sink.dry_run:
+        sink.statements.append(sink.text(next_batch_statement(mapping, batch_size, last_key)))
+        sink.statements.append(sink.text(copy_statement(plan, mapping, all_mappings, last_key, None, upsert=False)))
+        again = sink.text(copy_statement(plan, mapping, all_mappings, last_key, None))
+        sink.statements.append(f"-- the batch again, when the new table already holds one of its keys:\n{again}")
+        return 1
+    while options.max_batches is None or batches < options.max_batches:
         started = time.monotonic()
-        if sink.dry_run:
-            sink.statements.append(sink.text(batch_statement(plan, mapping, options.batch_size, last_key, False)))
-            again = sink.text(batch_statement(plan, mapping, options.batch_size, last_key))
-            sink.statements.append(f"-- the batch again, when the new table already holds one of its keys:\n{again}")
-            return 1
-        after = last_key
-        with conn.transaction():
-            rows, last, upsert = _copy_batch(conn, plan, mapping, options.batch_size, after, upsert)
-            if rows:
-                last_key = last
-                copied += rows
-            conn.execute(
-                "UPDATE dualshift_private.checkpoints SET last_key = %s, rows_copied = %s, done = %s"
-                " WHERE new_table = %s AND source = %s",
-                (json.dumps(last_key), copied, rows < options.batch_size, mapping.table.name, mapping.source.table),
-            )
+        rows, last, upsert = _run_batch(conn, plan, mapping, all_mappings, batch_size, last_key, upsert)
+        if rows:
+            last_key = last
+            copied += rows
         if len(sink.statements) < 3:
-            sink.statements.append(sink.text(batch_statement(plan, mapping, options.batch_size, after, upsert)))
+            sink.statements.append(sink.text(copy_statement(plan, mapping, all_mappings, last_key, None, upsert)))
         batches += 1
         progress(label, copied, total)
-        if rows < options.batch_size:
+        if rows < batch_size:
             return batches
         if options.max_rows_per_s:
             pause = rows / options.max_rows_per_s - (time.monotonic() - started)
             if pause > 0:
                 time.sleep(pause)
+    return batches
+
+
+def _run_batch(
+    conn: psycopg.Connection,
+    plan: Plan,
+    mapping: SourceMapping,
+    all_mappings: list[SourceMapping],
+    batch_size: int,
+    after: list | None,
+    upsert: bool,
+) -> tuple[int, list | None, bool]:
+    """One batch and its checkpoint in one transaction, retried when a writer holds one of its keys."""
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        try:
+            with pinned_transaction(conn, plan):
+                rows, last, upsert = _copy_batch(conn, plan, mapping, all_mappings, batch_size, after, upsert)
+                conn.execute(
+                    sql.SQL(
+                        "UPDATE {} SET last_key = %s, rows_copied = rows_copied + %s, done = %s"
+                        " WHERE new_table = %s AND source = %s"
+                    ).format(checkpoints(conn)),
+                    (
+                        json.dumps(last if rows else after),
+                        rows,
+                        rows < batch_size,
+                        mapping.table.name,
+                        mapping.source.table,
+                    ),
+                )
+            faults.point("backfill.batch_committed")
+            return rows, last, upsert
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            if attempt == BATCH_ATTEMPTS:
+                raise ExecutorError(
+                    f"backfill: {mapping.source.table} → {mapping.table.name}: writers held the batch's keys"
+                    f" through {attempt} tries; nothing of this batch was kept, run backfill again to resume"
+                ) from None
+            time.sleep(min(2.0, 0.02 * 2**attempt) * random.uniform(0.5, 1.0))
+        except psycopg.errors.IntegrityError as exc:
+            raise ExecutorError(
+                f"backfill: {mapping.source.schema}.{mapping.source.table} → {mapping.table.name}: a row in the"
+                f" batch {'after key ' + json.dumps(after) if after else 'at the start'} does not fit the new table"
+                f" ({exc.diag.message_primary}; {exc.diag.message_detail or 'no detail'}); nothing of this batch was"
+                " kept, the rows before it are; fix the row and run backfill again"
+            ) from None
+    raise AssertionError("unreachable")
 
 
 def _copy_batch(
-    conn: psycopg.Connection, plan: Plan, mapping: SourceMapping, batch_size: int, after: list | None, upsert: bool
+    conn: psycopg.Connection,
+    plan: Plan,
+    mapping: SourceMapping,
+    all_mappings: list[SourceMapping],
+    batch_size: int,
+    after: list | None,
+    upsert: bool,
 ) -> tuple[int, list | None, bool]:
     """Copy one batch inside the caller's transaction: (rows, last key, whether ON CONFLICT is now needed)."""
+    rows, last, locks = conn.execute(next_batch_statement(mapping, batch_size, after)).fetchone()
+    if not rows:
+        return 0, None, upsert
+    take_locks(conn, locks)
+    params = {"locks": locks}
     if not upsert:
         try:
             with conn.transaction():
-                rows, last = conn.execute(batch_statement(plan, mapping, batch_size, after, upsert=False)).fetchone()
+                conn.execute(copy_statement(plan, mapping, all_mappings, after, last, upsert=False), params)
             return rows, last, False
         except psycopg.errors.UniqueViolation:
             pass  # the new table holds one of these keys already (a dual write): this batch and the rest upsert
-    rows, last = conn.execute(batch_statement(plan, mapping, batch_size, after)).fetchone()
+    conn.execute(copy_statement(plan, mapping, all_mappings, after, last), params)
     return rows, last, True
 
 
+# ------------------------------------------------------------------------------------------------
+# After a complete pass.
+
+
 def repair_deletes(conn: psycopg.Connection, plan: Plan, mappings: list[SourceMapping], sink: Sink) -> int:
-    """Remove new rows whose key no source holds any more (deletes the dual write could not mirror)."""
+    """Remove new rows whose key no source holds any more (deletes a mirror could not make), a chunk of
+    keys at a time, each under its keys' locks and checked again after them."""
     table = mappings[0].table
     new = sql.Identifier(plan.new_schema, table.name)
-    clauses = []
-    for mapping in mappings:
-        pairs = zip(mapping.source.key, table.key, strict=True)
-        match = sql.SQL(" AND ").join(
-            sql.SQL("CAST({} AS {}) = n.{}").format(
-                sql.Identifier("o", old), sql.SQL(table.column(new_key).type), sql.Identifier(new_key)
-            )
-            for old, new_key in pairs
+    orphan = sql.SQL(" AND ").join(
+        sql.SQL("NOT EXISTS (SELECT 1 FROM {} o WHERE {})").format(
+            sql.Identifier(m.source.schema, m.source.table), m.key_match([sql.Identifier("n", k) for k in table.key])
         )
-        clauses.append(
-            sql.SQL("NOT EXISTS (SELECT 1 FROM {} o WHERE {})").format(
-                sql.Identifier(mapping.source.schema, mapping.source.table), match
-            )
-        )
-    statement = sql.SQL("DELETE FROM {} n WHERE {}").format(new, sql.SQL(" AND ").join(clauses))
-    sink.statements.append(sink.text(statement))
+        for m in mappings
+    )
+    lock = lock_key(table.name, [sql.Identifier("n", k) for k in table.key])
+    find = sql.SQL("SELECT DISTINCT {lock} FROM {new} n WHERE {orphan} LIMIT {limit}").format(
+        lock=lock, new=new, orphan=orphan, limit=sql.Literal(MAX_LOCKED_KEYS)
+    )
+    delete = sql.SQL("DELETE FROM {new} n WHERE {lock} = ANY(%(locks)s::pg_catalog.int8[]) AND {orphan}").format(
+        new=new, lock=lock, orphan=orphan
+    )
+    sink.statements.append(sink.text(delete))
     if sink.dry_run:
         return 0
-    return conn.execute(statement).rowcount
+    removed = 0
+    for _ in range(100):
+        with pinned_transaction(conn, plan):
+            locks = [r[0] for r in conn.execute(find).fetchall()]
+            if not locks:
+                return removed
+            take_locks(conn, locks)
+            removed += conn.execute(delete, {"locks": locks}).rowcount
+    return removed
 
 
 def run(
@@ -226,15 +461,28 @@ def run(
     sink: Sink,
     progress: Progress,
 ) -> dict:
-    pass_started = conn.execute("SELECT now()").fetchone()[0]
+    if options.batch_size < 1:
+        raise ExecutorError(f"--batch-size {options.batch_size}: it must be at least 1")
+    if options.on_duplicate_key not in ON_DUPLICATE_KEY:
+        raise ExecutorError(f"--on-duplicate-key {options.on_duplicate_key}: choose {' or '.join(ON_DUPLICATE_KEY)}")
+    pass_started = conn.execute("SELECT pg_catalog.now()").fetchone()[0]
+    findings = {
+        f"{m.source.schema}.{m.source.table} (key {', '.join(m.source.key)}) → {m.table.name}": check_keys(
+            conn, plan, m
+        )
+        for m in mappings.values()
+    }
+    refuse_bad_keys(findings, options.on_duplicate_key)
     summary: dict[str, dict] = {}
     complete = True
     for table in plan.tables:
         table_mappings = [mappings[(table.name, s.table)] for s in table.sources]
         for mapping in table_mappings:
-            copy_source(conn, plan, mapping, options, sink, progress)
+            copy_source(conn, plan, mapping, table_mappings, options, sink, progress)
         state = conn.execute(
-            "SELECT bool_and(done), sum(rows_copied) FROM dualshift_private.checkpoints WHERE new_table = %s",
+            sql.SQL(
+                "SELECT pg_catalog.bool_and(done), pg_catalog.sum(rows_copied) FROM {} WHERE new_table = %s"
+            ).format(checkpoints(conn)),
             (table.name,),
         ).fetchone()
         finished = bool(state[0]) and not sink.dry_run
@@ -242,26 +490,33 @@ def run(
         if finished:
             removed = repair_deletes(conn, plan, table_mappings, sink)
             replayed = conn.execute(
-                "UPDATE dualshift.failed_writes SET replayed_at = now()"
-                " WHERE new_table = %s AND replayed_at IS NULL AND recorded_at < %s",
+                sql.SQL(
+                    "UPDATE {} SET replayed_at = pg_catalog.now()"
+                    " WHERE new_table = %s AND replayed_at IS NULL AND recorded_at < %s"
+                ).format(FAILED_WRITES),
                 (table.name, pass_started),
             ).rowcount
         else:
             replayed = 0
             complete = False
+        left_out = sum(f.left_out for w, f in findings.items() if w.endswith(f"→ {table.name}"))
         summary[table.name] = {
             "rows_copied": int(state[1] or 0),
             "complete": finished,
             "stale_rows_removed": removed,
             "failed_writes_replayed": replayed,
+            "duplicate_key_rows_left_out": left_out,
         }
     return {"tables": summary, "complete": complete}
 
 
 def reset_checkpoints(conn: psycopg.Connection, plan: Plan) -> None:
     """A finished pass starts over next time: a second backfill is a full re-sync (and a replay)."""
+    names = [t.name for t in plan.tables]
     conn.execute(
-        "DELETE FROM dualshift_private.checkpoints WHERE new_table = ANY(%s) AND NOT EXISTS ("
-        " SELECT 1 FROM dualshift_private.checkpoints c WHERE c.new_table = ANY(%s) AND NOT c.done)",
-        ([t.name for t in plan.tables], [t.name for t in plan.tables]),
+        sql.SQL(
+            "DELETE FROM {0} WHERE new_table = ANY(%s) AND NOT EXISTS ("
+            " SELECT 1 FROM {0} c WHERE c.new_table = ANY(%s) AND NOT c.done)"
+        ).format(checkpoints(conn)),
+        (names, names),
     )

@@ -26,14 +26,46 @@ def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
     return conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0] is not None
 
 
+# Spellings of one type, so that "timestamptz" in a plan and "timestamp with time zone" in the catalog match.
+_TYPE_ALIASES = {
+    "timestamptz": "timestamp with time zone",
+    "timestamp": "timestamp without time zone",
+    "timetz": "time with time zone",
+    "time": "time without time zone",
+    "int": "integer",
+    "int4": "integer",
+    "int8": "bigint",
+    "int2": "smallint",
+    "bool": "boolean",
+    "float8": "double precision",
+    "float4": "real",
+    "varchar": "character varying",
+    "char": "character",
+    "decimal": "numeric",
+}
+TIMESTAMP = "timestamp without time zone"
+TIMESTAMPTZ = "timestamp with time zone"
+
+
+def normalized_type(sql_type: str) -> str:
+    """One spelling per type: lower case, single spaces, aliases resolved (typmods kept)."""
+    text = " ".join(sql_type.lower().split()).replace(" (", "(")
+    base, paren, rest = text.partition("(")
+    return _TYPE_ALIASES.get(base.strip(), base.strip()) + paren + rest
+
+
 @dataclass(frozen=True)
 class SourceMapping:
-    """How one old table's rows become new-table rows: (new column, SQL expression over the old row)."""
+    """How one old table's rows become new-table rows: (new column, SQL expression over the old row).
+
+    `key_matches` holds, for each new key column, whether the old key column already has the new
+    column's type: then a lookup by key compares the old column itself and can use its index."""
 
     table: NewTable
     source: Source
     precedence: int
     pairs: tuple[tuple[str, sql.Composable], ...]
+    key_matches: tuple[bool, ...] = ()
 
     @property
     def new_columns(self) -> list[str]:
@@ -45,6 +77,32 @@ class SourceMapping:
     def key_columns(self, alias: str = "o") -> sql.Composable:
         return sql.SQL(", ").join(sql.Identifier(alias, k) for k in self.source.key)
 
+    def key_exprs(self) -> list[sql.Composable]:
+        """The new table's key, as expressions over the old row (alias `o`), in the key's order."""
+        exprs = dict(self.pairs)
+        return [exprs[k] for k in self.table.key]
+
+    def key_match(self, values: list[sql.Composable]) -> sql.Composable:
+        """The old row `o` holds the new key `values` (typed as the new key columns)."""
+        exact = self.key_matches or (False,) * len(self.table.key)
+        clauses = []
+        for old, expr, value, same_type in zip(self.source.key, self.key_exprs(), values, exact, strict=True):
+            column = sql.Identifier("o", old) if same_type else expr
+            clauses.append(sql.SQL("{} = {}").format(column, value))
+        return sql.SQL(" AND ").join(clauses)
+
+
+def cast_to_new(
+    value: sql.Composable, table: NewTable, new_column: str, old_type: str | None, timezone: str
+) -> sql.Composable:
+    """An old value in a new column's type. A `timestamp` (without time zone) becomes a `timestamptz`
+    read in the plan's time zone, and the reverse, whatever the writing session's TimeZone is."""
+    new_type = table.column(new_column).type
+    old, new = normalized_type(old_type or ""), normalized_type(new_type)
+    if {old, new} == {TIMESTAMP, TIMESTAMPTZ}:
+        return sql.SQL("pg_catalog.timezone({}, {})").format(sql.Literal(timezone), value)
+    return sql.SQL("CAST({} AS {})").format(value, sql.SQL(new_type))
+
 
 def mapping_for(plan: Plan, table: NewTable, position: int, old_columns: dict[str, str]) -> SourceMapping:
     source = table.sources[position]
@@ -52,12 +110,15 @@ def mapping_for(plan: Plan, table: NewTable, position: int, old_columns: dict[st
     for old, new in table.column_mapping(source.table).items():
         if old not in old_columns:
             continue
-        column_type = table.column(new).type
-        pairs.append((new, sql.SQL("CAST({} AS {})").format(sql.Identifier("o", old), sql.SQL(column_type))))
+        pairs.append((new, cast_to_new(sql.Identifier("o", old), table, new, old_columns[old], plan.timezone)))
     for new, value in source.constants.items():
         column_type = table.column(new).type
         pairs.append((new, sql.SQL("CAST({} AS {})").format(sql.Literal(value), sql.SQL(column_type))))
-    return SourceMapping(table, source, position, tuple(pairs))
+    key_matches = tuple(
+        old in old_columns and normalized_type(old_columns[old]) == normalized_type(table.column(new).type)
+        for old, new in zip(source.key, table.key, strict=True)
+    )
+    return SourceMapping(table, source, position, tuple(pairs), key_matches)
 
 
 def validate(conn: psycopg.Connection, plan: Plan) -> dict[tuple[str, str], SourceMapping]:

@@ -174,6 +174,12 @@ def backfill_command(
         help="'triggers': also mirror every write on the old tables into the new ones in the same "
         "transaction, for call sites not yet rewritten (removed by rollback and cleanup).",
     ),
+    on_duplicate_key: str = typer.Option(
+        "refuse",
+        "--on-duplicate-key",
+        help="'first': where one old table holds a key in several rows, copy the first in its key order "
+        "(and report how many were left out) instead of refusing.",
+    ),
 ) -> None:
     """Copy old → new in keyset-paginated, checkpointed batches inside the database; resumable after a crash.
     A completed pass also repairs the writes the wrapper recorded as failed."""
@@ -187,7 +193,7 @@ def backfill_command(
         raise fail(f"--max-rows-per-s {max_rows_per_s}: give 0 (no throttle) or more")
     if sync_mode not in ("none", "triggers"):
         raise fail(f"--sync {sync_mode}: choose none or triggers")
-    options = BackfillOptions(batch_size, max_rows_per_s or None, max_batches or None)
+    options = BackfillOptions(batch_size, max_rows_per_s or None, max_batches or None, on_duplicate_key)
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),

@@ -21,6 +21,7 @@ _reached: dict[str, int] = {}
 
 POINTS: tuple[str, ...] = (
     "create.committed",
+    "backfill.sync_prepared",  # after each new table's sync role, grants and functions are committed
     "backfill.sync_installed",  # after each table's triggers are committed (repeatable: NAME@N)
     "backfill.batch_committed",  # after each batch (repeatable)
     "backfill.committed",  # after the phase's state is committed

@@ -1,104 +1,425 @@
 """`backfill --sync triggers`: triggers on the old tables that mirror every write into the new tables
 in the same transaction — the database-level safety net for call sites not yet rewritten to the
-dual-write wrapper. Same precedence rule as the backfill. Removed by `rollback` and `cleanup`.
+dual-write wrapper. Removed by `rollback` and `cleanup`.
+
+The rule is the backfill's (see backfill.py): after a write to an old table, the trigger takes the
+advisory lock of each new-table key the write touched (the old and the new key of an update), then
+re-reads, in precedence order, which source holds the key and copies that source's row, or deletes the
+new row when no source holds it. So deleting or re-keying the winning source's row hands the key to
+the next source that holds it, and a write that waited on another never acts on what it read before.
+
+What runs, and as whom: the functions live in `dualshift_private`, pin their own settings
+(`search_path = pg_catalog, pg_temp`, the plan's time zone, number and date formats), and are
+SECURITY DEFINER, owned by a NOLOGIN role made for this migration that holds exactly SELECT, INSERT,
+UPDATE, DELETE on the new tables, SELECT on their sources and INSERT on dualshift.failed_writes (and a
+policy letting it through where row-level security is on). An application role that may insert into
+one old table can therefore still do so, and no role gains anything: the role cannot log in and the
+functions cannot be called directly. A mirror that fails (a check, NOT NULL or cast of the new table
+rejects the row, a lock wait times out) never fails the application's write: it is rolled back to
+its own savepoint and recorded in dualshift.failed_writes, and the next backfill pass repairs it.
+
+Each old table's trigger is created in its own short transaction that locks only that table, with
+lock-timeout retries, so installing never deadlocks with application writes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 from psycopg import sql
 
-from dualshift.executor.backfill import conflict_action
+from dualshift.executor import faults
+from dualshift.executor.backfill import (
+    FAILED_WRITES,
+    MAX_LOCKED_KEYS,
+    conflict_action,
+    mapped_lock_key,
+    session_settings,
+)
 from dualshift.executor.catalog import SourceMapping
-from dualshift.executor.connection import Sink
-from dualshift.plan import Plan
+from dualshift.executor.connection import Sink, Timeouts, with_lock_retries
+from dualshift.executor.names import PRIVATE_SCHEMA, fit
+from dualshift.plan import NewTable, Plan, Source
 
 TRIGGER = "dualshift_sync"
+POLICY = "dualshift_sync"
+# Key locks a transaction's triggers have taken (a transaction-local setting): past MAX_LOCKED_KEYS a
+# mirror is recorded as failed instead, so one bulk write cannot fill the server's shared lock table.
+LOCK_COUNTER = "dualshift.locked_keys"
 
 
-def _function(mapping: SourceMapping) -> sql.Identifier:
-    return sql.Identifier("dualshift", f"sync_{mapping.table.name}_{mapping.source.table}"[:63])
+def role_name(conn: psycopg.Connection, plan: Plan) -> str:
+    """The functions' owner: one role per database and migration (roles are cluster-wide)."""
+    database = conn.execute("SELECT pg_catalog.current_database()").fetchone()[0]
+    return fit("dualshift_sync", database, plan.name)
 
 
-def install_statements(
-    conn: psycopg.Connection, plan: Plan, mapping: SourceMapping, all_mappings: list[SourceMapping]
-) -> list[sql.Composable]:
-    table, source = mapping.table, mapping.source
+def trigger_function(mapping: SourceMapping) -> sql.Identifier:
+    return sql.Identifier(PRIVATE_SCHEMA, fit("sync", mapping.table.name, mapping.source.table))
+
+
+def resync_function(table: NewTable) -> sql.Identifier:
+    return sql.Identifier(PRIVATE_SCHEMA, fit("resync", table.name))
+
+
+def _settings(plan: Plan) -> sql.Composable:
+    clauses = []
+    for name, value in session_settings(plan):
+        if name == "search_path":  # a list: each schema its own identifier, not one quoted string
+            value_sql = sql.SQL(", ").join(sql.Identifier(s.strip()) for s in value.split(","))
+        else:
+            value_sql = sql.Literal(value)
+        clauses.append(sql.SQL("SET {} = {}").format(sql.Identifier(name), value_sql))
+    return sql.SQL(" ").join(clauses)
+
+
+def _function(
+    conn: psycopg.Connection, plan: Plan, name: sql.Identifier, arguments: sql.Composable, returns: str, body: str
+) -> sql.Composable:
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {name}({arguments}) RETURNS {returns} LANGUAGE plpgsql SECURITY DEFINER {settings}"
+        " AS {body}"
+    ).format(name=name, arguments=arguments, returns=sql.SQL(returns), settings=_settings(plan), body=sql.Literal(body))
+
+
+def resync_statement(conn: psycopg.Connection, plan: Plan, mappings: list[SourceMapping]) -> sql.Composable:
+    """`resync_<table>(key…)`: give one key the row of the first source holding it, or no row."""
+    table = mappings[0].table
     new = sql.Identifier(plan.new_schema, table.name)
-    columns = sql.SQL(", ").join(map(sql.Identifier, mapping.new_columns))
-    action = conflict_action(plan, mapping)
-    exprs = dict(mapping.pairs)
-    key_match = sql.SQL(" AND ").join(sql.SQL("n.{} = {}").format(sql.Identifier(k), exprs[k]) for k in table.key)
-    others = [m for m in all_mappings if m is not mapping]
-    held_elsewhere = sql.SQL("")
-    for other in others:
-        other_match = sql.SQL(" AND ").join(
-            sql.SQL("CAST(h.{} AS {}) = n.{}").format(
-                sql.Identifier(old), sql.SQL(table.column(k).type), sql.Identifier(k)
+    values = [sql.SQL(f"${i + 1}") for i in range(len(table.key))]
+    steps = []
+    for mapping in mappings:
+        steps.append(
+            sql.SQL(
+                "  INSERT INTO {new} ({columns}) SELECT {select} FROM {old} o WHERE {match}"
+                " ORDER BY {old_keys}, o.ctid LIMIT 1\n"
+                "    ON CONFLICT ({key}) {action};\n"
+                "  IF FOUND THEN RETURN; END IF;\n"
+            ).format(
+                new=new,
+                columns=sql.SQL(", ").join(map(sql.Identifier, mapping.new_columns)),
+                select=mapping.select_list(),
+                old=sql.Identifier(mapping.source.schema, mapping.source.table),
+                match=mapping.key_match(values),
+                old_keys=mapping.key_columns(),
+                key=sql.SQL(", ").join(map(sql.Identifier, table.key)),
+                action=conflict_action(mapping),
             )
-            for old, k in zip(other.source.key, table.key, strict=True)
         )
-        held_elsewhere = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM {} h WHERE {})").format(
-            held_elsewhere, sql.Identifier(other.source.schema, other.source.table), other_match
-        )
+    delete = sql.SQL("  DELETE FROM {} n WHERE {};\n").format(
+        new,
+        sql.SQL(" AND ").join(
+            sql.SQL("n.{} = {}").format(sql.Identifier(k), v) for k, v in zip(table.key, values, strict=True)
+        ),
+    )
+    body = sql.SQL("BEGIN\n{}{}END").format(sql.SQL("").join(steps), delete).as_string(conn)
+    arguments = sql.SQL(", ").join(sql.SQL(table.column(k).type) for k in table.key)
+    return _function(conn, plan, resync_function(table), arguments, "void", body)
+
+
+def trigger_function_statement(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> sql.Composable:
+    table, source = mapping.table, mapping.source
+    fields = [sql.Identifier(f"__k{i}") for i in range(len(table.key))]
+    key_record = sql.SQL("{lock} AS __lock, {keys}").format(
+        lock=mapped_lock_key(mapping),
+        keys=sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(e, f) for e, f in zip(mapping.key_exprs(), fields, strict=True)
+        ),
+    )
+
+    def args(record: str) -> sql.Composable:
+        return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(record), f) for f in fields)
+
+    def resync(record: str) -> sql.Composable:
+        return sql.SQL("PERFORM {}({});").format(resync_function(table), args(record))
+
     body = sql.SQL(
+        "DECLARE\n  old_key record;\n  new_key record;\n  locked integer;\n"
         "BEGIN\n"
-        "  IF TG_OP IN ('UPDATE', 'DELETE') THEN\n"
-        "    DELETE FROM {new} n USING (SELECT OLD.*) o WHERE {key_match}{held_elsewhere}\n"
-        "      AND (TG_OP = 'DELETE' OR NOT EXISTS (SELECT 1 FROM (SELECT NEW.*) o2 WHERE {same_key}));\n"
-        "  END IF;\n"
-        "  IF TG_OP IN ('INSERT', 'UPDATE') THEN\n"
-        "    INSERT INTO {new} ({columns}) SELECT {select} FROM (SELECT NEW.*) o ON CONFLICT ({conflict}) {action};\n"
-        "  END IF;\n"
+        "  BEGIN\n"
+        "    locked := COALESCE(NULLIF(pg_catalog.current_setting({counter}, true), ''), '0')::integer;\n"
+        "    IF locked >= {max_locked} THEN\n"
+        "      RAISE EXCEPTION 'this transaction already mirrored {max_locked} keys (each holds a lock until it commits):"
+        " the rest are left to the next backfill pass';\n"
+        "    END IF;\n"
+        "    PERFORM pg_catalog.set_config({counter}, (locked + 1 + (TG_OP = 'UPDATE')::integer)::text, true);\n"
+        "    IF TG_OP <> 'INSERT' THEN\n"
+        "      SELECT {key_record} INTO old_key FROM (SELECT OLD.*) o;\n"
+        "    END IF;\n"
+        "    IF TG_OP <> 'DELETE' THEN\n"
+        "      SELECT {key_record} INTO new_key FROM (SELECT NEW.*) o;\n"
+        "      IF {new_null} THEN\n"
+        "        RAISE EXCEPTION 'the row''s key ({key_names}) has a NULL part';\n"
+        "      END IF;\n"
+        "    END IF;\n"
+        "    IF TG_OP = 'INSERT' THEN\n"
+        "      PERFORM pg_catalog.pg_advisory_xact_lock(new_key.__lock);\n"
+        "      {resync_new}\n"
+        "    ELSIF TG_OP = 'DELETE' THEN\n"
+        "      PERFORM pg_catalog.pg_advisory_xact_lock(old_key.__lock);\n"
+        "      {resync_old}\n"
+        "    ELSE\n"
+        "      PERFORM pg_catalog.pg_advisory_xact_lock(LEAST(old_key.__lock, new_key.__lock));\n"
+        "      PERFORM pg_catalog.pg_advisory_xact_lock(GREATEST(old_key.__lock, new_key.__lock));\n"
+        "      IF ROW({old_args}) IS DISTINCT FROM ROW({new_args}) THEN\n"
+        "        {resync_old}\n"
+        "      END IF;\n"
+        "      {resync_new}\n"
+        "    END IF;\n"
+        "  EXCEPTION WHEN others THEN\n"
+        "    INSERT INTO {failed} (old_table, new_table, operation, payload, error, call_site)\n"
+        "    VALUES ({old_table}, {new_table}, pg_catalog.lower(TG_OP),\n"
+        "      CASE WHEN TG_OP = 'DELETE' THEN pg_catalog.to_jsonb(OLD) ELSE pg_catalog.to_jsonb(NEW) END,\n"
+        "      SQLERRM, 'trigger');\n"
+        "  END;\n"
         "  RETURN NULL;\n"
         "END"
     ).format(
-        new=new,
-        key_match=key_match,
-        held_elsewhere=held_elsewhere,
-        same_key=sql.SQL(" AND ").join(sql.SQL("o2.{0} = o.{0}").format(sql.Identifier(k)) for k in source.key),
-        columns=columns,
-        select=mapping.select_list(),
-        conflict=sql.SQL(", ").join(map(sql.Identifier, table.key)),
-        action=action,
+        key_record=key_record,
+        counter=sql.Literal(LOCK_COUNTER),
+        max_locked=sql.SQL(str(MAX_LOCKED_KEYS)),
+        new_null=sql.SQL(" OR ").join(sql.SQL("new_key.{} IS NULL").format(f) for f in fields),
+        key_names=sql.SQL(", ".join(source.key).replace("'", "''").replace("%", "%%")),
+        resync_new=resync("new_key"),
+        resync_old=resync("old_key"),
+        old_args=args("old_key"),
+        new_args=args("new_key"),
+        failed=FAILED_WRITES,
+        old_table=sql.Literal(source.table),
+        new_table=sql.Literal(table.name),
     )
+    return _function(conn, plan, trigger_function(mapping), sql.SQL(""), "trigger", body.as_string(conn))
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _relation(schema: str, table: str) -> str:
+    return f'"{schema}"."{table}"'
+
+
+def _has_row_security(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    row = conn.execute(
+        "SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)",
+        (_relation(schema, table),),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _policy(conn: psycopg.Connection, role: str, schema: str, table: str) -> list[sql.Composable]:
+    """Where row-level security is on, a policy that lets the functions' owner (and no one else) through."""
+    if not _has_row_security(conn, schema, table):
+        return []
+    target = sql.Identifier(schema, table)
+    return [
+        sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), target),
+        sql.SQL("CREATE POLICY {} ON {} TO {} USING (true) WITH CHECK (true)").format(
+            sql.Identifier(POLICY), target, sql.Identifier(role)
+        ),
+    ]
+
+
+def _role_statements(conn: psycopg.Connection, role: str) -> list[sql.Composable]:
+    statements: list[sql.Composable] = []
+    exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if not exists:
+        statements.append(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(sql.Identifier(role)))
+    superuser = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0]
+    if not superuser:  # to hand it the functions, the executor's role must be able to act as it
+        statements.append(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
+    return statements
+
+
+def _grant_statements(conn: psycopg.Connection, plan: Plan, role: str, mappings: list[SourceMapping]) -> list:
+    table = mappings[0].table
+    who = sql.Identifier(role)
+    new = sql.Identifier(plan.new_schema, table.name)
+    schemas = sorted({plan.new_schema, "dualshift", PRIVATE_SCHEMA, *(m.source.schema for m in mappings)})
+    statements = [
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.SQL(", ").join(map(sql.Identifier, schemas)), who),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(new, who),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier(m.source.schema, m.source.table) for m in mappings), who
+        ),
+        sql.SQL("GRANT INSERT ON {} TO {}").format(FAILED_WRITES, who),
+    ]
+    sequences = conn.execute(
+        "SELECT DISTINCT s.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_depend d"
+        " JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+        " WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')"
+        " AND d.refobjid IN (pg_catalog.to_regclass(%s), pg_catalog.to_regclass('dualshift.failed_writes'))",
+        (_relation(plan.new_schema, table.name),),
+    ).fetchall()
+    for (sequence,) in sequences:
+        statements.append(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(sequence), who))
+    return statements
+
+
+def _own(name: sql.Identifier, arguments: sql.Composable, role: str) -> list[sql.Composable]:
+    who = sql.Identifier(role)
+    return [
+        sql.SQL("ALTER FUNCTION {}({}) OWNER TO {}").format(name, arguments, who),
+        sql.SQL("REVOKE ALL ON FUNCTION {}({}) FROM PUBLIC").format(name, arguments),
+    ]
+
+
+def prepare_statements(
+    conn: psycopg.Connection, plan: Plan, role: str, mappings: list[SourceMapping]
+) -> list[sql.Composable]:
+    """One new table's part: the role, its grants, the functions (owned by it), its policy."""
+    table = mappings[0].table
+    who = sql.Identifier(role)
+    private = sql.Identifier(PRIVATE_SCHEMA)
+    key_types = sql.SQL(", ").join(sql.SQL(table.column(k).type) for k in table.key)
+    statements = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(private), *_role_statements(conn, role)]
+    statements += _grant_statements(conn, plan, role, mappings)
+    statements.append(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(private, who))  # to own functions there
+    statements += [resync_statement(conn, plan, mappings), *_own(resync_function(table), key_types, role)]
+    for mapping in mappings:
+        statements += [
+            trigger_function_statement(conn, plan, mapping),
+            *_own(trigger_function(mapping), sql.SQL(""), role),
+        ]
+    statements.append(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(private, who))
+    statements += _policy(conn, role, plan.new_schema, table.name)
+    return statements
+
+
+def trigger_statements(conn: psycopg.Connection, role: str, mapping: SourceMapping) -> list[sql.Composable]:
+    source = mapping.source
     old = sql.Identifier(source.schema, source.table)
     return [
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS dualshift"),
-        sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-            _function(mapping), sql.Literal(body.as_string(conn))
-        ),
+        *_policy(conn, role, source.schema, source.table),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), old),
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
-            sql.Identifier(TRIGGER), old, _function(mapping)
+            sql.Identifier(TRIGGER), old, trigger_function(mapping)
         ),
     ]
 
 
 def install(
-    conn: psycopg.Connection, plan: Plan, mappings: dict[tuple[str, str], SourceMapping], sink: Sink
+    conn: psycopg.Connection,
+    plan: Plan,
+    mappings: dict[tuple[str, str], SourceMapping],
+    sink: Sink,
+    timeouts: Timeouts = Timeouts(),
 ) -> list[str]:
+    """Per new table: one transaction for the role, grants and functions (locking only the new table),
+    then one per old table for its trigger (locking only that table). Safe to run again."""
+    role = role_name(conn, plan)
     installed = []
-    with conn.transaction():
-        for table in plan.tables:
-            table_mappings = [mappings[(table.name, s.table)] for s in table.sources]
-            for mapping in table_mappings:
-                for statement in install_statements(conn, plan, mapping, table_mappings):
-                    sink.run(statement)
-                installed.append(f"{mapping.source.schema}.{mapping.source.table}")
+    for table in plan.tables:
+        table_mappings = [mappings[(table.name, s.table)] for s in table.sources]
+        _in_one_transaction(
+            conn,
+            sink,
+            timeouts,
+            lambda table_mappings=table_mappings: prepare_statements(conn, plan, role, table_mappings),
+            f"preparing the sync triggers of {table.name}",
+            [f"{plan.new_schema}.{table.name}"],
+        )
+        faults.point("backfill.sync_prepared")
+        for mapping in table_mappings:
+            name = f"{mapping.source.schema}.{mapping.source.table}"
+            _in_one_transaction(
+                conn,
+                sink,
+                timeouts,
+                lambda mapping=mapping: trigger_statements(conn, role, mapping),
+                f"installing the sync trigger on {name}",
+                [name],
+            )
+            faults.point("backfill.sync_installed")
+            installed.append(name)
     return installed
 
 
-def remove(conn: psycopg.Connection, plan: Plan, sink: Sink, schema_of=None) -> None:
-    """Drop the sync triggers and their functions (wherever the old tables are now)."""
+def _in_one_transaction(
+    conn: psycopg.Connection,
+    sink: Sink,
+    timeouts: Timeouts,
+    statements: Callable[[], list[sql.Composable]],
+    what: str,
+    relations: list[str],
+) -> None:
+    def action() -> None:
+        for statement in statements():
+            sink.run(statement)
+
+    if sink.dry_run:
+        action()
+        return
+    with_lock_retries(conn, action, what, relations, timeouts)
+
+
+def remove(
+    conn: psycopg.Connection,
+    plan: Plan,
+    sink: Sink,
+    schema_of: Callable[[Source], str] | None = None,
+    timeouts: Timeouts = Timeouts(),
+) -> None:
+    """Drop the sync triggers, their policies, functions and role (wherever the old tables are now).
+    Inside the caller's transaction if it has one; otherwise one short lock-retrying transaction per
+    table, as for installing."""
+    role = role_name(conn, plan)
+    role_exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone()
+    inline = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE or sink.dry_run
     for table in plan.tables:
-        for source in table.sources:
-            schema = schema_of(source) if schema_of else source.schema
-            if conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{source.table}"',)).fetchone()[0] is not None:
-                sink.run(
-                    sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                        sql.Identifier(TRIGGER), sql.Identifier(schema, source.table)
-                    )
+        relations = [(plan.new_schema, table.name, False)]
+        relations += [(schema_of(s) if schema_of else s.schema, s.table, True) for s in table.sources]
+        for schema, name, is_source in relations:
+            statements = _removal_statements(conn, schema, name, is_source)
+            if not statements:
+                continue
+            if inline:
+                for statement in statements:
+                    sink.run(statement)
+            else:
+                _in_one_transaction(
+                    conn,
+                    sink,
+                    timeouts,
+                    lambda s=statements: s,
+                    f"removing the sync trigger of {schema}.{name}",
+                    [f"{schema}.{name}"],
                 )
-            name = f"sync_{table.name}_{source.table}"[:63]
-            sink.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier("dualshift", name)))
+        for source in table.sources:
+            function = trigger_function(SourceMapping(table, source, 0, ()))
+            sink.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function))
+        key_types = sql.SQL(", ").join(sql.SQL(table.column(k).type) for k in table.key)
+        sink.run(sql.SQL("DROP FUNCTION IF EXISTS {}({})").format(resync_function(table), key_types))
+    if role_exists:
+        sink.run(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        sink.run(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def _removal_statements(conn: psycopg.Connection, schema: str, name: str, is_source: bool) -> list[sql.Composable]:
+    target = sql.Identifier(schema, name)
+    statements: list[sql.Composable] = []
+    if is_source and _has_trigger(conn, schema, name):
+        statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), target))
+    if _has_policy(conn, schema, name):
+        statements.append(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), target))
+    return statements
+
+
+def _has_trigger(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgname = %s AND tgrelid = pg_catalog.to_regclass(%s)",
+            (TRIGGER, _relation(schema, table)),
+        ).fetchone()
+        is not None
+    )
+
+
+def _has_policy(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_policy WHERE polname = %s AND polrelid = pg_catalog.to_regclass(%s)",
+            (POLICY, _relation(schema, table)),
+        ).fetchone()
+        is not None
+    )

@@ -1,0 +1,201 @@
+"""Who the sync triggers run as, what they call, and that a mirror never fails the application's write."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dualshift.executor.backfill import MAX_LOCKED_KEYS, BackfillOptions
+from dualshift.executor.connection import ExecutorError, connect
+from dualshift.executor.names import PRIVATE_SCHEMA
+from dualshift.executor.phases import Executor
+from dualshift.executor.sync import role_name
+from dualshift.plan import load_plan
+
+from .conftest import PLAN
+from .sync_helpers import SCHEMA, actual, executor, expected, items_database, items_plan
+
+
+@pytest.fixture
+def own_role(db: psycopg.Connection) -> Iterator[str]:
+    """A role only this test uses (roles are cluster-wide), removed at the end."""
+    name = f"ds_app_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def _as(db: psycopg.Connection, role: str, statement: str, params: tuple = ()) -> None:
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        db.execute(statement, params)
+
+
+def test_an_app_role_that_may_insert_into_tweets_only_still_can_and_is_mirrored(
+    own_role: str, dsn: str, db: psycopg.Connection
+) -> None:
+    app = sql.Identifier(own_role)
+    db.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(app))
+    db.execute(sql.SQL("GRANT INSERT, SELECT ON public.tweets TO {}").format(app))
+    db.execute(sql.SQL("GRANT USAGE ON SEQUENCE public.tweets_id_seq TO {}").format(app))
+    db.execute("ALTER TABLE posted_decisions ENABLE ROW LEVEL SECURITY")  # and no policy for anyone
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    ex.backfill(BackfillOptions(), sync_triggers=True)
+    owned = db.execute("SELECT decision_id FROM posted_decisions ORDER BY decision_id LIMIT 1").fetchone()[0]
+
+    _as(db, own_role, "INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t-app', md5('app')::uuid, 'app')")
+    _as(db, own_role, "INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t-app2', %s, 'app twin')", (owned,))
+
+    assert db.execute(
+        "SELECT content, source_table FROM posted_content WHERE decision_id = md5('app')::uuid"
+    ).fetchone() == ("app", "tweets")
+    # posted_decisions holds `owned` (behind RLS the app cannot see through): it still wins.
+    assert db.execute("SELECT source_table FROM posted_content WHERE decision_id = %s", (owned,)).fetchone()[0] == (
+        "posted_decisions"
+    )
+    assert db.execute("SELECT count(*) FROM dualshift.failed_writes").fetchone()[0] == 0
+    # The functions' owner cannot log in, and the app cannot call the functions itself.
+    sync_role = role_name(db, ex.plan)
+    assert db.execute("SELECT rolcanlogin, rolsuper FROM pg_roles WHERE rolname = %s", (sync_role,)).fetchone() == (
+        False,
+        False,
+    )
+    owners = db.execute(
+        "SELECT DISTINCT pg_get_userbyid(p.proowner), p.prosecdef, p.proconfig::text FROM pg_proc p"
+        " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s",
+        (PRIVATE_SCHEMA,),
+    ).fetchall()
+    assert {(o, d) for o, d, _ in owners} == {(sync_role, True)}
+    assert all("search_path=pg_catalog, pg_temp" in config for _, _, config in owners)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        _as(db, own_role, f"SELECT {PRIVATE_SCHEMA}.resync_posted_content(md5('app')::uuid)")
+    ex.rollback()  # backfilled → created: triggers, functions and their role go
+    assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (sync_role,)).fetchone()[0] == 0
+
+
+HOSTILE_FUNCTIONS = """
+CREATE TABLE public.hostile_calls (fn text, caller text DEFAULT current_user);
+GRANT INSERT ON public.hostile_calls TO PUBLIC;
+CREATE FUNCTION public.hostile(fn text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO public.hostile_calls (fn) VALUES (fn);
+  BEGIN EXECUTE format('ALTER ROLE %I SUPERUSER', '{role}'); EXCEPTION WHEN others THEN NULL; END;
+END $$;
+CREATE FUNCTION public.json_build_array(uuid) RETURNS json LANGUAGE sql
+  AS $$ SELECT public.hostile('json_build_array(uuid)'); SELECT pg_catalog.json_build_array($1) $$;
+CREATE FUNCTION public.json_build_array(text, timestamptz) RETURNS json LANGUAGE sql
+  AS $$ SELECT public.hostile('json_build_array(text, timestamptz)'); SELECT pg_catalog.json_build_array($1, $2) $$;
+CREATE FUNCTION public.to_jsonb(public.content_metadata) RETURNS jsonb LANGUAGE sql
+  AS $$ SELECT public.hostile('to_jsonb(content_metadata)'); SELECT pg_catalog.to_jsonb($1) $$;
+CREATE FUNCTION public.lower(character varying) RETURNS text LANGUAGE sql
+  AS $$ SELECT public.hostile('lower(varchar)'); SELECT pg_catalog.lower($1) $$;
+CREATE FUNCTION public.timezone(text, timestamp) RETURNS timestamptz LANGUAGE sql
+  AS $$ SELECT public.hostile('timezone'); SELECT pg_catalog.timezone('UTC', $2) $$;
+"""
+
+
+def test_a_role_with_create_on_public_gets_none_of_its_functions_called(
+    own_role: str, dsn: str, db: psycopg.Connection
+) -> None:
+    hostile = sql.Identifier(own_role)
+    db.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(hostile))
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(hostile))
+        db.execute(HOSTILE_FUNCTIONS.replace("{role}", own_role))
+    # The executor and the application both run with the default search_path ("$user", public).
+    ex.backfill(BackfillOptions(batch_size=700), sync_triggers=True)
+    db.execute("INSERT INTO content_metadata (decision_id, content) VALUES (md5('new')::uuid, 'mirrored')")
+    db.execute("UPDATE tweets SET text = 'edited' WHERE decision_id = md5('d3')::uuid")
+    db.execute("INSERT INTO tweet_metrics (decision_id, tweet_id, measured_at) VALUES (md5('d1')::uuid, 't', now())")
+    assert db.execute("SELECT fn, caller FROM public.hostile_calls").fetchall() == []
+    # A mirror the new table rejects runs the trigger's failure path (to_jsonb of the row) too.
+    db.execute("UPDATE content_metadata SET decision_type = 'not a type' WHERE decision_id = md5('new')::uuid")
+    with pytest.raises(ExecutorError, match="violates check constraint"):  # the row the check rejects
+        ex.backfill(BackfillOptions(batch_size=500))
+    assert db.execute("SELECT fn, caller FROM public.hostile_calls").fetchall() == []
+    assert not db.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (own_role,)).fetchone()[0]
+    # The failed mirror (the new table's check) was recorded, by a function that called nothing planted.
+    assert db.execute("SELECT count(*) FROM dualshift.failed_writes WHERE call_site = 'trigger'").fetchone()[0] == 1
+
+
+def test_two_long_source_names_get_two_sync_functions(admin_dsn: str) -> None:
+    first = "first_source_with_a_really_long_name_for_the_hashing_test_aaaa"
+    second = "first_source_with_a_really_long_name_for_the_hashing_test_bbbb"
+    schema = SCHEMA.replace("first_items", first).replace("second_items", second)
+    with items_database(admin_dsn, schema) as dsn, psycopg.connect(dsn, autocommit=True) as db:
+        ex = executor(dsn, items_plan(first=first, second=second))
+        ex.create()
+        ex.backfill(BackfillOptions(), sync_triggers=True)
+        functions = db.execute(
+            "SELECT p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgname = 'dualshift_sync'"
+        ).fetchall()
+        assert len({f for (f,) in functions}) == 2
+        db.execute(sql.SQL("INSERT INTO {} VALUES (1, 'from the first')").format(sql.Identifier(first)))
+        db.execute(
+            sql.SQL("INSERT INTO {} VALUES (1, 'from the second'), (2, 'second')").format(sql.Identifier(second))
+        )
+        db.execute(sql.SQL("UPDATE {} SET value = 'first, edited'").format(sql.Identifier(first)))
+        assert actual(db) == expected(db, first, second) == {1: ("first, edited", "first"), 2: ("second", "second")}
+
+
+def test_a_mirror_the_new_table_rejects_never_fails_the_app_and_backfill_reports_then_repairs_it(
+    admin_dsn: str,
+) -> None:
+    with items_database(admin_dsn) as dsn, psycopg.connect(dsn, autocommit=True) as db:
+        ex = executor(dsn, items_plan())
+        ex.create()
+        ex.backfill(BackfillOptions(), sync_triggers=True)
+        db.execute("INSERT INTO first_items VALUES (1, 'rejected by the new table')")  # the new table's check
+        db.execute("INSERT INTO first_items VALUES (NULL, 'no key')")  # the new key is NOT NULL
+        db.execute("INSERT INTO second_items VALUES (2, 'fine')")
+        assert db.execute("SELECT count(*) FROM first_items").fetchone()[0] == 2  # the app's writes committed
+        failures = db.execute(
+            "SELECT old_table, new_table, operation, payload->>'value', error, call_site FROM dualshift.failed_writes"
+            " ORDER BY id"
+        ).fetchall()
+        assert [f[:4] + f[5:] for f in failures] == [
+            ("first_items", "items", "insert", "rejected by the new table", "trigger"),
+            ("first_items", "items", "insert", "no key", "trigger"),
+        ]
+        assert "check constraint" in failures[0][4] and "NULL" in failures[1][4]
+        assert actual(db) == {2: ("fine", "second")}
+        with pytest.raises(ExecutorError, match=r"first_items \(key id\) → items: 1 row\(s\) have a NULL key part"):
+            ex.backfill(BackfillOptions())
+        db.execute("DELETE FROM first_items WHERE id IS NULL")
+        with pytest.raises(
+            ExecutorError,
+            match=r"public\.first_items → items: a row in the batch at the start does not fit the new table",
+        ):
+            ex.backfill(BackfillOptions())
+        db.execute("UPDATE first_items SET value = 'accepted' WHERE id = 1")  # mirrored now
+        result = ex.backfill(BackfillOptions())
+        assert result["tables"]["items"]["failed_writes_replayed"] == 2
+        assert actual(db) == expected(db) == {1: ("accepted", "first"), 2: ("fine", "second")}
+
+
+def test_a_bulk_write_holds_a_bounded_number_of_key_locks_and_the_rest_is_repaired(admin_dsn: str) -> None:
+    with items_database(admin_dsn) as dsn, psycopg.connect(dsn, autocommit=True) as db:
+        ex = executor(dsn, items_plan())
+        ex.create()
+        ex.backfill(BackfillOptions(), sync_triggers=True)
+        with db.transaction():
+            db.execute("INSERT INTO first_items SELECT g, 'bulk' FROM generate_series(1, 1200) g")
+            held = db.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'"
+            ).fetchone()[0]
+        assert held == MAX_LOCKED_KEYS
+        assert db.execute("SELECT count(*) FROM first_items").fetchone()[0] == 1200  # the app's write committed
+        assert db.execute("SELECT count(*) FROM dualshift.failed_writes").fetchone()[0] == 200
+        assert len(actual(db)) == 1000
+        ex.backfill(BackfillOptions())
+        assert actual(db) == expected(db)
