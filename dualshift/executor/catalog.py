@@ -232,22 +232,22 @@ class _Checker:
                 **where,
             )
             return
-        for key in source.key:
-            if key not in old_columns:
-                self.add(
-                    "error",
-                    "missing-column",
-                    f"{qualified}: key column {key} does not exist",
-                    column=key,
-                    line=column_line(key),
-                    **where,
-                )
+        missing_key = [k for k in source.key if k not in old_columns]
+        if missing_key:
+            self.add(
+                "error",
+                "missing-column",
+                f"{qualified}: key column(s) {', '.join(missing_key)} do not exist",
+                column=missing_key[0],
+                line=self.line(f'table = "{source.table}"', "key") or source_line,
+                **where,
+            )
         for old in source.rename:
             if old not in old_columns:
                 self.add(
                     "error",
                     "missing-column",
-                    f"{qualified}: the plan renames {old}, which the database does not have",
+                    f"{qualified}: column {old} named in the plan does not exist (renamed to {source.rename[old]})",
                     column=old,
                     line=column_line(old),
                     **where,

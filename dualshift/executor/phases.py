@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import backfill, cleanup, create, snapshot, sync, verify
+from dualshift.executor import backfill, cleanup, create, preflight, snapshot, sync, verify
 from dualshift.executor.catalog import SourceMapping, validate
 from dualshift.executor.connection import ExecutorError, Sink, advisory_lock
 from dualshift.executor.state import (
@@ -35,6 +35,7 @@ class Executor:
     plan: Plan
     dsn: str
     dry_run: bool = False
+    skip_preflight: bool = False  # `migrate create --skip-preflight`: audited in create's result
     progress: backfill.Progress = field(default=lambda label, done, total: None)
 
     @property
@@ -69,10 +70,15 @@ class Executor:
         return {"files": [str(p) for p in written], "tables": len(taken["tables"])}
 
     def create(self) -> dict[str, Any]:
+        checked = None
+        if current_phase(self.conn, self.key) == "none":  # before any DDL, dualshift's own schema included
+            checked = preflight.before_create(self.conn, self.plan, self.skip_preflight)
+
         def body(mappings, sink: Sink, current: str) -> dict:
             if current != "none":
                 return {"created": [], "note": f"already past create (at '{current}'): nothing to do"}
             result = create.run(self.conn, self.plan, sink)
+            result["preflight"] = checked
             if not self.dry_run:
                 set_phase(self.conn, self.key, "created")
                 set_flag(self.conn, "dual_write", True)
