@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+
+from rich.console import Console
+from rich.table import Table
 
 from dualshift.analyzer.flow import Cluster, overlap_clusters
 from dualshift.analyzer.records import CallSite
-from dualshift.plan import Plan, _PlanReader
+from dualshift.findings import Finding
+from dualshift.plan import Plan, Source, line_of
 
 # ---------------------------------------------------------------------------------------------
 # plan init
@@ -77,25 +80,27 @@ def draft_plan(calls: Iterable[CallSite]) -> str:
 # plan check
 
 
-@dataclass(frozen=True)
-class Finding:
-    level: Literal["error", "warning"]
-    line: int | None
-    message: str
-
-    def render(self, plan_path: str) -> str:
-        where = f"{plan_path}:{self.line}" if self.line else plan_path
-        return f"{where}: {self.level}: {self.message}"
-
-
 def _filter_columns(call: CallSite) -> list[str]:
     return [f.column for f in call.filters if f.column]
 
 
-def check_plan(plan: Plan, plan_text: str, calls: Iterable[CallSite]) -> list[Finding]:
-    """Lint a plan against the code: what it would lose, what it does not need, what could collide."""
+def check_plan(
+    plan: Plan,
+    plan_text: str,
+    calls: Iterable[CallSite],
+    database_columns: Mapping[str, Iterable[str]] | None = None,
+) -> list[Finding]:
+    """Lint a plan against the code: what it would lose, what it does not need, what could collide.
+
+    With `database_columns` (old table → its columns in the live database), a column the code uses
+    that the database lacks is a warning about the code (dead code, a bug, or a column to create),
+    not an error that no plan can satisfy."""
     calls = list(calls)
-    locate = _PlanReader(plan_text, plan.path).line_of
+    lines = plan_text.splitlines()
+
+    def locate(*needles: str) -> int | None:
+        return line_of(lines, *needles)
+
     findings: list[Finding] = []
     mapping = plan.table_mapping
     touched = {c.table for c in calls if c.table}
@@ -106,14 +111,26 @@ def check_plan(plan: Plan, plan_text: str, calls: Iterable[CallSite]) -> list[Fi
             continue
         where = locate(f'table = "{old}"')
         if old not in touched:
-            findings.append(Finding("warning", where, f"old table {old} is in the plan but no code touches it"))
-        findings.extend(_unmapped(old, table.name, table.column_names, source, calls, where))
+            findings.append(
+                Finding(
+                    "warning",
+                    "code-untouched-table",
+                    f"old table {old} is in the plan but no code touches it",
+                    table=table.name,
+                    source=f"{source.schema}.{old}",
+                    line=where,
+                )
+            )
+        present = None
+        if database_columns is not None and database_columns.get(old):
+            present = set(database_columns[old])
+        findings.extend(_unmapped(table.name, table.column_names, source, calls, where, present))
     for call in calls:
         if call.table is None and call.is_write:
             findings.append(
                 Finding(
                     "warning",
-                    None,
+                    "code-dynamic-table",
                     f"{call.file}:{call.line}: a {call.operation} on a table known only at run time "
                     f"({call.table_expression}) could hit a planned table and bypass the dual write",
                 )
@@ -124,14 +141,24 @@ def check_plan(plan: Plan, plan_text: str, calls: Iterable[CallSite]) -> list[Fi
             findings.append(
                 Finding(
                     "error",
-                    locate(f'name = "{new_table.name}"'),
+                    "code-new-table-in-use",
                     f"new table {new_table.name} already exists in the code ({', '.join(users[:3])})",
+                    table=new_table.name,
+                    line=locate(f'name = "{new_table.name}"'),
                 )
             )
     return findings
 
 
-def _unmapped(old: str, new: str, new_columns: tuple[str, ...], source, calls: list[CallSite], where: int | None):
+def _unmapped(
+    new: str,
+    new_columns: tuple[str, ...],
+    source: Source,
+    calls: list[CallSite],
+    where: int | None,
+    present: set[str] | None,
+):
+    old = source.table
     reported: set[tuple[str, str]] = set()
     for call in calls:
         if call.table != old:
@@ -145,14 +172,65 @@ def _unmapped(old: str, new: str, new_columns: tuple[str, ...], source, calls: l
             if (column, how) in reported:
                 continue
             reported.add((column, how))
-            level = "warning" if how == "reads" else "error"
+            located = {"table": new, "source": f"{source.schema}.{old}", "column": column, "line": where}
+            if present is not None and column not in present:
+                yield Finding(
+                    "warning",
+                    "code-column-absent",
+                    f"{call.file}:{call.line} {how} {old}.{column}, which the database does not have "
+                    "(dead code, a bug, or a column to create first)",
+                    **located,
+                )
+                continue
             yield Finding(
-                level,
-                where,
+                "warning" if how == "reads" else "error",
+                "code-unmapped-column",
                 f"{call.file}:{call.line} {how} {old}.{column}, which maps to no column of {new} "
                 f"(add a rename, a column, or list it in drop)",
+                **located,
             )
 
 
 def read_plan_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# the report: a table for people, JSON for tools
+
+
+def report_json(plan_path: str, findings: list[Finding]) -> str:
+    """`{"plan", "passed", "errors", "warnings", "findings": [{severity, check, message, table, source,
+    column, line, count, samples}]}`, findings in the order they were found."""
+    errors = sum(f.is_error for f in findings)
+    return json.dumps(
+        {
+            "plan": plan_path,
+            "passed": errors == 0,
+            "errors": errors,
+            "warnings": len(findings) - errors,
+            "findings": [f.as_dict() for f in findings],
+        },
+        indent=2,
+        default=str,
+    )
+
+
+def report_table(plan_path: str, findings: list[Finding], console: Console) -> None:
+    table = Table(title=f"plan check: {plan_path}", title_justify="left")
+    for column in ("where", "severity", "check", "source", "column", "rows", "problem"):
+        table.add_column(column, justify="right" if column == "rows" else "left", overflow="fold")
+    for finding in findings:
+        problem = finding.message
+        if finding.samples:
+            problem += " · sample keys: " + ", ".join(json.dumps(s, default=str) for s in finding.samples)
+        table.add_row(
+            f"{plan_path}:{finding.line}" if finding.line else plan_path,
+            finding.severity,
+            finding.check,
+            finding.source or finding.table or "",
+            finding.column or "",
+            "" if finding.count is None else str(finding.count),
+            problem,
+        )
+    console.print(table, highlight=False)

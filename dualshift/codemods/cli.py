@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -55,22 +56,58 @@ def plan_init(
 
 @plan_app.command("check")
 def plan_check(
-    plan: Path = typer.Option(..., "--plan", help="The plan to lint (dualshift.toml)."),
-    map_file: Path = typer.Option(..., "--map", help="The interaction map written by `dualshift scan`."),
+    plan: Path = typer.Option(..., "--plan", help="The plan to check (dualshift.toml)."),
+    map_file: Path = typer.Option(None, "--map", help="The interaction map written by `dualshift scan`."),
+    dsn: str = typer.Option(None, "--dsn", help="A PostgreSQL connection string: check against the live database."),
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON (see the README for the shape)."),
 ) -> None:
-    """Lint the plan against the code: unmapped columns the code writes or filters on, old tables no code
-    touches, writes with dynamic table names, new table names already in use. Exit 1 on errors."""
-    from dualshift.plan_tools import check_plan
+    """Check the plan against the code (--map) and the live database (--dsn), reporting every problem at once.
 
+    With --map: unmapped columns the code writes or filters on, old tables no code touches, writes with
+    dynamic table names, new table names already in use. With --dsn: the executor's own validation of
+    the plan against the catalog, then the preflight's read-only data checks (NULL key parts, duplicate
+    keys, lossy casts, NOT NULL and check violations, rows set aside by precedence). Exit 1 on errors."""
+    from dualshift.findings import summary
+    from dualshift.plan_tools import check_plan, report_json, report_table
+
+    if map_file is None and dsn is None:
+        raise fail("plan check: give --map (check against the code), --dsn (against the database), or both")
     loaded = read_plan(plan)
-    findings = check_plan(loaded, plan.read_text(encoding="utf-8"), read_calls(map_file))
-    for finding in findings:
-        typer.echo(finding.render(str(plan)), err=finding.level == "error")
-    errors = sum(1 for f in findings if f.level == "error")
-    warnings = len(findings) - errors
-    typer.echo(f"{errors} error(s), {warnings} warning(s)")
-    if errors:
+    database_findings, database_columns = _check_against_database(loaded, dsn) if dsn else ([], None)
+    findings = []
+    if map_file is not None:
+        findings += check_plan(loaded, plan.read_text(encoding="utf-8"), read_calls(map_file), database_columns)
+    findings += database_findings
+    if as_json:
+        typer.echo(report_json(str(plan), findings))
+    else:
+        report_table(str(plan), findings, Console(width=None if sys.stdout.isatty() else 240))
+        typer.echo(summary(findings))
+    if any(f.is_error for f in findings):
         raise typer.Exit(1)
+
+
+def _check_against_database(plan: Plan, dsn: str):
+    """The executor's validation and preflight findings, and each old table's columns in the database."""
+    import psycopg
+
+    from dualshift.executor import preflight
+    from dualshift.executor.catalog import columns_of, pinned_search_path
+    from dualshift.executor.connection import ExecutorError, connect
+
+    try:
+        conn = connect(dsn)
+    except ExecutorError as exc:
+        raise fail(f"--dsn: {exc}") from exc
+    try:
+        findings = preflight.check_all(conn, plan)
+        with pinned_search_path(conn):
+            columns = {s.table: list(columns_of(conn, s.schema, s.table)) for t in plan.tables for s in t.sources}
+    except (ExecutorError, psycopg.Error) as exc:
+        raise fail(f"--dsn: {str(exc).strip().splitlines()[0]}") from exc
+    finally:
+        conn.close()
+    return findings, columns
 
 
 @generate_app.command("wrapper")
