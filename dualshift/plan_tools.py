@@ -218,8 +218,10 @@ def report_json(plan_path: str, findings: list[Finding]) -> str:
 
 def report_table(plan_path: str, findings: list[Finding], console: Console) -> None:
     table = Table(title=f"plan check: {plan_path}", title_justify="left")
-    for column in ("where", "severity", "check", "source", "column", "rows", "problem"):
-        table.add_column(column, justify="right" if column == "rows" else "left", overflow="fold")
+    # Everything but the problem stays on one line, so a `where` can be copied as it is.
+    for column in ("where", "severity", "check", "source", "column", "rows"):
+        table.add_column(column, justify="right" if column == "rows" else "left", no_wrap=True)
+    table.add_column("problem", overflow="fold", min_width=30)
     for finding in findings:
         problem = finding.message
         if finding.samples:
