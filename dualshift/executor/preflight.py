@@ -106,6 +106,7 @@ class _Casts:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self.pairs: dict[tuple[str, str], _Cast] = {}
+        self.spellings: dict[str, str] = {}
 
     def get(self, old_type: str, new_type: str) -> _Cast | None:
         return self.pairs.get((old_type, new_type))
@@ -119,11 +120,20 @@ class _Casts:
                     old_columns = columns_of(self.conn, mapping.source.schema, mapping.source.table)
                     for old, new in mapping.table.column_mapping(mapping.source.table).items():
                         new_type = mapping.table.column(new).type
-                        if old in old_columns and old_columns[old] != new_type:
+                        if old in old_columns and old_columns[old] != self.spelling(new_type):
                             self.install(old_columns[old], new_type)
             yield
         finally:
             self.drop()
+
+    def spelling(self, type_text: str) -> str:
+        """The catalog's spelling of a type (timestamptz → timestamp with time zone), typmod included."""
+        if type_text not in self.spellings:
+            result = self.conn.execute(sql.SQL("SELECT CAST(NULL AS {})").format(sql.SQL(type_text))).pgresult
+            self.spellings[type_text] = self.conn.execute(
+                "SELECT pg_catalog.format_type(%s, %s)", (result.ftype(0), result.fmod(0))
+            ).fetchone()[0]
+        return self.spellings[type_text]
 
     def install(self, old_type: str, new_type: str) -> None:
         if (old_type, new_type) in self.pairs:
@@ -246,11 +256,22 @@ class _SourceChecks:
             self.lines, f'table = "{self.source.table}"'
         )
 
-    def sample_keys(self, condition: sql.Composable) -> tuple[list, ...]:
+    def sample_keys(self, condition: sql.Composable | list[sql.Composable]) -> tuple[list, ...]:
+        """Up to ten keys, in key order, of the rows meeting the condition (or any of disjoint ones,
+        each its own query so that the planner can join rather than loop)."""
+        conditions = condition if isinstance(condition, list) else [condition]
+        key = sql.SQL("pg_catalog.json_build_array({}) AS k, {}").format(
+            sql.SQL(", ").join(self.keys),
+            sql.SQL(", ").join(
+                sql.SQL("{} AS {}").format(k, sql.Identifier(f"__k{i}")) for i, k in enumerate(self.keys)
+            ),
+        )
+        union = sql.SQL(" UNION ALL ").join(
+            sql.SQL("(SELECT {} FROM {} o WHERE {})").format(key, self.relation, c) for c in conditions
+        )
+        order = sql.SQL(", ").join(sql.Identifier(f"__k{i}") for i in range(len(self.keys)))
         rows = self.conn.execute(
-            sql.SQL(
-                "SELECT pg_catalog.json_build_array({keys}) FROM {rel} o WHERE {cond} ORDER BY {keys} LIMIT {n}"
-            ).format(keys=sql.SQL(", ").join(self.keys), rel=self.relation, cond=condition, n=sql.Literal(MAX_SAMPLES))
+            sql.SQL("SELECT k FROM ({}) AS s ORDER BY {} LIMIT {}").format(union, order, sql.Literal(MAX_SAMPLES))
         ).fetchall()
         return tuple(r[0] for r in rows)
 
@@ -444,10 +465,12 @@ class _SourceChecks:
             if differs is None:
                 continue
             conditions.append(sql.SQL(" AND ").join([*(sql.SQL("NOT {}").format(h) for h in held), differs]))
-        if not conditions:
-            return
-        condition = sql.SQL("({})").format(sql.SQL(" OR ").join(conditions))
-        (count,) = self.count_where([condition])
+        # The conditions are disjoint (one per winning source): counted one by one, each is a plain
+        # semi-join and anti-join, where their OR would run a subquery per row.
+        count = sum(
+            self.conn.execute(sql.SQL("SELECT count(*) FROM {} o WHERE {}").format(self.relation, c)).fetchone()[0]
+            for c in conditions
+        )
         if count:
             names = ", ".join(f"{m.source.schema}.{m.source.table}" for m in earlier)
             self.report(
@@ -455,7 +478,7 @@ class _SourceChecks:
                 "set-aside",
                 f"{self.qualified}: {count} row(s) are set aside by precedence: their key is held by an earlier "
                 f"source ({names}) with other values, so they stay only in the archive",
-                condition,
+                conditions,
                 count,
                 line=self.line(),
             )
