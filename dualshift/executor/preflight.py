@@ -315,11 +315,20 @@ class _SourceChecks:
             )
 
     def duplicate_keys(self) -> None:
-        keys = sql.SQL(", ").join(self.keys)
-        complete = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(k) for k in self.keys)
+        """Keys held by several rows, compared as the new table will: in the new key's types, so that
+        two spellings of one uuid (or timestamps that differ by less than the new precision) collide."""
+        names = [sql.Identifier(f"__k{i}") for i in range(len(self.table.key))]
+        keyed = sql.SQL("(SELECT {} FROM {} o) AS o").format(
+            sql.SQL(", ").join(
+                sql.SQL("{} AS {}").format(self.safe_value(k), n) for k, n in zip(self.table.key, names, strict=True)
+            ),
+            self.relation,
+        )
+        keys = sql.SQL(", ").join(names)
+        complete = sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(n) for n in names)
         groups = sql.SQL(
-            "SELECT {keys}, count(*) AS n FROM {rel} o WHERE {complete} GROUP BY {keys} HAVING count(*) > 1"
-        ).format(keys=keys, rel=self.relation, complete=complete)
+            "SELECT {keys}, count(*) AS n FROM {keyed} WHERE {complete} GROUP BY {keys} HAVING count(*) > 1"
+        ).format(keys=keys, keyed=keyed, complete=complete)
         count, rows = self.conn.execute(
             sql.SQL("SELECT count(*), coalesce(sum(n), 0) FROM ({}) AS d").format(groups)
         ).fetchone()

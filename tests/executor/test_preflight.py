@@ -285,3 +285,23 @@ def test_a_mixed_case_enum_unquoted_or_a_bad_label_is_named(reports: psycopg.Con
     reports.execute("UPDATE public.reports SET kind = 'monthly' WHERE id = 7")
     findings = preflight.check_all(reports, parse_plan(MIXED_CASE_PLAN))
     assert [(f.check, f.column, f.count, f.samples) for f in findings] == [("invalid-cast", "kind", 1, ([7],))]
+
+
+def test_keys_are_compared_in_the_new_key_type(db: psycopg.Connection, tmp_path) -> None:
+    # Two spellings of one uuid are two keys in a text column and one in the new uuid key: only one
+    # row could reach the new table.
+    db.execute(
+        "CREATE TABLE public.legacy (id text, note text);"
+        " INSERT INTO public.legacy VALUES ('A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', 'upper'),"
+        " ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'lower'), ('b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'other')"
+    )
+    plan_file = tmp_path / "legacy.toml"
+    plan_file.write_text(
+        'version = 1\nname = "legacy"\n[[tables]]\nname = "notes"\nkey = ["id"]\n'
+        'columns = [{ name = "id", type = "uuid", nullable = false }, { name = "note", type = "text" }]\n'
+        '  [[tables.sources]]\n  table = "legacy"\n  key = ["id"]\n'
+    )
+    findings = preflight.check_all(db, load_plan(plan_file))
+    assert [(f.check, f.count, f.samples) for f in findings] == [
+        ("duplicate-key", 1, (["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"],))
+    ]
