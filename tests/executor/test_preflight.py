@@ -305,3 +305,27 @@ def test_keys_are_compared_in_the_new_key_type(db: psycopg.Connection, tmp_path)
     assert [(f.check, f.count, f.samples) for f in findings] == [
         ("duplicate-key", 1, (["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"],))
     ]
+
+
+def test_functions_and_operators_planted_in_public_are_never_called(db: psycopg.Connection) -> None:
+    # A role with CREATE on public plants look-alikes that would win name resolution on a session
+    # whose search_path puts public first; each records that it ran.
+    plant_dirty_rows(db)
+    db.execute(
+        """
+        CREATE FUNCTION public.spy_uuid_eq(a uuid, b uuid) RETURNS boolean LANGUAGE plpgsql AS
+          $$ BEGIN PERFORM pg_catalog.set_config('spy.called', 'uuid =', false); RETURN pg_catalog.uuid_eq(a, b); END $$;
+        CREATE OPERATOR public.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = public.spy_uuid_eq);
+        CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE plpgsql AS
+          $$ BEGIN PERFORM pg_catalog.set_config('spy.called', 'lower', false); RETURN $1; END $$;
+        CREATE FUNCTION public.to_regtype(text) RETURNS regtype LANGUAGE plpgsql AS
+          $$ BEGIN PERFORM pg_catalog.set_config('spy.called', 'to_regtype', false); RETURN NULL; END $$;
+        CREATE FUNCTION public.json_build_array(uuid) RETURNS json LANGUAGE plpgsql AS
+          $$ BEGIN PERFORM pg_catalog.set_config('spy.called', 'json_build_array', false); RETURN '[]'; END $$;
+        """
+    )
+    db.execute("SET search_path = public, pg_catalog")
+    assert db.execute("SELECT current_setting('spy.called', true)").fetchone()[0] in (None, "")
+    findings = preflight.check_all(db, load_plan(PLAN))
+    assert len([f for f in findings if f.is_error]) == 7
+    assert db.execute("SELECT current_setting('spy.called', true)").fetchone()[0] in (None, "")
