@@ -329,3 +329,27 @@ def test_functions_and_operators_planted_in_public_are_never_called(db: psycopg.
     findings = preflight.check_all(db, load_plan(PLAN))
     assert len([f for f in findings if f.is_error]) == 7
     assert db.execute("SELECT current_setting('spy.called', true)").fetchone()[0] in (None, "")
+
+
+def test_json_text_truncation_and_integer_range(db: psycopg.Connection, tmp_path) -> None:
+    db.execute(
+        "CREATE TABLE public.misc (id integer PRIMARY KEY, doc text, code text, big bigint);"
+        " INSERT INTO public.misc VALUES (1, '{\"a\": 1}', 'abc', 7), (2, '{not json', 'abcde', 8),"
+        " (3, '[1, 2]', 'abcdefgh', 9), (4, NULL, NULL, 3000000000), (5, ' {\"b\" : 2} ', 'ab ', -1)"
+    )
+    plan_file = tmp_path / "misc.toml"
+    plan_file.write_text(
+        'version = 1\nname = "misc"\n[[tables]]\nname = "misc_v2"\nkey = ["id"]\ncolumns = [\n'
+        '  { name = "id", type = "bigint", nullable = false },\n  { name = "doc", type = "jsonb" },\n'
+        '  { name = "code", type = "varchar(5)" },\n  { name = "big", type = "integer" },\n]\n'
+        '  [[tables.sources]]\n  table = "misc"\n  key = ["id"]\n'
+    )
+    findings = preflight.check_all(db, load_plan(plan_file))
+    # Text that parses is fine however it is spelled (row 5's spaces); truncation and range are not.
+    assert sorted((f.check, f.column, f.count, f.samples) for f in findings) == [
+        ("invalid-cast", "big", 1, ([4],)),
+        ("invalid-cast", "doc", 1, ([2],)),
+        ("lossy-cast", "code", 1, ([3],)),
+    ]
+    lines = plan_file.read_text().splitlines()
+    assert all(f'name = "{f.column}"' in lines[f.line - 1] for f in findings)
