@@ -256,20 +256,21 @@ class _SourceChecks:
             self.lines, f'table = "{self.source.table}"'
         )
 
-    def sample_keys(self, condition: sql.Composable | list[sql.Composable]) -> tuple[list, ...]:
-        """Up to ten keys, in key order, of the rows meeting the condition (or any of disjoint ones,
-        each its own query so that the planner can join rather than loop)."""
+    def sample_keys(
+        self, condition: sql.Composable | list[sql.Composable], keys: list[sql.Composable] | None = None
+    ) -> tuple[list, ...]:
+        """Up to ten keys (the source's, or the given columns), in key order, of the rows meeting the
+        condition (or any of disjoint ones, each its own query so that the planner can join, not loop)."""
         conditions = condition if isinstance(condition, list) else [condition]
+        keys = keys or self.keys
         key = sql.SQL("pg_catalog.json_build_array({}) AS k, {}").format(
-            sql.SQL(", ").join(self.keys),
-            sql.SQL(", ").join(
-                sql.SQL("{} AS {}").format(k, sql.Identifier(f"__k{i}")) for i, k in enumerate(self.keys)
-            ),
+            sql.SQL(", ").join(keys),
+            sql.SQL(", ").join(sql.SQL("{} AS {}").format(k, sql.Identifier(f"__k{i}")) for i, k in enumerate(keys)),
         )
         union = sql.SQL(" UNION ALL ").join(
             sql.SQL("(SELECT {} FROM {} o WHERE {})").format(key, self.relation, c) for c in conditions
         )
-        order = sql.SQL(", ").join(sql.Identifier(f"__k{i}") for i in range(len(self.keys)))
+        order = sql.SQL(", ").join(sql.Identifier(f"__k{i}") for i in range(len(keys)))
         rows = self.conn.execute(
             sql.SQL("SELECT k FROM ({}) AS s ORDER BY {} LIMIT {}").format(union, order, sql.Literal(MAX_SAMPLES))
         ).fetchall()
@@ -301,18 +302,42 @@ class _SourceChecks:
     # -- the checks ------------------------------------------------------------------------------
 
     def null_keys(self) -> None:
+        """Rows whose key has a NULL part. A key of NULLs identifies nothing, so where the table has a
+        primary key of its own, the samples are primary keys (the message says so)."""
         condition = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(k) for k in self.keys)
         (count,) = self.count_where([condition])
-        if count:
-            self.report(
+        if not count:
+            return
+        primary = self.primary_key()
+        samples_by = ""
+        if primary and primary != list(self.source.key):
+            samples = self.sample_keys(condition, [sql.Identifier("o", c) for c in primary])
+            samples_by = f"; samples are its primary key ({', '.join(primary)})"
+        else:
+            samples = self.sample_keys(condition)
+        self.findings.append(
+            Finding(
                 "error",
                 "null-key",
                 f"{self.qualified}: {count} row(s) have a NULL in the key ({', '.join(self.source.key)}): "
-                "no batch would ever copy them",
-                condition,
-                count,
+                f"no batch would ever copy them{samples_by}",
+                table=self.table.name,
+                source=self.qualified,
+                count=count,
+                samples=samples,
                 line=self.line("key"),
             )
+        )
+
+    def primary_key(self) -> list[str]:
+        row = self.conn.execute(
+            "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_catalog.pg_index i"
+            " CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)"
+            " JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+            " WHERE i.indrelid = pg_catalog.to_regclass(%s) AND i.indisprimary AND k.ord <= i.indnkeyatts",
+            (sql.Identifier(self.source.schema, self.source.table).as_string(self.conn),),
+        ).fetchone()
+        return list(row[0] or []) if row else []
 
     def duplicate_keys(self) -> None:
         """Keys held by several rows, compared as the new table will: in the new key's types, so that

@@ -57,7 +57,9 @@ def plant_dirty_rows(db: psycopg.Connection) -> dict[str, object]:
     db.execute("UPDATE posts SET tweet_id = NULL WHERE decision_id = md5('d11')::uuid")
     # A NULL key part.
     db.execute("ALTER TABLE outcomes ALTER collected_at DROP NOT NULL")
-    db.execute("UPDATE outcomes SET collected_at = NULL WHERE tweet_id = 't10' AND collected_pass = 0")
+    (null_key_row,) = db.execute(
+        "UPDATE outcomes SET collected_at = NULL WHERE tweet_id = 't10' AND collected_pass = 0 RETURNING id"
+    ).fetchone()
     # Text that is not a uuid, into a uuid column.
     db.execute("ALTER TABLE tweet_metrics ALTER decision_id TYPE text")
     db.execute("UPDATE tweet_metrics SET decision_id = 'not-a-uuid' WHERE tweet_id = 't5'")
@@ -66,7 +68,7 @@ def plant_dirty_rows(db: psycopg.Connection) -> dict[str, object]:
         "INSERT INTO tweet_metrics (decision_id, tweet_id, like_count, measured_at)"
         " VALUES (md5('d6')::uuid::text, 't6', 999, '2026-11-03 00:00+00')"
     )
-    return {"boundary": str(boundary)}
+    return {"boundary": str(boundary), "null_key_row": null_key_row}
 
 
 def by_check(findings: list[Finding]) -> dict[tuple[str, str | None, str | None], Finding]:
@@ -114,7 +116,9 @@ def test_every_planted_trap_is_reported_at_once_with_counts_and_sample_keys(db: 
     assert found[("lossy-cast", comprehensive, "predicted_engagement")].samples == ([uuid_of(3500, db)],)
     assert found[("invalid-cast", comprehensive, "predicted_engagement")].samples == ([uuid_of(3501, db)],)
     assert found[("not-null", "public.posts", "tweet_id")].samples == ([uuid_of(11, db)],)
-    assert found[("null-key", "public.outcomes", None)].samples == (["t10", None],)
+    # A key with a NULL part identifies nothing: the samples are the table's own primary key.
+    null_key = found[("null-key", "public.outcomes", None)]
+    assert null_key.samples == ([planted["null_key_row"]],) and "samples are its primary key (id)" in null_key.message
     (key,) = found[("invalid-cast", "public.tweet_metrics", "decision_id")].samples
     assert key[0] == "t5" and at(key[1]) == at("2026-11-04T00:00:00+00:00")
     set_aside = {f.source: f.count for f in findings if f.check == "set-aside" and f.severity == "warning"}
@@ -293,7 +297,8 @@ def test_keys_are_compared_in_the_new_key_type(db: psycopg.Connection, tmp_path)
     db.execute(
         "CREATE TABLE public.legacy (id text, note text);"
         " INSERT INTO public.legacy VALUES ('A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', 'upper'),"
-        " ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'lower'), ('b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'other')"
+        " ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'lower'), ('b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'other'),"
+        " (NULL, 'no key')"
     )
     plan_file = tmp_path / "legacy.toml"
     plan_file.write_text(
@@ -302,8 +307,10 @@ def test_keys_are_compared_in_the_new_key_type(db: psycopg.Connection, tmp_path)
         '  [[tables.sources]]\n  table = "legacy"\n  key = ["id"]\n'
     )
     findings = preflight.check_all(db, load_plan(plan_file))
+    # Without a primary key of its own, a NULL-key row can only be shown by its key.
     assert [(f.check, f.count, f.samples) for f in findings] == [
-        ("duplicate-key", 1, (["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"],))
+        ("null-key", 1, ([None],)),
+        ("duplicate-key", 1, (["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"],)),
     ]
 
 
