@@ -397,6 +397,9 @@ def _draft_table(sources: list[TableInfo], sharing: Mapping[str, tuple[str, ...]
     ]
     if common_checks:
         lines += ["checks = [", *(f"  {_toml(c)}," for c in common_checks), "]"]
+    indexes = _common_indexes(sources, renames, list(feeds))
+    if indexes:
+        lines += ["indexes = [", *(f"  {_toml(list(i))}," for i in indexes), "]"]
     for position, table in enumerate(sources):
         lines += ["", "  [[tables.sources]]", f"  table = {_toml(table.name)}"]
         if position == 0 and len(sources) > 1:
@@ -409,7 +412,32 @@ def _draft_table(sources: list[TableInfo], sharing: Mapping[str, tuple[str, ...]
             lines.append(f"  rename = {{ {pairs} }}")
         if drops[table.name]:
             lines.append(f"  drop = {_toml(drops[table.name])}  # serial/identity counters and generated columns")
+        lines += _access_notes(table)
     return lines
+
+
+def _common_indexes(
+    sources: list[TableInfo], renames: Mapping[str, Mapping[str, str]], new_columns: list[str]
+) -> list[tuple[str, ...]]:
+    """The plain indexes every source has (in new-column names)."""
+    common: set[tuple[str, ...]] | None = None
+    for table in sources:
+        rename = renames[table.name]
+        mine = {tuple(rename.get(c, c) for c in index) for index in table.indexes}
+        common = mine if common is None else common & mine
+    return sorted(i for i in common or () if all(c in new_columns for c in i))
+
+
+def _access_notes(table: TableInfo) -> list[str]:
+    """What the draft does not carry, for a decision: `create` copies grants and row security from the
+    old tables; triggers stay on them."""
+    notes = []
+    if table.row_security or table.policies:
+        state = "on" if table.row_security else "off"
+        notes.append(f"  # row security {state}; policies: {', '.join(table.policies) or 'none'}")
+    if table.triggers:
+        notes.append(f"  # TODO: triggers on {table.name} ({', '.join(table.triggers)}) are not carried over")
+    return notes
 
 
 def _new_name(first: str) -> str:

@@ -112,6 +112,13 @@ def supabase_like(db: psycopg.Connection) -> psycopg.Connection:
           SELECT md5('r' || i)::uuid, 'daily', i, 'title ' || i, 'body' FROM generate_series(1, 40) i;
         INSERT INTO public.reports_archive (report_id, kind, score, title, body)
           SELECT md5('r' || i)::uuid, 'weekly', i, 'old ' || i, 'body' FROM generate_series(30, 60) i;
+        CREATE INDEX ON public.reports (kind); CREATE INDEX ON public.reports_archive (kind);
+        CREATE INDEX ON public.reports (title);
+        ALTER TABLE public.reports ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY reports_read ON public.reports FOR SELECT USING (true);
+        CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+        CREATE TRIGGER reports_archive_touch BEFORE UPDATE ON public.reports_archive
+          FOR EACH ROW EXECUTE FUNCTION public.touch();
         CREATE SCHEMA auth;
         CREATE TABLE auth.reports_v3 (id bigserial PRIMARY KEY, report_id uuid NOT NULL UNIQUE,
           kind text, score numeric, title text, body text, created_at timestamptz);
@@ -137,6 +144,9 @@ def test_a_draft_keeps_real_types_and_leaves_system_schemas_out(
     assert "id" not in types and "title_length" not in types  # identity, serial, generated: per table
     assert table.checks == ("(length(body) < 10000)",)
     assert {s.table: s.drop for s in table.sources} == {"reports": ("id", "title_length"), "reports_archive": ("id",)}
+    assert [i.columns for i in table.indexes] == [("kind",)]  # only the index both sources have
+    assert "  # row security on; policies: reports_read" in text
+    assert "  # TODO: triggers on reports_archive (reports_archive_touch) are not carried over" in text
     checked = run("plan", "check", "--plan", str(out), "--dsn", dsn, "--json")
     assert checked.exit_code == 0, checked.output
     assert run("migrate", "--dsn", dsn, "--plan", str(out), "create").exit_code == 0

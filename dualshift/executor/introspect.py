@@ -62,6 +62,10 @@ class TableInfo:
     columns: dict[str, ColumnInfo] = field(default_factory=dict)
     keys: list[tuple[str, ...]] = field(default_factory=list)  # unique, NOT NULL, plain columns; primary first
     checks: list[str] = field(default_factory=list)  # check expressions, as the catalog prints them
+    indexes: list[tuple[str, ...]] = field(default_factory=list)  # other plain-column b-tree indexes
+    row_security: bool = False
+    policies: list[str] = field(default_factory=list)
+    triggers: list[str] = field(default_factory=list)  # user triggers (not constraint triggers)
 
     def column_type(self, name: str) -> str:
         return self.columns[name].type
@@ -109,5 +113,46 @@ def read_tables(conn: psycopg.Connection, archive_schemas: tuple[str, ...] = ())
         ):
             if (schema, table) in tables and definition.startswith("CHECK (") and definition.endswith(")"):
                 tables[(schema, table)].checks.append(definition[len("CHECK (") : -1])
+        _read_extras(conn, tables, skipped)
     names = [name for _, name in tables]
     return {(name if names.count(name) == 1 else f"{schema}.{name}"): info for (schema, name), info in tables.items()}
+
+
+def _read_extras(conn: psycopg.Connection, tables: dict[tuple[str, str], TableInfo], skipped: list[str]) -> None:
+    """Indexes, row security, policies and triggers: what a draft carries over or names for a decision."""
+    for schema, table, columns in conn.execute(
+        "SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY k.ord)"
+        " FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid JOIN pg_catalog.pg_am am ON am.oid = ic.relam"
+        " CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)"
+        " JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum"
+        " WHERE NOT i.indisunique AND am.amname = 'btree' AND i.indpred IS NULL AND i.indexprs IS NULL"
+        " AND k.ord <= i.indnkeyatts AND n.nspname <> ALL(%s)"
+        " GROUP BY i.indexrelid, n.nspname, c.relname ORDER BY i.indexrelid",
+        (skipped,),
+    ):
+        if (schema, table) in tables:
+            tables[(schema, table)].indexes.append(tuple(columns))
+    for schema, table, row_security in conn.execute(
+        "SELECT n.nspname, c.relname, c.relrowsecurity FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relrowsecurity AND n.nspname <> ALL(%s)",
+        (skipped,),
+    ):
+        if (schema, table) in tables:
+            tables[(schema, table)].row_security = row_security
+    for schema, table, policy in conn.execute(
+        "SELECT schemaname, tablename, policyname FROM pg_catalog.pg_policies WHERE schemaname <> ALL(%s)"
+        " ORDER BY policyname",
+        (skipped,),
+    ):
+        if (schema, table) in tables:
+            tables[(schema, table)].policies.append(policy)
+    for schema, table, trigger in conn.execute(
+        "SELECT n.nspname, c.relname, t.tgname FROM pg_catalog.pg_trigger t"
+        " JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE NOT t.tgisinternal AND n.nspname <> ALL(%s) ORDER BY t.tgname",
+        (skipped,),
+    ):
+        if (schema, table) in tables:
+            tables[(schema, table)].triggers.append(trigger)
