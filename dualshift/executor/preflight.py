@@ -69,9 +69,12 @@ def run(conn: psycopg.Connection, plan: Plan, mappings: dict[tuple[str, str], So
 def before_create(conn: psycopg.Connection, plan: Plan, skip: bool) -> dict:
     """Run the preflight ahead of `create`'s first DDL; refuse on any error unless `skip` (which the
     caller audits, with the figures this returns)."""
+    mappings, findings = check(conn, plan)
+    if errors(findings):
+        raise ValidationError(plan.path, errors(findings))  # what every phase refuses, skip or not
     if skip:
         return {"skipped": True, "note": "preflight skipped (--skip-preflight)"}
-    findings = check_all(conn, plan)
+    findings += run(conn, plan, mappings)
     found = errors(findings)
     if found:
         raise ValidationError(
