@@ -101,6 +101,16 @@ def _read_only_snapshot(conn: psycopg.Connection) -> Iterator[None]:
 class _Cast:
     status: sql.Identifier  # pg_temp function: old value → KEPT / CHANGED / NOT_CASTABLE
     value: sql.Identifier  # pg_temp function: old value → new value, NULL when it cannot be cast
+    old_type: str
+    new_type: str
+    round_trip: bool  # the value must come back unchanged (else it need only parse)
+
+    def changed(self, value: sql.Composable) -> sql.Composable:
+        """Plain SQL: true where the value changes on the way; raises where one cannot be cast at all."""
+        old, new = sql.SQL(self.old_type), sql.SQL(self.new_type)
+        if self.round_trip:
+            return sql.SQL("CAST(CAST({v} AS {new}) AS {old}) IS DISTINCT FROM {v}").format(v=value, new=new, old=old)
+        return sql.SQL("CAST({v} AS {new}) IS NULL AND {v} IS NOT NULL").format(v=value, new=new)
 
 
 class _Casts:
@@ -110,6 +120,8 @@ class _Casts:
         self.conn = conn
         self.pairs: dict[tuple[str, str], _Cast] = {}
         self.spellings: dict[str, str] = {}
+        # Source columns (schema, table, column) whose every value casts: plain CASTs serve for them.
+        self.all_castable: set[tuple[str, str, str]] = set()
 
     def get(self, old_type: str, new_type: str) -> _Cast | None:
         return self.pairs.get((old_type, new_type))
@@ -132,9 +144,13 @@ class _Casts:
     def spelling(self, type_text: str) -> str:
         """The catalog's spelling of a type (timestamptz → timestamp with time zone), typmod included."""
         if type_text not in self.spellings:
+            # The typmod comes from a result's description, which reports a domain as its base type:
+            # the type itself comes from to_regtype, and the typmod only when the two agree.
             result = self.conn.execute(sql.SQL("SELECT CAST(NULL AS {})").format(sql.SQL(type_text))).pgresult
             self.spellings[type_text] = self.conn.execute(
-                "SELECT pg_catalog.format_type(%s, %s)", (result.ftype(0), result.fmod(0))
+                "SELECT pg_catalog.format_type(t, CASE WHEN t = %s::oid THEN %s ELSE -1 END)"
+                " FROM pg_catalog.to_regtype(%s) AS t",
+                (result.ftype(0), result.fmod(0), type_text),
             ).fetchone()[0]
         return self.spellings[type_text]
 
@@ -142,14 +158,17 @@ class _Casts:
         if (old_type, new_type) in self.pairs:
             return
         digest = hashlib.sha256(f"{old_type}\0{new_type}".encode()).hexdigest()[:16]
-        cast = _Cast(
-            sql.Identifier("pg_temp", f"dualshift_cast_status_{digest}"),
-            sql.Identifier("pg_temp", f"dualshift_cast_{digest}"),
-        )
         old, new = sql.SQL(old_type), sql.SQL(new_type)
         # Text becomes a uuid, a number or JSON by parsing, which normalises its spelling: only whether
         # it parses matters. Otherwise the value must come back unchanged (when its type can compare).
         round_trip = self._comparable(old_type) and not (self._is_text(old_type) and not self._is_text(new_type))
+        cast = _Cast(
+            sql.Identifier("pg_temp", f"dualshift_cast_status_{digest}"),
+            sql.Identifier("pg_temp", f"dualshift_cast_{digest}"),
+            old_type,
+            new_type,
+            round_trip,
+        )
         changed = (
             sql.SQL("IF CAST(CAST(v AS {new}) AS {old}) IS DISTINCT FROM v THEN RETURN {changed}; END IF;")
             if round_trip
@@ -217,9 +236,11 @@ class _SourceChecks:
         }
 
     def run(self, table_mappings: list[SourceMapping]) -> list[Finding]:
+        self.casts_of_values()  # first: it learns which columns cast plainly, which the others use
+        cast_findings, self.findings = self.findings, []
         self.null_keys()
         self.duplicate_keys()
-        self.casts_of_values()
+        self.findings += cast_findings
         self.not_null()
         self.checks()
         self.set_aside(table_mappings)
@@ -252,6 +273,8 @@ class _SourceChecks:
         cast = self.casts.get(old_type, new_type)
         if cast is None:
             return sql.Identifier(alias, old)
+        if (source.schema, source.table, old) in self.casts.all_castable:
+            return sql.SQL("CAST({} AS {})").format(sql.Identifier(alias, old), sql.SQL(new_type))
         return sql.SQL("{}({})").format(cast.value, sql.Identifier(alias, old))
 
     def line(self, *needles: str) -> int | None:
@@ -382,19 +405,34 @@ class _SourceChecks:
         )
 
     def casts_of_values(self) -> None:
+        """Values that change, or cannot be cast, on their way into the new types. One plain scan
+        first: when every value casts (the usual case) it gives the counts at the database's speed;
+        only when one does not are the values classified one by one by the pg_temp functions."""
         columns = []
         for new, old in self.fed().items():
             cast = self.casts.get(self.old_columns[old], self.table.column(new).type)
             if cast is not None:
                 columns.append((new, old, cast))
+        plain = [cast.changed(sql.Identifier("o", old)) for _, old, cast in columns]
+        try:
+            with self.conn.transaction():
+                changed = self.count_where(plain)
+        except (psycopg.DataError, psycopg.IntegrityError):  # bad input, out of range, a domain check
+            changed = None
         conditions = []
-        for _, old, cast in columns:
-            status = sql.SQL("{}({})").format(cast.status, sql.Identifier("o", old))
-            conditions += [
-                sql.SQL("{} = {}").format(status, sql.Literal(CHANGED)),
-                sql.SQL("{} = {}").format(status, sql.Literal(NOT_CASTABLE)),
-            ]
-        counts = self.count_where(conditions)
+        if changed is not None:
+            for (_, old, _), condition in zip(columns, plain, strict=True):
+                self.casts.all_castable.add((self.source.schema, self.source.table, old))
+                conditions += [condition, sql.SQL("false")]
+            counts = [n for count in changed for n in (count, 0)]
+        else:
+            for _, old, cast in columns:
+                status = sql.SQL("{}({})").format(cast.status, sql.Identifier("o", old))
+                conditions += [
+                    sql.SQL("{} = {}").format(status, sql.Literal(CHANGED)),
+                    sql.SQL("{} = {}").format(status, sql.Literal(NOT_CASTABLE)),
+                ]
+            counts = self.count_where(conditions)
         for index, (new, old, _) in enumerate(columns):
             new_type = self.table.column(new).type
             old_type = self.old_columns[old]

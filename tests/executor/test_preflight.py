@@ -360,3 +360,19 @@ def test_json_text_truncation_and_integer_range(db: psycopg.Connection, tmp_path
     ]
     lines = plan_file.read_text().splitlines()
     assert all(f'name = "{f.column}"' in lines[f.line - 1] for f in findings)
+    # Where every value casts, one plain scan counts what changes (no value-by-value functions)…
+    plan_file.write_text(
+        plan_file.read_text()
+        .replace('{ name = "doc", type = "jsonb" }', '{ name = "doc", type = "text" }')
+        .replace('{ name = "big", type = "integer" }', '{ name = "big", type = "bigint" }')
+    )
+    findings = preflight.check_all(db, load_plan(plan_file))
+    assert [(f.check, f.column, f.count, f.samples) for f in findings] == [("lossy-cast", "code", 1, ([3],))]
+    # …and a domain's own check refuses a value as any invalid input does.
+    db.execute("CREATE DOMAIN public.positive AS bigint CHECK (VALUE > 0); UPDATE public.misc SET big = 0 WHERE id = 4")
+    plan_file.write_text(plan_file.read_text().replace('type = "bigint" }', 'type = "public.positive" }'))
+    findings = preflight.check_all(db, load_plan(plan_file))
+    assert sorted((f.check, f.column, f.count, f.samples) for f in findings) == [
+        ("invalid-cast", "big", 2, ([4], [5])),
+        ("lossy-cast", "code", 1, ([3],)),
+    ]
