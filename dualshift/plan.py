@@ -25,8 +25,20 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 PLAN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 SOURCES_ARE = ("twins", "partitions")
 VIEW_WRITES = ("allow", "refuse")
-# A column type: letters, digits, spaces, parentheses, commas and brackets (numeric(5,4), text[]).
-SQL_TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9_ ]*(\(\s*\d+\s*(,\s*\d+\s*)?\))?(\[\])*$")
+# A column type as SQL spells it: a name of one or more words (double precision), optionally
+# schema-qualified, where a quoted name keeps its case ("reportTypes", public."reportTypes");
+# then a type modifier (numeric(5,4)), trailing words (timestamp(3) with time zone) and array
+# brackets. Quotes must balance, so nothing outside a quoted name can be anything but a type.
+_TYPE_NAME = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"\x00-\x1f]|""){1,63}")'
+# The words of multi-word type names (character varying, timestamp with time zone, interval day to second):
+# a column constraint (NOT NULL, PRIMARY KEY, COLLATE …) is not part of a type.
+_TYPE_WORD = r"(?i:precision|varying|with|without|time|zone|year|month|day|hour|minute|second|to)\b"
+SQL_TYPE = re.compile(
+    rf"^(?:{_TYPE_NAME}\s*\.\s*)?{_TYPE_NAME}(?:\s+{_TYPE_WORD})*"
+    r"(?:\s*\(\s*\d+\s*(?:,\s*\d+\s*)?\))?"
+    rf"(?:\s+{_TYPE_WORD})*"
+    r"(?:\s*\[\d*\])*$"
+)
 # SQL snippets (defaults, checks, index predicates) are the plan author's, but a statement
 # separator or a comment in them can never be meant: reject them so a snippet stays one expression.
 FORBIDDEN_IN_SNIPPET = re.compile(r";|--|/\*|\*/")
@@ -264,6 +276,27 @@ def parse_plan(text: str, path: Path | str = "<plan>") -> Plan:
     return _PlanReader(text, path).read(raw)
 
 
+def line_of(lines: list[str], *needles: str) -> int | None:
+    """The first line holding every needle, searched from the line holding the first one (1-based)."""
+    if not needles:
+        return None
+    for number, line in enumerate(lines, start=1):
+        if needles[0] in line:
+            for offset, later in enumerate(lines[number - 1 :]):
+                if all(n in later for n in needles[1:]):
+                    return number + offset
+            return number
+    return None
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """The plan file's lines, to locate a finding; empty when the file cannot be read any more."""
+    try:
+        return Path(plan.path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
 class _PlanReader:
     """Turns the TOML document into a Plan, locating each error on its TOML line."""
 
@@ -275,16 +308,7 @@ class _PlanReader:
         return PlanError(self.path, message, self.line_of(*needles))
 
     def line_of(self, *needles: str) -> int | None:
-        """The first line holding every needle, searched from the line holding the first one."""
-        if not needles:
-            return None
-        for number, line in enumerate(self.lines, start=1):
-            if needles[0] in line:
-                for offset, later in enumerate(self.lines[number - 1 :]):
-                    if all(n in later for n in needles[1:]):
-                        return number + offset
-                return number
-        return None
+        return line_of(self.lines, *needles)
 
     def read(self, raw: dict[str, Any]) -> Plan:
         version = raw.get("version", 1)

@@ -42,40 +42,108 @@ def read_calls(path: Path):
 
 @plan_app.command("init")
 def plan_init(
-    map_file: Path = typer.Option(..., "--map", help="The interaction map written by `dualshift scan`."),
+    map_file: Path = typer.Option(None, "--map", help="The interaction map written by `dualshift scan`."),
+    dsn: str = typer.Option(None, "--dsn", help="Draft from the live database: real types, keys, checks."),
     out: Path = typer.Option(Path("dualshift.toml"), "--out", "-o", help="Where to write the draft plan."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
-    """Write a draft plan with one new table per cluster of overlapping tables found in the code."""
-    from dualshift.codemods.wrapper import write_atomically
-    from dualshift.plan_tools import draft_plan
+    """Write a draft plan with one new table per cluster of overlapping tables.
 
+    With --dsn the draft takes its types, keys, nullability, defaults and checks from the catalog and
+    loads and passes `plan check --dsn` as written; the clusters come from the code (--map) or, without
+    it, from the catalog (tables sharing a key and most of their columns). Without --dsn it is the
+    code-only draft of before, every type text."""
+    from dualshift.codemods.wrapper import write_atomically
+    from dualshift.plan_tools import catalog_clusters, code_clusters, draft_plan, draft_plan_from_database
+
+    if map_file is None and dsn is None:
+        raise fail("plan init: give --map (clusters from the code), --dsn (types and keys from the database), or both")
     if out.exists() and not force:
         raise fail(f"{out}: already exists (use --force to overwrite)")
-    write_atomically(out, draft_plan(read_calls(map_file)))
-    output_console().print(
-        f"wrote {out}: finish the TODOs, then run `dualshift plan check --plan {out} --map {map_file}`"
-    )
+    if dsn is None:
+        write_atomically(out, draft_plan(read_calls(map_file)))
+        output_console().print(
+            f"wrote {out}: finish the TODOs, then run `dualshift plan check --plan {out} --map {map_file}`"
+        )
+        return
+    tables = _read_catalog(dsn)
+    clusters = code_clusters(read_calls(map_file)) if map_file is not None else catalog_clusters(tables)
+    write_atomically(out, draft_plan_from_database(tables, clusters))
+    output_console().print(f"wrote {out}: read the TODOs, then run `dualshift plan check --plan {out} --dsn …`")
+
+
+def _read_catalog(dsn: str):
+    import psycopg
+
+    from dualshift.executor.connection import ExecutorError, connect
+    from dualshift.executor.introspect import read_tables
+
+    try:
+        conn = connect(dsn)
+    except ExecutorError as exc:
+        raise fail(f"--dsn: {exc}") from exc
+    try:
+        return read_tables(conn)
+    except psycopg.Error as exc:
+        raise fail(f"--dsn: {str(exc).strip().splitlines()[0]}") from exc
+    finally:
+        conn.close()
 
 
 @plan_app.command("check")
 def plan_check(
-    plan: Path = typer.Option(..., "--plan", help="The plan to lint (dualshift.toml)."),
-    map_file: Path = typer.Option(..., "--map", help="The interaction map written by `dualshift scan`."),
+    plan: Path = typer.Option(..., "--plan", help="The plan to check (dualshift.toml)."),
+    map_file: Path = typer.Option(None, "--map", help="The interaction map written by `dualshift scan`."),
+    dsn: str = typer.Option(None, "--dsn", help="A PostgreSQL connection string: check against the live database."),
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON (see the README for the shape)."),
 ) -> None:
-    """Lint the plan against the code: unmapped columns the code writes or filters on, old tables no code
-    touches, writes with dynamic table names, new table names already in use. Exit 1 on errors."""
-    from dualshift.plan_tools import check_plan
+    """Check the plan against the code (--map) and the live database (--dsn), reporting every problem at once.
 
+    With --map: unmapped columns the code writes or filters on, old tables no code touches, writes with
+    dynamic table names, new table names already in use. With --dsn: the executor's own validation of
+    the plan against the catalog, then the preflight's read-only data checks (NULL key parts, duplicate
+    keys, lossy casts, NOT NULL and check violations, rows set aside by precedence). Exit 1 on errors."""
+    from dualshift.findings import summary
+    from dualshift.plan_tools import check_plan, report_json, report_table, todo_findings
+
+    if map_file is None and dsn is None:
+        raise fail("plan check: give --map (check against the code), --dsn (against the database), or both")
     loaded = read_plan(plan)
-    findings = check_plan(loaded, plan.read_text(encoding="utf-8"), read_calls(map_file))
-    for finding in findings:
-        typer.echo(finding.render(str(plan)), err=finding.level == "error")
-    errors = sum(1 for f in findings if f.level == "error")
-    warnings = len(findings) - errors
-    typer.echo(f"{errors} error(s), {warnings} warning(s)")
-    if errors:
+    database_findings, database_columns = _check_against_database(loaded, dsn) if dsn else ([], None)
+    findings = todo_findings(plan.read_text(encoding="utf-8"))
+    if map_file is not None:
+        findings += check_plan(loaded, plan.read_text(encoding="utf-8"), read_calls(map_file), database_columns)
+    findings += database_findings
+    if as_json:
+        typer.echo(report_json(str(plan), findings))
+    else:
+        report_table(str(plan), findings, output_console())
+        typer.echo(summary(findings))
+    if any(f.is_error for f in findings):
         raise typer.Exit(1)
+
+
+def _check_against_database(plan: Plan, dsn: str):
+    """The executor's validation and preflight findings, and each old table's columns in the database."""
+    import psycopg
+
+    from dualshift.executor import preflight
+    from dualshift.executor.catalog import columns_of, pinned_search_path
+    from dualshift.executor.connection import ExecutorError, connect
+
+    try:
+        conn = connect(dsn)
+    except ExecutorError as exc:
+        raise fail(f"--dsn: {exc}") from exc
+    try:
+        findings = preflight.check_all(conn, plan)
+        with pinned_search_path(conn):
+            columns = {s.table: list(columns_of(conn, s.schema, s.table)) for t in plan.tables for s in t.sources}
+    except (ExecutorError, psycopg.Error) as exc:
+        raise fail(f"--dsn: {str(exc).strip().splitlines()[0]}") from exc
+    finally:
+        conn.close()
+    return findings, columns
 
 
 @generate_app.command("wrapper")

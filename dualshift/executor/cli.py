@@ -92,7 +92,7 @@ def options(
     }
 
 
-def _executor(context: typer.Context, progress=None):
+def _executor(context: typer.Context, progress=None, skip_preflight: bool = False):
     from dualshift.executor.connection import ExecutorError, Timeouts, connect
     from dualshift.executor.phases import Executor
     from dualshift.plan import PlanError, load_plan
@@ -116,18 +116,19 @@ def _executor(context: typer.Context, progress=None):
         settings["dry_run"],
         timeouts=timeouts,
         accept_plan_change=settings["accept_plan_change"],
+        skip_preflight=skip_preflight,
     )
     if progress is not None:
         executor.progress = progress
     return executor
 
 
-def _perform(context: typer.Context, action, progress=None) -> dict[str, Any]:
+def _perform(context: typer.Context, action, progress=None, skip_preflight: bool = False) -> dict[str, Any]:
     import psycopg
 
     from dualshift.executor.connection import ExecutorError
 
-    executor = _executor(context, progress)
+    executor = _executor(context, progress, skip_preflight)
     try:
         return action(executor)
     except ExecutorError as exc:
@@ -157,9 +158,15 @@ def snapshot_command(
 
 
 @migrate_app.command("create")
-def create_command(context: typer.Context) -> None:
-    """Create the new tables beside the old ones (constraints, indexes, the old tables' grants and RLS)."""
-    _print(_perform(context, lambda e: e.create()), context.obj["dry_run"])
+def create_command(
+    context: typer.Context,
+    skip_preflight: bool = typer.Option(
+        False, "--skip-preflight", help="Create even when the preflight's data checks find errors (audited)."
+    ),
+) -> None:
+    """Run the preflight's data checks, then create the new tables beside the old ones (constraints,
+    indexes, the old tables' grants and RLS). Refuses, creating nothing, while a preflight error stands."""
+    _print(_perform(context, lambda e: e.create(), skip_preflight=skip_preflight), context.obj["dry_run"])
 
 
 @migrate_app.command("backfill")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import backfill, cleanup, create, faults, snapshot, sync, verify
+from dualshift.executor import backfill, cleanup, create, faults, preflight, snapshot, sync, verify
 from dualshift.executor.catalog import SourceMapping, validate
 from dualshift.executor.connection import ExecutorError, Sink, Timeouts, advisory_lock, blockers, with_lock_retries
 from dualshift.executor.reconcile import ALL_BEFORE_CLEANUP, CatalogView, reconcile, rows_only_in_new
@@ -56,6 +56,7 @@ class Executor:
     plan: Plan
     dsn: str
     dry_run: bool = False
+    skip_preflight: bool = False  # `migrate create --skip-preflight`: audited in create's result
     progress: backfill.Progress = field(default=lambda label, done, total: None)
     timeouts: Timeouts = field(default_factory=Timeouts)
     accept_plan_change: bool = False
@@ -180,12 +181,17 @@ class Executor:
         return {"files": [str(p) for p in written], "tables": len(taken["tables"])}
 
     def create(self) -> dict[str, Any]:
+        checked = None
+        if current_phase(self.conn, self.key) == "none":  # before any DDL, dualshift's own schema included
+            checked = preflight.before_create(self.conn, self.plan, self.skip_preflight)
+
         def body(mappings, sink: Sink, current: str) -> dict:
             if current != "none":
                 return {"created": [], "note": f"already past create (at '{current}'): nothing to do"}
 
             def effect() -> dict:
                 result = create.run(self.conn, self.plan, sink)
+                result["preflight"] = checked
                 if not self.dry_run:
                     set_flag(self.conn, "dual_write", True)
                     set_flag(self.conn, "read_from_new_percent", 0)
