@@ -51,6 +51,7 @@ MAX_LOCKED_KEYS = 1000
 KEY_LOCK_TIMEOUT = "500ms"  # below deadlock_timeout (1 s): a batch that waits on a writer backs off first
 BATCH_ATTEMPTS = 30
 ON_DUPLICATE_KEY = ("refuse", "first")
+SYNC_TRIGGER = "dualshift_sync"  # the triggers' name (sync.py installs them)
 SAMPLES = 10
 
 
@@ -66,6 +67,16 @@ def checkpoints(conn: psycopg.Connection) -> sql.Identifier:
     """The checkpoints table: in the private schema, or where a database set up before it kept them."""
     moved = conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"{PRIVATE_SCHEMA}.checkpoints",)).fetchone()[0]
     return sql.Identifier(PRIVATE_SCHEMA if moved else "dualshift", "checkpoints")
+
+
+def sync_triggers_on(conn: psycopg.Connection, mappings: list[SourceMapping]) -> bool:
+    """Whether a sync trigger mirrors any of these sources: then batches must take the keys' locks."""
+    sources = [f'"{m.source.schema}"."{m.source.table}"' for m in mappings]
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgname = %s"
+        " AND tgrelid = ANY(SELECT pg_catalog.to_regclass(s) FROM pg_catalog.unnest(%s::pg_catalog.text[]) s))",
+        (SYNC_TRIGGER, sources),
+    ).fetchone()[0]
 
 
 def session_settings(plan: Plan) -> list[tuple[str, str]]:
@@ -125,8 +136,11 @@ def _range(mapping: SourceMapping, after: list | None, last: list | None) -> sql
     return sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("true")
 
 
-def next_batch_statement(mapping: SourceMapping, batch_size: int, after: list | None) -> sql.Composable:
-    """The next keyset batch, its rows locked FOR SHARE: (rows, last old key, the keys' advisory locks)."""
+def next_batch_statement(
+    mapping: SourceMapping, batch_size: int, after: list | None, locking: bool = True
+) -> sql.Composable:
+    """The next keyset batch, its rows locked FOR SHARE: (rows, last old key, the keys' advisory locks,
+    when `locking`)."""
     source = mapping.source
     key_names = [sql.Identifier(f"__key_{i}") for i in range(len(source.key))]
     return sql.SQL(
@@ -134,13 +148,14 @@ def next_batch_statement(mapping: SourceMapping, batch_size: int, after: list | 
         " ORDER BY {keys} LIMIT {limit} FOR SHARE OF o)\n"
         "SELECT (SELECT pg_catalog.count(*) FROM batch),"
         " (SELECT pg_catalog.json_build_array({last}) FROM batch ORDER BY {descending} LIMIT 1),"
-        " (SELECT pg_catalog.array_agg(DISTINCT __lock) FROM batch)"
+        " {locks}"
     ).format(
         keys_as=sql.SQL(", ").join(
             sql.SQL("{} AS {}").format(sql.Identifier("o", k), name)
             for k, name in zip(source.key, key_names, strict=True)
         ),
-        lock=mapped_lock_key(mapping),
+        lock=mapped_lock_key(mapping) if locking else sql.SQL("NULL::pg_catalog.int8"),
+        locks=sql.SQL("(SELECT pg_catalog.array_agg(DISTINCT __lock) FROM batch)" if locking else "NULL"),
         old=sql.Identifier(source.schema, source.table),
         where=_range(mapping, after, None),
         keys=_keys(source.key),
@@ -169,9 +184,10 @@ def copy_statement(
     after: list | None,
     last: list | None,
     upsert: bool = True,
+    locking: bool = True,
 ) -> sql.Composable:
-    """Copy the batch's rows (those whose key lock is in the parameter `locks`) that no earlier source
-    outranks. One row per new key: the first in the source's key order."""
+    """Copy the batch's rows (when `locking`, those whose key lock is in the parameter `locks`) that no
+    earlier source outranks. One row per new key: the first in the source's key order."""
     source, table = mapping.source, mapping.table
     columns = sql.SQL(", ").join(map(sql.Identifier, mapping.new_columns))
     on_conflict = (
@@ -185,7 +201,7 @@ def copy_statement(
     return sql.SQL(
         "INSERT INTO {new} ({columns}) SELECT {columns} FROM ("
         "SELECT DISTINCT ON ({key_exprs}) {select} FROM {old} o"
-        " WHERE {range} AND {lock} = ANY(%(locks)s::pg_catalog.int8[])"
+        " WHERE {range}{locked}"
         " ORDER BY {key_exprs}, {old_keys}, o.ctid) b WHERE NOT ({earlier}){on_conflict}"
     ).format(
         new=sql.Identifier(plan.new_schema, table.name),
@@ -194,7 +210,9 @@ def copy_statement(
         select=mapping.select_list(),
         old=sql.Identifier(source.schema, source.table),
         range=_range(mapping, after, last),
-        lock=mapped_lock_key(mapping),
+        locked=sql.SQL(" AND {} = ANY(%(locks)s::pg_catalog.int8[])").format(mapped_lock_key(mapping))
+        if locking
+        else sql.SQL(""),
         old_keys=_keys(source.key),
         earlier=held_by_earlier(plan, mapping, all_mappings, "b"),
         on_conflict=on_conflict,
@@ -310,30 +328,34 @@ def copy_source(
     options: BackfillOptions,
     sink: Sink,
     progress: Progress,
+    locking: bool = True,
 ) -> int:
-    """Copy one source from its checkpoint to its end; return the batches run."""
+    """Copy one source from its checkpoint to its end; return the batches run. With `locking` (sync
+    triggers are on), each batch takes its keys' advisory locks, and holds at most MAX_LOCKED_KEYS."""
     last_key, copied, done = _checkpoint(conn, mapping)
     if done:
         return 0
     total = _count(conn, mapping)
     label = f"{mapping.source.table} → {mapping.table.name}"
-    batch_size = min(options.batch_size, MAX_LOCKED_KEYS)
+    batch_size = min(options.batch_size, MAX_LOCKED_KEYS) if locking else options.batch_size
     batches = 0
     upsert = False
     if sink.dry_run:
-        sink.statements.append(sink.text(next_batch_statement(mapping, batch_size, last_key)))
-        sink.statements.append(sink.text(copy_statement(plan, mapping, all_mappings, last_key, None, upsert=False)))
-        again = sink.text(copy_statement(plan, mapping, all_mappings, last_key, None))
+        sink.statements.append(sink.text(next_batch_statement(mapping, batch_size, last_key, locking)))
+        first = copy_statement(plan, mapping, all_mappings, last_key, None, upsert=False, locking=locking)
+        sink.statements.append(sink.text(first))
+        again = sink.text(copy_statement(plan, mapping, all_mappings, last_key, None, locking=locking))
         sink.statements.append(f"-- the batch again, when the new table already holds one of its keys:\n{again}")
         return 1
     while options.max_batches is None or batches < options.max_batches:
         started = time.monotonic()
-        rows, last, upsert = _run_batch(conn, plan, mapping, all_mappings, batch_size, last_key, upsert)
+        rows, last, upsert = _run_batch(conn, plan, mapping, all_mappings, batch_size, last_key, upsert, locking)
         if rows:
             last_key = last
             copied += rows
         if len(sink.statements) < 3:
-            sink.statements.append(sink.text(copy_statement(plan, mapping, all_mappings, last_key, None, upsert)))
+            statement = copy_statement(plan, mapping, all_mappings, last_key, None, upsert, locking)
+            sink.statements.append(sink.text(statement))
         batches += 1
         progress(label, copied, total)
         if rows < batch_size:
@@ -353,12 +375,13 @@ def _run_batch(
     batch_size: int,
     after: list | None,
     upsert: bool,
+    locking: bool,
 ) -> tuple[int, list | None, bool]:
     """One batch and its checkpoint in one transaction, retried when a writer holds one of its keys."""
     for attempt in range(1, BATCH_ATTEMPTS + 1):
         try:
             with pinned_transaction(conn, plan):
-                rows, last, upsert = _copy_batch(conn, plan, mapping, all_mappings, batch_size, after, upsert)
+                rows, last, upsert = _copy_batch(conn, plan, mapping, all_mappings, batch_size, after, upsert, locking)
                 conn.execute(
                     sql.SQL(
                         "UPDATE {} SET last_key = %s, rows_copied = rows_copied + %s, done = %s"
@@ -399,21 +422,24 @@ def _copy_batch(
     batch_size: int,
     after: list | None,
     upsert: bool,
+    locking: bool,
 ) -> tuple[int, list | None, bool]:
     """Copy one batch inside the caller's transaction: (rows, last key, whether ON CONFLICT is now needed)."""
-    rows, last, locks = conn.execute(next_batch_statement(mapping, batch_size, after)).fetchone()
+    rows, last, locks = conn.execute(next_batch_statement(mapping, batch_size, after, locking)).fetchone()
     if not rows:
         return 0, None, upsert
-    take_locks(conn, locks)
-    params = {"locks": locks}
+    params = None
+    if locking:
+        take_locks(conn, locks)
+        params = {"locks": locks}
     if not upsert:
         try:
             with conn.transaction():
-                conn.execute(copy_statement(plan, mapping, all_mappings, after, last, upsert=False), params)
+                conn.execute(copy_statement(plan, mapping, all_mappings, after, last, False, locking), params)
             return rows, last, False
         except psycopg.errors.UniqueViolation:
             pass  # the new table holds one of these keys already (a dual write): this batch and the rest upsert
-    conn.execute(copy_statement(plan, mapping, all_mappings, after, last), params)
+    conn.execute(copy_statement(plan, mapping, all_mappings, after, last, True, locking), params)
     return rows, last, True
 
 
@@ -477,8 +503,9 @@ def run(
     complete = True
     for table in plan.tables:
         table_mappings = [mappings[(table.name, s.table)] for s in table.sources]
+        locking = sync_triggers_on(conn, table_mappings) or sink.dry_run
         for mapping in table_mappings:
-            copy_source(conn, plan, mapping, table_mappings, options, sink, progress)
+            copy_source(conn, plan, mapping, table_mappings, options, sink, progress, locking)
         state = conn.execute(
             sql.SQL(
                 "SELECT pg_catalog.bool_and(done), pg_catalog.sum(rows_copied) FROM {} WHERE new_table = %s"

@@ -33,6 +33,7 @@ from dualshift.executor import faults
 from dualshift.executor.backfill import (
     FAILED_WRITES,
     MAX_LOCKED_KEYS,
+    SYNC_TRIGGER,
     conflict_action,
     mapped_lock_key,
     session_settings,
@@ -42,7 +43,7 @@ from dualshift.executor.connection import Sink, Timeouts, with_lock_retries
 from dualshift.executor.names import PRIVATE_SCHEMA, fit
 from dualshift.plan import NewTable, Plan, Source
 
-TRIGGER = "dualshift_sync"
+TRIGGER = SYNC_TRIGGER
 POLICY = "dualshift_sync"
 # Key locks a transaction's triggers have taken (a transaction-local setting): past MAX_LOCKED_KEYS a
 # mirror is recorded as failed instead, so one bulk write cannot fill the server's shared lock table.

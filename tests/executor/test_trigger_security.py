@@ -199,3 +199,30 @@ def test_a_bulk_write_holds_a_bounded_number_of_key_locks_and_the_rest_is_repair
         assert len(actual(db)) == 1000
         ex.backfill(BackfillOptions())
         assert actual(db) == expected(db)
+
+
+@pytest.mark.parametrize(
+    "fault", ["backfill.sync_prepared@2", "backfill.sync_installed@4", "backfill.batch_committed@3"]
+)
+def test_a_backfill_killed_while_installing_or_copying_resumes(fault: str, dsn: str, db: psycopg.Connection) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [str(Path(sys.executable).parent / "dualshift"), "migrate", "--dsn", dsn, "--plan", str(PLAN)]
+    Executor(connect(dsn), load_plan(PLAN), dsn).create()
+    backfill = [*command, "backfill", "--sync", "triggers", "--batch-size", "500"]
+    killed = subprocess.run(backfill, capture_output=True, env={**os.environ, "DUALSHIFT_FAULT": fault}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = subprocess.run(backfill, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert db.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'dualshift_sync'").fetchone()[0] == 9
+    db.execute("UPDATE tweets SET text = 'after the crash' WHERE decision_id = md5('d3')::uuid")
+    winner = db.execute(  # posted_decisions comes first in the plan; tweets second
+        "SELECT coalesce((SELECT content FROM posted_decisions WHERE decision_id = md5('d3')::uuid), 'after the crash')"
+    ).fetchone()[0]
+    assert db.execute("SELECT content FROM posted_content WHERE decision_id = md5('d3')::uuid").fetchone()[0] == winner
+    verified = subprocess.run([*command, "verify"], capture_output=True, text=True, timeout=300)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
