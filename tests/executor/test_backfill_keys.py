@@ -22,7 +22,7 @@ def items(admin_dsn: str):
 
 
 def _checkpoints(db: psycopg.Connection) -> int:
-    return db.execute("SELECT coalesce(sum(rows_copied), 0) FROM dualshift.checkpoints").fetchone()[0]
+    return db.execute("SELECT coalesce(sum(rows_copied), 0) FROM dualshift_private.checkpoints").fetchone()[0]
 
 
 def test_five_keys_shared_by_220_rows_are_refused_with_batch_size_one(items) -> None:

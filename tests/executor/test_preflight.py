@@ -182,8 +182,8 @@ def test_migrate_create_refuses_on_preflight_errors_and_creates_nothing(dsn: str
         assert text in result.stderr, text
     assert db.execute(
         "SELECT to_regclass('public.content_queue'), to_regclass('public.engagement_metrics'),"
-        " to_regclass('dualshift.state'), to_regnamespace('dualshift')"
-    ).fetchone() == (None, None, None, None)
+        " to_regclass('dualshift_private.state'), to_regnamespace('dualshift'), to_regnamespace('dualshift_private')"
+    ).fetchone() == (None, None, None, None, None)
 
 
 def test_skip_preflight_creates_and_is_audited(dsn: str, db: psycopg.Connection) -> None:
@@ -191,7 +191,9 @@ def test_skip_preflight_creates_and_is_audited(dsn: str, db: psycopg.Connection)
     result = CliRunner().invoke(app, ["migrate", "--dsn", dsn, "--plan", str(PLAN), "create", "--skip-preflight"])
     assert result.exit_code == 0, result.output
     assert db.execute("SELECT to_regclass('public.content_queue')").fetchone()[0] is not None
-    detail = db.execute("SELECT detail FROM dualshift.audit WHERE phase = 'create' AND result = 'ok'").fetchone()[0]
+    detail = db.execute(
+        "SELECT detail FROM dualshift_private.audit WHERE phase = 'create' AND result = 'ok'"
+    ).fetchone()[0]
     assert detail["preflight"]["skipped"] is True
 
 
