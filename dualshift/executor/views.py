@@ -58,6 +58,7 @@ class CatalogColumn:
     default: str | None  # pg_get_expr of the column default (never an identity or generation expression)
     identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
     generated: bool
+    sequence: str | None  # the identity column's sequence, qualified
 
 
 def catalog_columns(conn: psycopg.Connection, schema: str, table: str) -> list[CatalogColumn]:
@@ -66,12 +67,14 @@ def catalog_columns(conn: psycopg.Connection, schema: str, table: str) -> list[C
         rows = conn.execute(
             "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid::int, a.attnotnull,"
             " CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END,"
-            " a.attidentity::text, a.attgenerated <> ''"
+            " a.attidentity::text, a.attgenerated <> '',"
+            " CASE WHEN a.attidentity <> '' THEN pg_catalog.pg_get_serial_sequence("
+            "pg_catalog.format('%%I.%%I', %s::text, %s::text), a.attname) END"
             " FROM pg_catalog.pg_attribute a"
             " LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
             " WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))"
             " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            (schema, table),
+            (schema, table, schema, table),
         ).fetchall()
     return [CatalogColumn(*row) for row in rows]
 
@@ -183,13 +186,22 @@ def view_statement(view: CompatView, convert: Converter) -> sql.Composable:
 def default_statements(view: CompatView) -> list[sql.Composable]:
     """The old table's defaults on the view, so an INSERT that leaves a column out gets what it got before.
     Only columns the new table still reads: a dropped column's default (an archived sequence) has no use."""
-    return [
-        sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
-            view.view, sql.Identifier(c.old.name), sql.SQL(c.old.default)
+    statements = []
+    for column in view.columns:
+        if column.new is None:
+            continue
+        if column.old.default is not None:
+            default: sql.Composable = sql.SQL(column.old.default)
+        elif column.old.sequence is not None:  # an identity the plan keeps: the old numbering goes on
+            default = sql.SQL("pg_catalog.nextval({}::pg_catalog.regclass)").format(sql.Literal(column.old.sequence))
+        else:
+            continue
+        statements.append(
+            sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
+                view.view, sql.Identifier(column.old.name), default
+            )
         )
-        for c in view.columns
-        if c.new is not None and c.old.default is not None
-    ]
+    return statements
 
 
 def _writable(view: CompatView) -> list[ViewColumn]:
@@ -253,18 +265,53 @@ def _insert(view: CompatView, convert: Converter) -> sql.Composable:
         names_ = [sql.Identifier(c.new.name) for c in columns] + [n for n, _ in _constants(view)]
         values = [_incoming(view, convert, c) for c in columns] + [v for _, v in _constants(view)]
         overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if any(c.new.identity == "a" for c in columns) else sql.SQL("")
-        return sql.SQL("INSERT INTO {} AS n ({}){} VALUES ({}) {};").format(
+        return sql.SQL("INSERT INTO {} AS n ({}){} VALUES ({}){} {};").format(
             view.new_table,
             sql.SQL(", ").join(names_),
             overriding,
             sql.SQL(", ").join(values),
+            _takeover(view, names_),
             _returning(view, convert),
         )
 
     if identity is None:
-        return statement(carried)
-    return sql.SQL("IF NEW.{} IS NULL THEN\n      {}\n    ELSE\n      {}\n    END IF;").format(
-        sql.Identifier(identity.old.name), statement([c for c in carried if c is not identity]), statement(carried)
+        insert = statement(carried)
+    else:
+        insert = sql.SQL("IF NEW.{} IS NULL THEN\n      {}\n    ELSE\n      {}\n    END IF;").format(
+            sql.Identifier(identity.old.name), statement([c for c in carried if c is not identity]), statement(carried)
+        )
+    if not _later_partitions(view):
+        return insert
+    message = (
+        f"dualshift: duplicate key ({', '.join(view.table.key)}) written through view {view.view_name}:"
+        f" {view.plan.target_schema}.{view.table.name} holds it for {view.source.table} or a source listed before it"
+    )
+    return sql.SQL(
+        "{}\n    IF NOT FOUND THEN RAISE EXCEPTION USING ERRCODE = 'unique_violation', MESSAGE = {}; END IF;"
+    ).format(insert, sql.Literal(message))
+
+
+def _later_partitions(view: CompatView) -> list[str]:
+    """Predicates of the sources after this one, where the sources are partitions of the new table."""
+    if view.table.sources_are != "partitions":
+        return []
+    position = [s.table for s in view.table.sources].index(view.source.table)
+    return [view.table.partition_predicate(s.table) for s in view.table.sources[position + 1 :]]
+
+
+def _takeover(view: CompatView, columns: list[sql.Composable]) -> sql.Composable:
+    """A key a later source holds passes to this one, as backfill's precedence has it (the first source
+    wins); a key this source or an earlier one holds stays a duplicate, as it was in the old table."""
+    later = _later_partitions(view)
+    if not later:
+        return sql.SQL("")
+    # The predicates name bare columns, ambiguous beside EXCLUDED: read them over the existing row alone.
+    return sql.SQL(
+        " ON CONFLICT ({}) DO UPDATE SET {} WHERE EXISTS (SELECT FROM (SELECT n.*) AS held WHERE {})"
+    ).format(
+        sql.SQL(", ").join(map(sql.Identifier, view.table.key)),
+        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns),
+        sql.SQL(" OR ").join(sql.SQL("COALESCE(({}), false)").format(sql.SQL(p)) for p in later),
     )
 
 

@@ -224,3 +224,81 @@ def test_views_carry_the_old_grants_and_no_more(dsn: str, db: psycopg.Connection
                 db.execute("UPDATE posts SET content = 'x' WHERE tweet_id = 't1'")
     finally:
         db.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+def test_an_insert_through_a_partition_respects_precedence(xbot: Plan, db: psycopg.Connection) -> None:
+    total = one(db, "SELECT count(*) FROM engagement_metrics")
+    tweet, measured = db.execute("SELECT tweet_id, measured_at FROM tweet_metrics ORDER BY tweet_id LIMIT 1").fetchone()
+    # outcomes comes first in the plan: a key tweet_metrics holds passes to outcomes, as backfill would have it.
+    db.execute(
+        "INSERT INTO outcomes (decision_id, tweet_id, likes, collected_at) VALUES (gen_random_uuid(), %s, 77, %s)",
+        (tweet, measured),
+    )
+    assert one(db, "SELECT likes FROM outcomes WHERE tweet_id = %s AND collected_at = %s", tweet, measured) == 77
+    assert one(db, "SELECT count(*) FROM tweet_metrics WHERE tweet_id = %s AND measured_at = %s", tweet, measured) == 0
+    assert one(db, "SELECT count(*) FROM engagement_metrics") == total
+    # The other way round the key stays outcomes': a duplicate, named, and nothing changes.
+    with pytest.raises(psycopg.errors.UniqueViolation, match=r"Key \(tweet_id, collected_at\)=\(.*\) already exists"):
+        db.execute(
+            "INSERT INTO tweet_metrics (decision_id, tweet_id, like_count, measured_at) VALUES (gen_random_uuid(), %s, 1, %s)",
+            (tweet, measured),
+        )
+    assert one(db, "SELECT likes FROM outcomes WHERE tweet_id = %s AND collected_at = %s", tweet, measured) == 77
+
+
+KEPT_ID_PLAN = """
+version = 1
+name = "widgets-kept-id"
+
+[schemas]
+archive = "archive_widgets"
+
+[[tables]]
+name = "gadgets"
+key = ["id"]
+columns = [
+  { name = "id", type = "bigint", nullable = false },
+  { name = "name", type = "text", nullable = false },
+  { name = "made_at", type = "timestamptz", nullable = false, default = "now()" },
+]
+
+  [[tables.sources]]
+  table = "widgets"
+  key = ["id"]
+"""
+
+
+def test_an_identity_the_plan_keeps_numbers_on_through_the_view(dsn: str, db: psycopg.Connection, tmp_path) -> None:
+    db.execute(
+        "CREATE TABLE public.widgets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,"
+        " made_at timestamp NOT NULL DEFAULT '2026-06-01 12:00')"
+    )
+    db.execute("INSERT INTO public.widgets (name) SELECT 'w' || i FROM generate_series(1, 20) i")
+    path = tmp_path / "dualshift.toml"
+    path.write_text(KEPT_ID_PLAN)
+    plan = load_plan(path)
+    move(db, plan, filled(dsn, plan))
+    assert shape(db, "public", "widgets") == [
+        ("id", "bigint"),
+        ("name", "text"),
+        ("made_at", "timestamp without time zone"),
+    ]
+    new_id, made_at = db.execute("INSERT INTO widgets (name) VALUES ('fresh') RETURNING id, made_at").fetchone()
+    assert new_id == 21  # the old identity's next value, no clash with the carried rows
+    assert str(made_at) == "2026-06-01 12:00:00"  # the old default, in the old type
+    assert one(db, "SELECT made_at FROM gadgets WHERE id = 21").isoformat() == "2026-06-01T12:00:00+00:00"
+    assert db.execute("UPDATE widgets SET name = 'renamed' WHERE id = 21 RETURNING id").fetchone() == (21,)
+    assert one(db, "SELECT name FROM gadgets WHERE id = 21") == "renamed"
+
+
+def test_a_key_an_earlier_partition_holds_is_a_named_duplicate(xbot: Plan, db: psycopg.Connection) -> None:
+    held = one(db, "SELECT decision_id FROM posted_content WHERE source_table = 'posted_decisions' LIMIT 1")
+    with pytest.raises(psycopg.errors.UniqueViolation, match=r"through view public\.tweets: .* for tweets or a source"):
+        db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t-dup', %s, 'x')", (held,))
+    assert one(db, "SELECT source_table FROM posted_content WHERE decision_id = %s", held) == "posted_decisions"
+    # A key only posts (listed after tweets) holds passes to tweets.
+    later = one(db, "SELECT decision_id FROM posted_content WHERE source_table = 'posts' LIMIT 1")
+    db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t-took', %s, 'mine')", (later,))
+    assert db.execute(
+        "SELECT source_table, content FROM posted_content WHERE decision_id = %s", (later,)
+    ).fetchone() == ("tweets", "mine")
