@@ -384,6 +384,51 @@ def trigger_statements(conn: psycopg.Connection, view: CompatView, convert: Conv
     ]
 
 
+REVOKE_EVERY_GRANT = """DECLARE
+  holder text;
+BEGIN
+  FOR holder IN
+    SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END
+    FROM pg_catalog.pg_class c CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+    LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+    WHERE c.oid = pg_catalog.to_regclass({relation}) AND a.grantee <> c.relowner
+  LOOP
+    EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s', {relation}, holder);
+  END LOOP;
+END"""
+
+
+def revoke_every_grant(conn: psycopg.Connection, schema: str, name: str) -> sql.Composable:
+    """A DO block taking back every grant a relation has when it runs: what default privileges (Supabase's
+    `GRANT ALL … TO anon, authenticated, service_role`) gave a view the moment it was created."""
+    relation = sql.Literal(sql.Identifier(schema, name).as_string(conn))
+    return sql.SQL("DO {}").format(sql.Literal(sql.SQL(REVOKE_EVERY_GRANT).format(relation=relation).as_string(conn)))
+
+
+def _column_grants(conn: psycopg.Connection, archived_schema: str, schema: str, name: str) -> list[sql.Composable]:
+    """Column privileges of the old table (GRANT UPDATE (col) …) on the same columns of the view."""
+    rows = conn.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END,"
+        " a.privilege_type, a.is_grantable, t.attname"
+        " FROM pg_catalog.pg_attribute t JOIN pg_catalog.pg_class c ON c.oid = t.attrelid"
+        " CROSS JOIN LATERAL pg_catalog.aclexplode(t.attacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
+        " WHERE t.attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))"
+        " AND t.attnum > 0 AND NOT t.attisdropped AND a.grantee <> c.relowner ORDER BY t.attnum, 1, 2",
+        (archived_schema, name),
+    ).fetchall()
+    return [
+        sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
+            sql.SQL(privilege),
+            sql.Identifier(column),
+            sql.Identifier(schema, name),
+            sql.SQL(role),
+            sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL(""),
+        )
+        for role, privilege, grantable, column in rows
+        if privilege in ("SELECT", "INSERT", "UPDATE")
+    ]
+
+
 def _same_grants(conn: psycopg.Connection, archived_schema: str, schema: str, name: str) -> list[sql.Composable]:
     """The view answers to the roles the old table answered to, with the same rights and never more (the
     new table's rights and row-level security apply beneath it)."""
@@ -410,12 +455,25 @@ def _same_grants(conn: psycopg.Connection, archived_schema: str, schema: str, na
 
 def compat_view_statements(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> list[sql.Composable]:
     """Everything that makes the old name answer as before: the view, the old defaults, the write
-    triggers and the old table's grants. Reads the archived old table and the promoted new table."""
+    triggers and the old table's grants (every grant default privileges gave the new view taken back
+    first). Reads the archived old table and the promoted new table."""
     view = describe(conn, plan, mapping)
     convert = Converter(conn, plan.timezone)
     return [
         view_statement(view, convert),
         *default_statements(view),
         *trigger_statements(conn, view, convert),
+        revoke_every_grant(conn, mapping.source.schema, mapping.source.table),
         *_same_grants(conn, plan.archive_schema, mapping.source.schema, mapping.source.table),
+        *_column_grants(conn, plan.archive_schema, mapping.source.schema, mapping.source.table),
+    ]
+
+
+def drop_statements(plan: Plan, mapping: SourceMapping) -> list[sql.Composable]:
+    """What rollback after cleanup drops before the old table comes back: the view (its trigger goes with
+    it) and the trigger function."""
+    view = CompatView(plan, mapping.table, mapping.source, (), (), None)
+    return [
+        sql.SQL("DROP VIEW IF EXISTS {}").format(view.view),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(view.function),
     ]

@@ -65,7 +65,7 @@ def shape(conn: psycopg.Connection, schema: str, name: str) -> list[tuple[str, s
 
 
 def one(conn: psycopg.Connection, query: str, *params):
-    return conn.execute(query, params).fetchone()[0]
+    return conn.execute(query, params or None).fetchone()[0]
 
 
 @pytest.fixture
@@ -201,29 +201,71 @@ def test_view_writes_refuse_names_the_view_and_the_setting(dsn: str, db: psycopg
     db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t-ok', gen_random_uuid(), 'fine')")
 
 
-def test_views_carry_the_old_grants_and_no_more(dsn: str, db: psycopg.Connection) -> None:
-    role = f"views_reader_{uuid.uuid4().hex[:8]}"
-    db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
-    try:
+@pytest.fixture
+def two_roles(db: psycopg.Connection):
+    """A role with explicit grants and one that only Supabase-style default privileges would reach."""
+    suffix = uuid.uuid4().hex[:8]
+    roles = (f"views_reader_{suffix}", f"views_defaulted_{suffix}")
+    for role in roles:
+        db.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
         db.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
-        db.execute(
-            sql.SQL("GRANT SELECT ON tweets TO {0}; GRANT SELECT, UPDATE ON posts TO {0}").format(sql.Identifier(role))
-        )
-        plan = load_plan(PLAN)
-        move(db, plan, filled(dsn, plan))
-        granted = db.execute(
-            "SELECT table_name, privilege_type FROM information_schema.role_table_grants"
-            " WHERE grantee = %s AND table_schema = 'public' ORDER BY 1, 2",
-            (role,),
-        ).fetchall()
-        assert granted == [("posts", "SELECT"), ("posts", "UPDATE"), ("tweets", "SELECT")]
-        # The trigger runs as the caller: without rights on the new table, the update through the view fails.
-        with db.transaction():
-            db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-            with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
-                db.execute("UPDATE posts SET content = 'x' WHERE tweet_id = 't1'")
+    try:
+        yield roles
     finally:
-        db.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+        for role in roles:
+            db.execute(sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role)))
+
+
+def test_views_carry_the_old_grants_and_no_more(dsn: str, db: psycopg.Connection, two_roles) -> None:
+    reader, defaulted = map(sql.Identifier, two_roles)
+    db.execute(sql.SQL("GRANT SELECT ON tweets TO {0}; GRANT SELECT, DELETE ON posts TO {0}").format(reader))
+    db.execute(sql.SQL("GRANT UPDATE (content) ON posts TO {}").format(reader))
+    db.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO {}").format(defaulted))
+    plan = load_plan(PLAN)
+    move(db, plan, filled(dsn, plan))
+    granted = db.execute(
+        "SELECT table_name, privilege_type FROM information_schema.role_table_grants"
+        " WHERE grantee = %s AND table_schema = 'public' AND table_name = ANY(%s) ORDER BY 1, 2",
+        (two_roles[0], list(plan.old_tables)),
+    ).fetchall()
+    assert granted == [("posts", "DELETE"), ("posts", "SELECT"), ("tweets", "SELECT")]
+    assert db.execute(
+        "SELECT table_name, column_name, privilege_type FROM information_schema.column_privileges"
+        " WHERE grantee = %s AND privilege_type = 'UPDATE' AND table_schema = 'public'",
+        (two_roles[0],),
+    ).fetchall() == [("posts", "content", "UPDATE")]
+    # Default privileges gave the new views ALL for the second role: taken back, it had nothing before.
+    assert (
+        one(
+            db,
+            "SELECT count(*) FROM information_schema.role_table_grants WHERE grantee = %s AND table_name = ANY(%s)",
+            two_roles[1],
+            list(plan.old_tables),
+        )
+        == 0
+    )
+    # The trigger runs as the caller: without rights on the new table, the write through the view fails.
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(reader))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+            db.execute("DELETE FROM posts WHERE tweet_id = 't1'")
+
+
+def test_row_level_security_of_the_new_table_holds_through_the_view(
+    xbot: Plan, db: psycopg.Connection, two_roles
+) -> None:
+    role = sql.Identifier(two_roles[0])
+    db.execute(sql.SQL("GRANT SELECT, UPDATE ON tweets, posted_content TO {}").format(role))
+    db.execute("ALTER TABLE posted_content ENABLE ROW LEVEL SECURITY")
+    db.execute(sql.SQL("CREATE POLICY own ON posted_content TO {} USING (tweet_id LIKE 't1%%')").format(role))
+    visible = one(db, "SELECT count(*) FROM posted_content WHERE source_table = 'tweets' AND tweet_id LIKE 't1%'")
+    assert 0 < visible < one(db, "SELECT count(*) FROM tweets")
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
+        assert one(db, "SELECT count(*) FROM tweets") == visible
+        # No rights on dualshift_private are needed: the trigger runs, as the caller, under its policies.
+        assert db.execute("UPDATE tweets SET text = 'seen by rls'").rowcount == visible
+    assert one(db, "SELECT count(*) FROM posted_content WHERE content = 'seen by rls'") == visible
 
 
 def test_an_insert_through_a_partition_respects_precedence(xbot: Plan, db: psycopg.Connection) -> None:
