@@ -7,15 +7,16 @@ steps, all in its one transaction:
 
 1. `capture(conn, plan)`, BEFORE the move, while the old tables are in place (and the new tables in
    `plan.new_schema`): reads views (pg_depend/pg_rewrite), foreign keys into old tables
-   (pg_constraint), triggers on old tables (pg_trigger) and publication memberships
-   (pg_publication_tables). Refuses (`DependentsRefused`, naming each constraint) a foreign key
+   (pg_constraint), triggers on old tables (pg_trigger), publication memberships
+   (pg_publication_tables) and policies of other tables whose expressions read an old table. Refuses (`DependentsRefused`, naming each constraint) a foreign key
    that cannot be re-pointed, before anything has changed.
 2. the move, and the compatibility views (`views.compat_view_statements`).
 3. `after_move_statements(conn, plan, captured)`: dependent views re-created over the compatibility
    views (their options and grants kept), foreign keys re-pointed to the new table (NOT VALID, then
    VALIDATE; ON DELETE/UPDATE actions kept), updated_at-style triggers re-created on the new table,
    the new table added to every publication an old table was in (and the archived table dropped
-   from it). `Captured.needs_decision` lists what was left for a person (and why).
+   from it), policies of other tables that read an old table written again so they read the old name.
+   `Captured.needs_decision` lists what was left for a person (and why).
 
 `rollback_statements(conn, plan, captured)` undoes step 3 for a rollback after cleanup; call it
 while the compatibility views still exist. `Captured.to_json`/`from_json` let cleanup keep the
@@ -34,7 +35,7 @@ from psycopg import sql
 
 from dualshift.executor import names
 from dualshift.executor.connection import ExecutorError
-from dualshift.executor.views import qualified_names
+from dualshift.executor.views import qualified_names, revoke_every_grant
 from dualshift.plan import Plan
 
 # pg_trigger.tgtype bits
@@ -98,6 +99,17 @@ class OldTrigger:
 
 
 @dataclass(frozen=True)
+class DependentPolicy:
+    """A row-level security policy of another table whose expressions read an old table."""
+
+    name: str
+    schema: str
+    table: str
+    using: str | None  # pg_get_expr under `pg_catalog, pg_temp`
+    check: str | None
+
+
+@dataclass(frozen=True)
 class Membership:
     publication: str
     old_schema: str
@@ -114,6 +126,7 @@ class Captured:
     foreign_keys: list[ForeignKey] = field(default_factory=list)
     triggers: list[OldTrigger] = field(default_factory=list)
     publications: list[Membership] = field(default_factory=list)
+    policies: list[DependentPolicy] = field(default_factory=list)
 
     @property
     def needs_decision(self) -> list[str]:
@@ -152,6 +165,7 @@ class Captured:
             foreign_keys=[ForeignKey(**tuples(f)) for f in data.get("foreign_keys", [])],
             triggers=[OldTrigger(**t) for t in data.get("triggers", [])],
             publications=[Membership(**m) for m in data.get("publications", [])],
+            policies=[DependentPolicy(**p) for p in data.get("policies", [])],
         )
 
 
@@ -520,6 +534,45 @@ def _explicit_member(conn: psycopg.Connection, publication: str, schema: str, ta
     ).fetchone()[0]
 
 
+# ─── policies ──────────────────────────────────────────────────────────────────────────────────────
+
+DEPENDENT_POLICIES = """
+SELECT DISTINCT p.polname, n.nspname, c.relname,
+  pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_policy p ON p.oid = d.objid
+JOIN pg_catalog.pg_class c ON c.oid = p.polrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass
+  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND d.refobjid = ANY(%(relations)s::oid[]) AND NOT (p.polrelid = ANY(%(relations)s::oid[]))
+ORDER BY 2, 3, 1
+"""
+
+
+def policies_over(conn: psycopg.Connection, relations: list[int]) -> list[DependentPolicy]:
+    """Policies of other tables (the new ones included) whose expressions read these relations."""
+    if not relations:
+        return []
+    with qualified_names(conn):
+        rows = conn.execute(DEPENDENT_POLICIES, {"relations": relations}).fetchall()
+    return [DependentPolicy(*row) for row in rows]
+
+
+def _alter_policy(policy: DependentPolicy, table: sql.Identifier, using: str | None, check: str | None):
+    clauses = []
+    if using is not None:
+        clauses.append(sql.SQL("USING ({})").format(sql.SQL(using)))
+    if check is not None:
+        clauses.append(sql.SQL("WITH CHECK ({})").format(sql.SQL(check)))
+    return sql.SQL("ALTER POLICY {} ON {} {}").format(sql.Identifier(policy.name), table, sql.SQL(" ").join(clauses))
+
+
+def _policy_table(plan: Plan, policy: DependentPolicy) -> sql.Identifier:
+    """Where the policy's table is once cleanup has run (a new table of the plan moves to the target schema)."""
+    if policy.schema == plan.new_schema and plan.table(policy.table) is not None:
+        return sql.Identifier(plan.target_schema, policy.table)
+    return sql.Identifier(policy.schema, policy.table)
+
+
 # ─── the three entry points ────────────────────────────────────────────────────────────────────────
 
 
@@ -533,6 +586,7 @@ def capture(conn: psycopg.Connection, plan: Plan) -> Captured:
         foreign_keys=_foreign_keys(conn, plan, old),
         triggers=_triggers(conn, plan, old),
         publications=_publications(conn, plan, old),
+        policies=policies_over(conn, list(old)),
     )
 
 
@@ -543,6 +597,9 @@ def after_move_statements(conn: psycopg.Connection, plan: Plan, captured: Captur
     for view in captured.views:
         if view.direct and view.kind == "v":
             statements.append(_create_view(view, replace=True))
+    # A policy's expression holds the old table's OID: written again, it reads the old name, now the view.
+    for policy in captured.policies:
+        statements.append(_alter_policy(policy, _policy_table(plan, policy), policy.using, policy.check))
     for fk in captured.foreign_keys:
         statements.append(_drop_foreign_key(fk))
         statements += _add_foreign_key(
@@ -604,7 +661,14 @@ def rollback_statements(conn: psycopg.Connection, plan: Plan, captured: Captured
             )
         else:
             after.append(_create_view(view, replace=False))
+        after.append(revoke_every_grant(conn, view.schema, view.name))
         after += _view_extras(view)
+    for policy in policies_over(conn, compat):
+        table = sql.Identifier(policy.schema, policy.table)
+        # While the views are dropped and the tables moved back (one transaction: nobody sees it) the
+        # policy reads nothing; then it reads the old name again, now the restored table.
+        before.append(_alter_policy(policy, table, policy.using and "false", policy.check and "false"))
+        after.append(_alter_policy(policy, table, policy.using, policy.check))
     if captured is None:
         return RollbackStatements(before, after)
     for fk in captured.foreign_keys:

@@ -27,6 +27,10 @@ CREATE TABLE public.decision_notes (
   note text
 );
 INSERT INTO public.decision_notes (decision_id, note) SELECT decision_id, 'note' FROM public.content_metadata LIMIT 50;
+INSERT INTO public.decision_notes (decision_id, note) VALUES (md5('d7')::uuid, 'seven');  -- no post holds d7
+ALTER TABLE public.decision_notes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY notes_of_tweets ON public.decision_notes
+  USING (EXISTS (SELECT 1 FROM public.tweets t WHERE t.decision_id = decision_notes.decision_id));
 
 CREATE FUNCTION public.touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -54,6 +58,20 @@ def published(db: psycopg.Connection) -> list[tuple[str, str]]:
     return db.execute(
         "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = 'supabase_realtime' ORDER BY 1, 2"
     ).fetchall()
+
+
+def policy_reads(db: psycopg.Connection) -> list[tuple[str, str]]:
+    return db.execute(
+        "SELECT DISTINCT d.refobjid::regclass::text, c.relkind::text FROM pg_depend d"
+        " JOIN pg_policy p ON p.oid = d.objid JOIN pg_class c ON c.oid = d.refobjid"
+        " WHERE d.classid = 'pg_policy'::regclass AND p.polname = 'notes_of_tweets' AND c.relname = 'tweets'"
+    ).fetchall()
+
+
+def sees_note(db: psycopg.Connection, role: str, note: str) -> bool:
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        return one(db, "SELECT count(*) FROM decision_notes WHERE note = %s", note) == 1
 
 
 def referenced(db: psycopg.Connection) -> str:
@@ -106,7 +124,7 @@ def test_dependents_follow_the_rows_to_the_new_tables(dsn: str, db: psycopg.Conn
     assert one(db, "SELECT obj_description('public.recent_tweets'::regclass, 'pg_class')") == "the last tweets"
     # Foreign keys: re-pointed to the new table, and a cascade delete through it works.
     assert referenced(db) == "content_queue"
-    decision = one(db, "SELECT decision_id FROM decision_notes LIMIT 1")
+    decision = one(db, "SELECT decision_id FROM decision_notes WHERE note = 'note' LIMIT 1")
     db.execute("DELETE FROM content_queue WHERE decision_id = %s", (decision,))
     assert one(db, "SELECT count(*) FROM decision_notes WHERE decision_id = %s", decision) == 0
     assert one(db, "SELECT convalidated FROM pg_constraint WHERE conname = 'decision_notes_decision_id_fkey'")
@@ -133,6 +151,13 @@ def test_dependents_follow_the_rows_to_the_new_tables(dsn: str, db: psycopg.Conn
     ]
     # Publications: the new tables are published where the old ones were, the archive no longer.
     assert published(db) == [("public", "content_queue"), ("public", "posted_content")]
+    # Policies: another table's policy reads the old name (the view over the new rows), not the archive.
+    assert policy_reads(db) == [("tweets", "v")]
+    db.execute(sql.SQL("GRANT SELECT ON decision_notes, tweets, posted_content TO {}").format(sql.Identifier(reader)))
+    db.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(reader)))
+    assert not sees_note(db, reader, "seven")
+    db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t-7', md5('d7')::uuid, 'now posted')")
+    assert sees_note(db, reader, "seven")
 
 
 def test_rollback_after_cleanup_puts_every_dependent_back(dsn: str, db: psycopg.Connection, reader: str) -> None:
@@ -154,6 +179,7 @@ def test_rollback_after_cleanup_puts_every_dependent_back(dsn: str, db: psycopg.
         for statement in steps.after_restore:
             db.execute(statement)
     assert referenced(db) == "content_metadata"
+    assert policy_reads(db) == [("tweets", "r")]
     assert published(db) == [("public", "content_metadata"), ("public", "posts"), ("public", "tweets")]
     assert (
         one(db, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.content_queue'::regclass AND tgname = 'touch'")
