@@ -57,8 +57,12 @@ class CatalogColumn:
     not_null: bool
     default: str | None  # pg_get_expr of the column default (never an identity or generation expression)
     identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
-    generated: bool
+    generation: str | None  # the expression of a generated column
     sequence: str | None  # the identity column's sequence, qualified
+
+    @property
+    def generated(self) -> bool:
+        return self.generation is not None
 
 
 def catalog_columns(conn: psycopg.Connection, schema: str, table: str) -> list[CatalogColumn]:
@@ -67,7 +71,8 @@ def catalog_columns(conn: psycopg.Connection, schema: str, table: str) -> list[C
         rows = conn.execute(
             "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid::int, a.attnotnull,"
             " CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END,"
-            " a.attidentity::text, a.attgenerated <> '',"
+            " a.attidentity::text,"
+            " CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END,"
             " CASE WHEN a.attidentity <> '' THEN pg_catalog.pg_get_serial_sequence("
             "pg_catalog.format('%%I.%%I', %s::text, %s::text), a.attname) END"
             " FROM pg_catalog.pg_attribute a"
@@ -206,7 +211,19 @@ def default_statements(view: CompatView) -> list[sql.Composable]:
 
 def _writable(view: CompatView) -> list[ViewColumn]:
     """Columns a write carries to the new table: fed, and neither side computed by PostgreSQL."""
-    return [c for c in view.columns if c.new is not None and not c.old.generated and not c.new.generated]
+    return [c for c in view.columns if c.new is not None and not c.new.generated]
+
+
+def _computed(view: CompatView) -> sql.Composable:
+    """Old generated columns the new table stores plainly: computed from NEW with the old expression
+    (its bare column names read the old row), as the old table computed them."""
+    return sql.SQL("").join(
+        sql.SQL("NEW.{} := (SELECT ({}) FROM (SELECT NEW.*) AS old_row);\n    ").format(
+            sql.Identifier(c.old.name), sql.SQL(c.old.generation)
+        )
+        for c in _writable(view)
+        if c.old.generated
+    )
 
 
 def _incoming(view: CompatView, convert: Converter, column: ViewColumn) -> sql.Composable:
@@ -343,13 +360,14 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
         "#variable_conflict use_column\n"
         "DECLARE\n  inside boolean;\n"
         "BEGIN\n"
-        "  IF TG_OP = 'INSERT' THEN\n    {insert}\n    {check}\n    RETURN NEW;\n"
-        "  ELSIF TG_OP = 'UPDATE' THEN\n    {update}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
+        "  IF TG_OP = 'INSERT' THEN\n    {computed}{insert}\n    {check}\n    RETURN NEW;\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n    {computed}{update}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
         "    {check}\n    RETURN NEW;\n"
         "  ELSE\n    {delete}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n    RETURN OLD;\n"
         "  END IF;\n"
         "END"
     ).format(
+        computed=_computed(view),
         insert=_insert(view, convert),
         update=_update(view, convert),
         delete=_delete(view, convert),

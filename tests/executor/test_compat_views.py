@@ -302,6 +302,7 @@ columns = [
   { name = "id", type = "bigint", nullable = false },
   { name = "name", type = "text", nullable = false },
   { name = "made_at", type = "timestamptz", nullable = false, default = "now()" },
+  { name = "label", type = "text" },
 ]
 
   [[tables.sources]]
@@ -310,10 +311,13 @@ columns = [
 """
 
 
-def test_an_identity_the_plan_keeps_numbers_on_through_the_view(dsn: str, db: psycopg.Connection, tmp_path) -> None:
+def test_identity_and_generated_columns_the_plan_keeps_work_through_the_view(
+    dsn: str, db: psycopg.Connection, tmp_path
+) -> None:
     db.execute(
         "CREATE TABLE public.widgets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,"
-        " made_at timestamp NOT NULL DEFAULT '2026-06-01 12:00')"
+        " made_at timestamp NOT NULL DEFAULT '2026-06-01 12:00',"
+        " label text GENERATED ALWAYS AS (upper(name) || '-' || id) STORED)"
     )
     db.execute("INSERT INTO public.widgets (name) SELECT 'w' || i FROM generate_series(1, 20) i")
     path = tmp_path / "dualshift.toml"
@@ -324,13 +328,19 @@ def test_an_identity_the_plan_keeps_numbers_on_through_the_view(dsn: str, db: ps
         ("id", "bigint"),
         ("name", "text"),
         ("made_at", "timestamp without time zone"),
+        ("label", "text"),
     ]
     new_id, made_at = db.execute("INSERT INTO widgets (name) VALUES ('fresh') RETURNING id, made_at").fetchone()
     assert new_id == 21  # the old identity's next value, no clash with the carried rows
     assert str(made_at) == "2026-06-01 12:00:00"  # the old default, in the old type
     assert one(db, "SELECT made_at FROM gadgets WHERE id = 21").isoformat() == "2026-06-01T12:00:00+00:00"
-    assert db.execute("UPDATE widgets SET name = 'renamed' WHERE id = 21 RETURNING id").fetchone() == (21,)
-    assert one(db, "SELECT name FROM gadgets WHERE id = 21") == "renamed"
+    assert db.execute("UPDATE widgets SET name = 'renamed' WHERE id = 21 RETURNING id, label").fetchone() == (
+        21,
+        "RENAMED-21",
+    )
+    # The old generated column is computed as the old table computed it, though the new table stores it.
+    assert db.execute("SELECT name, label FROM gadgets WHERE id = 21").fetchone() == ("renamed", "RENAMED-21")
+    assert one(db, "SELECT label FROM widgets WHERE id = 3") == "W3-3"  # carried by backfill
 
 
 def test_a_key_an_earlier_partition_holds_is_a_named_duplicate(xbot: Plan, db: psycopg.Connection) -> None:
