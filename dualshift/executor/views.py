@@ -25,6 +25,7 @@ from psycopg import sql
 
 from dualshift.executor import names
 from dualshift.executor.catalog import SourceMapping
+from dualshift.executor.connection import ExecutorError
 from dualshift.plan import NewTable, Plan, Source
 
 PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
@@ -156,10 +157,10 @@ def describe(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> Co
     table, source = mapping.table, mapping.source
     old_columns = catalog_columns(conn, plan.archive_schema, source.table)
     if not old_columns:
-        raise LookupError(f"{plan.archive_schema}.{source.table} does not exist: move the old table there first")
+        raise ExecutorError(f"{plan.archive_schema}.{source.table} does not exist: move the old table there first")
     new_columns = catalog_columns(conn, plan.target_schema, table.name)
     if not new_columns:
-        raise LookupError(f"{plan.target_schema}.{table.name} does not exist: promote the new table there first")
+        raise ExecutorError(f"{plan.target_schema}.{table.name} does not exist: promote the new table there first")
     by_name = {c.name: c for c in new_columns}
     fed = table.column_mapping(source.table)
     columns = tuple(ViewColumn(c, by_name.get(fed[c.name]) if c.name in fed else None) for c in old_columns)
@@ -210,7 +211,7 @@ def default_statements(view: CompatView) -> list[sql.Composable]:
 
 
 def _writable(view: CompatView) -> list[ViewColumn]:
-    """Columns a write carries to the new table: fed, and neither side computed by PostgreSQL."""
+    """Columns a write carries to the new table: fed, and not computed by the new table itself."""
     return [c for c in view.columns if c.new is not None and not c.new.generated]
 
 
