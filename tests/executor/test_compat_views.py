@@ -73,6 +73,13 @@ def xbot(dsn: str, db: psycopg.Connection) -> Plan:
     plan = load_plan(PLAN)
     # Old types that differ from the plan's: old code compares decision_id with text, reads a naive timestamp.
     db.execute("ALTER TABLE posts ALTER COLUMN decision_id TYPE text, ALTER COLUMN posted_at TYPE timestamp")
+    # A mixed-case enum where the new table has text.
+    db.execute(
+        """CREATE TYPE public."PostStatus" AS ENUM ('queued', 'posted', 'failed');
+        ALTER TABLE content_metadata ALTER COLUMN status DROP DEFAULT,
+          ALTER COLUMN status TYPE public."PostStatus" USING status::public."PostStatus",
+          ALTER COLUMN status SET DEFAULT 'queued'"""
+    )
     mappings = filled(dsn, plan)
     move(db, plan, mappings)
     return plan
@@ -91,6 +98,9 @@ def test_each_view_has_the_old_columns_types_and_order(xbot: Plan, db: psycopg.C
     naive = one(db, "SELECT posted_at FROM posts WHERE decision_id = %s::text", str(decision))
     assert naive.tzinfo is None
     assert naive == one(db, "SELECT posted_at AT TIME ZONE 'UTC' FROM posted_content WHERE decision_id = %s", decision)
+    assert ("status", '"PostStatus"') in shape(db, "public", "content_metadata")
+    posted = one(db, """SELECT count(*) FROM content_metadata WHERE status = 'posted'::"PostStatus" """)
+    assert posted == one(db, "SELECT count(*) FROM content_queue WHERE status = 'posted'") > 0
 
 
 def test_each_old_name_shows_its_own_rows(xbot: Plan, db: psycopg.Connection) -> None:
@@ -163,6 +173,8 @@ def test_inserts_through_a_view_add_the_source_constants_and_return_the_old_row(
     ).fetchone()
     assert decision_type == "single" and decision_id is not None
     assert one(db, "SELECT status FROM content_queue WHERE decision_id = %s", decision_id) == "queued"
+    db.execute("UPDATE content_metadata SET status = 'failed' WHERE decision_id = %s", (decision_id,))
+    assert one(db, "SELECT status FROM content_queue WHERE decision_id = %s", decision_id) == "failed"
     # An old text column takes text, lands as uuid, and comes back as text.
     text_id = str(uuid.uuid4())
     returned = one(

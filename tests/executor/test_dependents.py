@@ -51,6 +51,7 @@ END $$;
 CREATE TRIGGER log_tweet AFTER INSERT ON public.tweets FOR EACH ROW EXECUTE FUNCTION public.log_tweet();
 
 CREATE PUBLICATION supabase_realtime FOR TABLE public.tweets, public.posts, public.content_metadata;
+CREATE PUBLICATION topics_only FOR TABLE public.posts WHERE (topic IS NOT NULL) WITH (publish = 'insert');
 """
 
 
@@ -151,6 +152,13 @@ def test_dependents_follow_the_rows_to_the_new_tables(dsn: str, db: psycopg.Conn
     ]
     # Publications: the new tables are published where the old ones were, the archive no longer.
     assert published(db) == [("public", "content_queue"), ("public", "posted_content")]
+    # A row filter is not widened to the whole new table: a person decides.
+    assert "publication topics_only publishes public.posts with a column list or row filter: add posted_content" in (
+        " ".join(captured.needs_decision)
+    )
+    assert db.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = 'topics_only'"
+    ).fetchall() == [("archive_xbot", "posts")]
     # Policies: another table's policy reads the old name (the view over the new rows), not the archive.
     assert policy_reads(db) == [("tweets", "v")]
     db.execute(sql.SQL("GRANT SELECT ON decision_notes, tweets, posted_content TO {}").format(sql.Identifier(reader)))
