@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from dualshift.executor import names
 from dualshift.executor.catalog import SourceMapping
@@ -41,7 +41,9 @@ def qualified_names(conn: psycopg.Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (previous,))
+        # In a failed transaction the setting is undone with it; a query now would hide the first error.
+        if conn.info.transaction_status != pq.TransactionStatus.INERROR:
+            conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (previous,))
 
 
 def _zoned(column_type: str) -> bool | None:
