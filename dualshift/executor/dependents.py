@@ -35,7 +35,7 @@ from psycopg import sql
 
 from dualshift.executor import names
 from dualshift.executor.connection import ExecutorError
-from dualshift.executor.views import qualified_names, revoke_every_grant
+from dualshift.executor.views import catalog_columns, qualified_names, revoke_every_grant
 from dualshift.plan import Plan
 
 # pg_trigger.tgtype bits
@@ -345,6 +345,10 @@ def _foreign_keys(conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str
         if set(new_columns) not in keys:
             refused.append(f"{where}: {new_table} ({', '.join(new_columns)}) is not a unique key of the new table")
             continue
+        clash = _type_clashes(conn, (schema, table, columns), (plan.new_schema, new_table, new_columns))
+        if clash:
+            refused.append(f"{where}: {clash}")
+            continue
         if cols:
             refused.append(f"{where}: ON DELETE SET NULL/DEFAULT with a column list; re-point it by hand")
             continue
@@ -369,6 +373,28 @@ def _foreign_keys(conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str
             "cleanup cannot re-point these foreign keys to the new tables (nothing was changed): " + "; ".join(refused)
         )
     return found
+
+
+COMPARABLE = """
+SELECT %(fk)s::oid = %(pk)s::oid
+  OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast
+             WHERE castsource = %(fk)s::oid AND casttarget = %(pk)s::oid AND castcontext = 'i')
+  OR EXISTS (SELECT 1 FROM pg_catalog.pg_amop o JOIN pg_catalog.pg_am m ON m.oid = o.amopmethod
+             WHERE m.amname = 'btree' AND o.amopstrategy = 3 AND o.amoplefttype = %(pk)s::oid AND o.amoprighttype = %(fk)s::oid)
+"""
+
+
+def _type_clashes(conn: psycopg.Connection, referencing: tuple, referenced: tuple) -> str | None:
+    """Why PostgreSQL could not compare the referencing columns with the new key (as it decides: the same
+    type, an implicit cast, or a cross-type btree equality), or None."""
+    (schema, table, columns), (new_schema, new_table, new_columns) = referencing, referenced
+    have = {c.name: c for c in catalog_columns(conn, schema, table)}
+    want = {c.name: c for c in catalog_columns(conn, new_schema, new_table)}
+    for column, new_column in zip(columns, new_columns, strict=True):
+        fk, pk = have[column], want[new_column]
+        if not conn.execute(COMPARABLE, {"fk": fk.type_oid, "pk": pk.type_oid}).fetchone()[0]:
+            return f"{table}.{column} is {fk.type} and {new_table}.{new_column} is {pk.type}: change one of them first"
+    return None
 
 
 def _add_foreign_key(fk: ForeignKey, target: sql.Composable, columns: sql.Composable) -> list[sql.Composable]:

@@ -210,6 +210,7 @@ def test_rollback_after_cleanup_puts_every_dependent_back(dsn: str, db: psycopg.
     [
         ("REFERENCES public.tweets (tweet_id)", r"posted_content \(tweet_id\) is not a unique key of the new table"),
         ("REFERENCES public.content_metadata (id)", "the plan drops id"),
+        ("REFERENCES public.posts (decision_id)", "pointer.ref is text and posted_content.decision_id is uuid"),
     ],
 )
 def test_a_foreign_key_that_cannot_follow_is_refused_by_name(
@@ -217,7 +218,9 @@ def test_a_foreign_key_that_cannot_follow_is_refused_by_name(
 ) -> None:
     plan = load_plan(PLAN)
     filled(dsn, plan)
-    column_type = "text" if "tweet_id" in constraint else "bigint"
+    # posts.decision_id is text in this database; the plan makes it uuid.
+    db.execute("ALTER TABLE posts ALTER COLUMN decision_id TYPE text")
+    column_type = "bigint" if "(id)" in constraint else "text"
     db.execute(f"CREATE TABLE public.pointer (ref {column_type} CONSTRAINT pointer_ref_fkey {constraint})")
     with pytest.raises(dependents.DependentsRefused, match=f"foreign key pointer_ref_fkey of public.pointer .*{why}"):
         dependents.capture(db, plan)
