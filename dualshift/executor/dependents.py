@@ -43,6 +43,7 @@ ROW, BEFORE, INSERT, DELETE, UPDATE, TRUNCATE, INSTEAD = 1, 2, 4, 8, 16, 32, 64
 FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 ROW_REFERENCE = re.compile(r'\b(?:new|old)\s*\.\s*("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)', re.IGNORECASE)
 STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 # A body with one of these does more than set fields of NEW: a person decides where it belongs now.
 SIDE_EFFECTS = re.compile(r"\b(insert|update|delete|execute|perform|copy|notify|merge|call)\b", re.IGNORECASE)
 
@@ -449,7 +450,7 @@ def _judge_trigger(tgtype: int, language: str, body: str, definition: str, colum
         return False, "only row-level BEFORE INSERT/UPDATE triggers are carried over"
     if language != "plpgsql":
         return False, f"its function is in {language}, which dualshift does not read"
-    if SIDE_EFFECTS.search(STRING_LITERAL.sub("''", body)):
+    if SIDE_EFFECTS.search(COMMENT.sub(" ", STRING_LITERAL.sub("''", body))):
         return False, "its function writes elsewhere or runs dynamic SQL (a business rule): decide where it belongs"
     missing = (_row_references(body) | _row_references(definition) | columns) - new_columns
     if missing:

@@ -34,7 +34,7 @@ CREATE POLICY notes_of_tweets ON public.decision_notes
 
 CREATE FUNCTION public.touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  NEW.updated_at := now();
+  NEW.updated_at := now();  -- update the timestamp (a comment, not a statement)
   RETURN NEW;
 END $$;
 CREATE TRIGGER touch BEFORE UPDATE ON public.content_metadata
