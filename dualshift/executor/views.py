@@ -1,49 +1,500 @@
 """The compatibility views `cleanup` leaves under every old table name.
 
+A view under an old name looks like the old table: the old columns, in the old order, with the old
+names, types and defaults (columns the plan dropped read NULL), over only the rows of its source
+where the sources are partitions of the new table. It runs as the caller (security_invoker), and
+INSTEAD OF triggers carry writes through it to the new table: values cast from the old types to the
+new, the source's constants added, updates and deletes kept inside the source's partition, and the
+written row handed back in the old shape so `RETURNING` works. Where the plan says
+`view_writes = "refuse"`, the trigger refuses every write, naming the view and the setting.
+
 `compat_view_statements` is the one entry point `cleanup` calls, inside its transaction, after the
-old tables have moved to the archive and the new tables to the target schema.
+old tables have moved to the archive and the new tables to the target schema. It only reads the
+catalog; the statements it returns are for the caller to run.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
+from dualshift.executor import names
 from dualshift.executor.catalog import SourceMapping
-from dualshift.plan import Plan
+from dualshift.executor.connection import ExecutorError
+from dualshift.plan import NewTable, Plan, Source
+
+PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
+TIMESTAMP_TYPE = re.compile(r"^timestamp(?:\(\d+\))? (with|without) time zone$")
 
 
-def view_statement(plan: Plan, mapping: SourceMapping) -> sql.Composable:
-    """The old name over the new table, new columns shown under their old names."""
-    source, table = mapping.source, mapping.table
-    columns = sql.SQL(", ").join(
-        sql.SQL("{} AS {}").format(sql.Identifier(new), sql.Identifier(old))
-        for old, new in table.column_mapping(source.table).items()
+@contextmanager
+def qualified_names(conn: psycopg.Connection) -> Iterator[None]:
+    """Catalog text (format_type, pg_get_expr, pg_get_viewdef) read under `pg_catalog, pg_temp`, so every
+    name in it comes out schema-qualified and stays right whatever search_path later runs it."""
+    previous = conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()[0]
+    conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (PINNED_SEARCH_PATH,))
+    try:
+        yield
+    finally:
+        # In a failed transaction the setting is undone with it; a query now would hide the first error.
+        if conn.info.transaction_status != pq.TransactionStatus.INERROR:
+            conn.execute("SELECT pg_catalog.set_config('search_path', %s, false)", (previous,))
+
+
+def _zoned(column_type: str) -> bool | None:
+    """True for timestamptz, False for timestamp, None for any other type (typmods included)."""
+    found = TIMESTAMP_TYPE.match(column_type)
+    return None if found is None else found.group(1) == "with"
+
+
+@dataclass(frozen=True)
+class CatalogColumn:
+    name: str
+    type: str  # format_type, qualified where the type is not in pg_catalog
+    type_oid: int
+    not_null: bool
+    default: str | None  # pg_get_expr of the column default (never an identity or generation expression)
+    identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
+    generation: str | None  # the expression of a generated column
+    sequence: str | None  # the identity column's sequence, qualified
+
+    @property
+    def generated(self) -> bool:
+        return self.generation is not None
+
+
+def catalog_columns(conn: psycopg.Connection, schema: str, table: str) -> list[CatalogColumn]:
+    """A relation's columns in their order, read under the pinned search_path."""
+    with qualified_names(conn):
+        rows = conn.execute(
+            "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid::int, a.attnotnull,"
+            " CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END,"
+            " a.attidentity::text,"
+            " CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END,"
+            " CASE WHEN a.attidentity <> '' THEN pg_catalog.pg_get_serial_sequence("
+            "pg_catalog.format('%%I.%%I', %s::text, %s::text), a.attname) END"
+            " FROM pg_catalog.pg_attribute a"
+            " LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+            " WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))"
+            " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (schema, table, schema, table),
+        ).fetchall()
+    return [CatalogColumn(*row) for row in rows]
+
+
+def _has_cast(conn: psycopg.Connection, source_oid: int, target_oid: int) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_cast WHERE castsource = %s AND casttarget = %s)",
+            (source_oid, target_oid),
+        ).fetchone()[0]
     )
-    return sql.SQL("CREATE VIEW {} WITH (security_invoker = true) AS SELECT {} FROM {}").format(
-        sql.Identifier(source.schema, source.table), columns, sql.Identifier(plan.target_schema, table.name)
+
+
+class Converter:
+    """SQL that turns a value of one column's type into another's: the same type untouched, `timestamp` ↔
+    `timestamptz` through the plan's time zone, a cast where PostgreSQL has one, else through text."""
+
+    def __init__(self, conn: psycopg.Connection, timezone: str) -> None:
+        self.conn = conn
+        self.timezone = timezone
+
+    def convert(self, value: sql.Composable, source: CatalogColumn, target: CatalogColumn) -> sql.Composable:
+        if source.type == target.type:
+            return value
+        zone = sql.Literal(self.timezone)
+        # timestamp → timestamptz reads the naive value in the plan's zone; timestamptz → timestamp shows it there.
+        if {_zoned(source.type), _zoned(target.type)} == {False, True}:
+            value = sql.SQL("({} AT TIME ZONE {})").format(value, zone)
+        elif source.type_oid != target.type_oid and not _has_cast(self.conn, source.type_oid, target.type_oid):
+            value = sql.SQL("CAST({} AS pg_catalog.text)").format(value)
+        return sql.SQL("CAST({} AS {})").format(value, sql.SQL(target.type))
+
+
+@dataclass(frozen=True)
+class ViewColumn:
+    """One column of a compatibility view: the old column and the new column that feeds it (None: NULL)."""
+
+    old: CatalogColumn
+    new: CatalogColumn | None
+
+
+@dataclass(frozen=True)
+class CompatView:
+    plan: Plan
+    table: NewTable
+    source: Source
+    columns: tuple[ViewColumn, ...]
+    new_columns: tuple[CatalogColumn, ...]
+    predicate: str | None
+
+    @property
+    def view(self) -> sql.Identifier:
+        return sql.Identifier(self.source.schema, self.source.table)
+
+    @property
+    def new_table(self) -> sql.Identifier:
+        return sql.Identifier(self.plan.target_schema, self.table.name)
+
+    @property
+    def function(self) -> sql.Identifier:
+        return sql.Identifier(names.PRIVATE_SCHEMA, names.fit("compat", self.source.schema, self.source.table))
+
+    @property
+    def trigger(self) -> sql.Identifier:
+        return sql.Identifier(names.fit("dualshift_compat_write", self.source.table))
+
+    @property
+    def view_name(self) -> str:
+        return f"{self.source.schema}.{self.source.table}"
+
+
+def describe(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> CompatView:
+    """The view's shape: every column of the archived old table and the new column it reads, if any."""
+    table, source = mapping.table, mapping.source
+    old_columns = catalog_columns(conn, plan.archive_schema, source.table)
+    if not old_columns:
+        raise ExecutorError(f"{plan.archive_schema}.{source.table} does not exist: move the old table there first")
+    new_columns = catalog_columns(conn, plan.target_schema, table.name)
+    if not new_columns:
+        raise ExecutorError(f"{plan.target_schema}.{table.name} does not exist: promote the new table there first")
+    by_name = {c.name: c for c in new_columns}
+    fed = table.column_mapping(source.table)
+    columns = tuple(ViewColumn(c, by_name.get(fed[c.name]) if c.name in fed else None) for c in old_columns)
+    return CompatView(plan, table, source, columns, tuple(new_columns), table.partition_predicate(source.table))
+
+
+def _read_list(view: CompatView, convert: Converter, alias: str | None) -> sql.Composable:
+    """The old row built from a new-table row: each old column cast back to its old type, or a typed NULL."""
+    parts = []
+    for column in view.columns:
+        if column.new is None:
+            value = sql.SQL("CAST(NULL AS {})").format(sql.SQL(column.old.type))
+        else:
+            ref = sql.Identifier(alias, column.new.name) if alias else sql.Identifier(column.new.name)
+            value = convert.convert(ref, column.new, column.old)
+        parts.append(sql.SQL("{} AS {}").format(value, sql.Identifier(column.old.name)))
+    return sql.SQL(", ").join(parts)
+
+
+def view_statement(view: CompatView, convert: Converter) -> sql.Composable:
+    statement = sql.SQL("CREATE VIEW {} WITH (security_invoker = true) AS SELECT {} FROM {} AS n").format(
+        view.view, _read_list(view, convert, "n"), view.new_table
     )
+    if view.predicate:
+        statement = sql.SQL("{} WHERE ({})").format(statement, sql.SQL(view.predicate))
+    return statement
+
+
+def default_statements(view: CompatView) -> list[sql.Composable]:
+    """The old table's defaults on the view, so an INSERT that leaves a column out gets what it got before.
+    Only columns the new table still reads: a dropped column's default (an archived sequence) has no use."""
+    statements = []
+    for column in view.columns:
+        if column.new is None:
+            continue
+        if column.old.default is not None:
+            default: sql.Composable = sql.SQL(column.old.default)
+        elif column.old.sequence is not None:  # an identity the plan keeps: the old numbering goes on
+            default = sql.SQL("pg_catalog.nextval({}::pg_catalog.regclass)").format(sql.Literal(column.old.sequence))
+        else:
+            continue
+        statements.append(
+            sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
+                view.view, sql.Identifier(column.old.name), default
+            )
+        )
+    return statements
+
+
+def _writable(view: CompatView) -> list[ViewColumn]:
+    """Columns a write carries to the new table: fed, and not computed by the new table itself."""
+    return [c for c in view.columns if c.new is not None and not c.new.generated]
+
+
+def _computed(view: CompatView) -> sql.Composable:
+    """Old generated columns the new table stores plainly: computed from NEW with the old expression
+    (its bare column names read the old row), as the old table computed them."""
+    return sql.SQL("").join(
+        sql.SQL("NEW.{} := (SELECT ({}) FROM (SELECT NEW.*) AS old_row);\n    ").format(
+            sql.Identifier(c.old.name), sql.SQL(c.old.generation)
+        )
+        for c in _writable(view)
+        if c.old.generated
+    )
+
+
+def _incoming(view: CompatView, convert: Converter, column: ViewColumn) -> sql.Composable:
+    """NEW's value in the new type; a NOT NULL new column with a default takes the default for a NULL."""
+    value = convert.convert(sql.SQL("NEW.{}").format(sql.Identifier(column.old.name)), column.old, column.new)
+    if column.new.not_null and column.new.default is not None:
+        value = sql.SQL("COALESCE({}, {})").format(value, sql.SQL(column.new.default))
+    return value
+
+
+def _constants(view: CompatView) -> list[tuple[sql.Composable, sql.Composable]]:
+    by_name = {c.name: c for c in view.new_columns}
+    return [
+        (sql.Identifier(name), sql.SQL("CAST({} AS {})").format(sql.Literal(value), sql.SQL(by_name[name].type)))
+        for name, value in view.source.constants.items()
+        if name in by_name
+    ]
+
+
+def _returning(view: CompatView, convert: Converter) -> sql.Composable:
+    """RETURNING the written row in the old shape into NEW, and whether it is inside this view's rows."""
+    inside = sql.SQL("COALESCE(({}), false)").format(sql.SQL(view.predicate or "true"))
+    targets = sql.SQL(", ").join(sql.SQL("NEW.{}").format(sql.Identifier(c.old.name)) for c in view.columns)
+    return sql.SQL("RETURNING {}, {} INTO inside, {}").format(inside, _read_list(view, convert, None), targets)
+
+
+def _key_match(view: CompatView, convert: Converter) -> sql.Composable:
+    """The new-table row behind OLD: the table's key, matched in the new types (so its index serves)."""
+    feeding = {c.new.name: c for c in view.columns if c.new is not None}
+    parts = []
+    for key in view.table.key:
+        column = feeding.get(key)
+        if column is None:  # the key is a constant of this source
+            value = _constant_value(view, key)
+        else:
+            value = convert.convert(sql.SQL("OLD.{}").format(sql.Identifier(column.old.name)), column.old, column.new)
+        parts.append(sql.SQL("n.{} = {}").format(sql.Identifier(key), value))
+    if view.predicate:
+        parts.append(sql.SQL("({})").format(sql.SQL(view.predicate)))
+    return sql.SQL(" AND ").join(parts)
+
+
+def _constant_value(view: CompatView, column: str) -> sql.Composable:
+    for name, value in _constants(view):
+        if name == sql.Identifier(column):
+            return value
+    raise ValueError(f"{view.table.name}.{column}: neither fed nor a constant of {view.source.table}")
+
+
+def _insert(view: CompatView, convert: Converter) -> sql.Composable:
+    """INSERT of NEW into the new table; an identity column left NULL is left to the new table."""
+    carried = _writable(view)
+    identity = next((c for c in carried if c.new.identity), None)
+
+    def statement(columns: list[ViewColumn]) -> sql.Composable:
+        names_ = [sql.Identifier(c.new.name) for c in columns] + [n for n, _ in _constants(view)]
+        values = [_incoming(view, convert, c) for c in columns] + [v for _, v in _constants(view)]
+        overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if any(c.new.identity == "a" for c in columns) else sql.SQL("")
+        return sql.SQL("INSERT INTO {} AS n ({}){} VALUES ({}){} {};").format(
+            view.new_table,
+            sql.SQL(", ").join(names_),
+            overriding,
+            sql.SQL(", ").join(values),
+            _takeover(view, names_),
+            _returning(view, convert),
+        )
+
+    if identity is None:
+        insert = statement(carried)
+    else:
+        insert = sql.SQL("IF NEW.{} IS NULL THEN\n      {}\n    ELSE\n      {}\n    END IF;").format(
+            sql.Identifier(identity.old.name), statement([c for c in carried if c is not identity]), statement(carried)
+        )
+    if not _later_partitions(view):
+        return insert
+    message = (
+        f"dualshift: duplicate key ({', '.join(view.table.key)}) written through view {view.view_name}:"
+        f" {view.plan.target_schema}.{view.table.name} holds it for {view.source.table} or a source listed before it"
+    )
+    return sql.SQL(
+        "{}\n    IF NOT FOUND THEN RAISE EXCEPTION USING ERRCODE = 'unique_violation', MESSAGE = {}; END IF;"
+    ).format(insert, sql.Literal(message))
+
+
+def _later_partitions(view: CompatView) -> list[str]:
+    """Predicates of the sources after this one, where the sources are partitions of the new table."""
+    if view.table.sources_are != "partitions":
+        return []
+    position = [s.table for s in view.table.sources].index(view.source.table)
+    return [view.table.partition_predicate(s.table) for s in view.table.sources[position + 1 :]]
+
+
+def _takeover(view: CompatView, columns: list[sql.Composable]) -> sql.Composable:
+    """A key a later source holds passes to this one, as backfill's precedence has it (the first source
+    wins); a key this source or an earlier one holds stays a duplicate, as it was in the old table."""
+    later = _later_partitions(view)
+    if not later:
+        return sql.SQL("")
+    # The predicates name bare columns, ambiguous beside EXCLUDED: read them over the existing row alone.
+    return sql.SQL(
+        " ON CONFLICT ({}) DO UPDATE SET {} WHERE EXISTS (SELECT FROM (SELECT n.*) AS held WHERE {})"
+    ).format(
+        sql.SQL(", ").join(map(sql.Identifier, view.table.key)),
+        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns),
+        sql.SQL(" OR ").join(sql.SQL("COALESCE(({}), false)").format(sql.SQL(p)) for p in later),
+    )
+
+
+def _update(view: CompatView, convert: Converter) -> sql.Composable:
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(c.new.name), _incoming(view, convert, c)) for c in _writable(view)
+    )
+    return sql.SQL("UPDATE {} AS n SET {} WHERE {} {};").format(
+        view.new_table, assignments, _key_match(view, convert), _returning(view, convert)
+    )
+
+
+def _delete(view: CompatView, convert: Converter) -> sql.Composable:
+    return sql.SQL("DELETE FROM {} AS n WHERE {};").format(view.new_table, _key_match(view, convert))
+
+
+def _outside_error(view: CompatView) -> sql.Composable:
+    message = (
+        f"dualshift: the row written through view {view.view_name} falls outside the rows of source"
+        f" {view.source.table} in {view.plan.target_schema}.{view.table.name} ({view.predicate})"
+    )
+    return sql.SQL("RAISE EXCEPTION USING ERRCODE = 'check_violation', MESSAGE = {};").format(sql.Literal(message))
+
+
+def write_body(view: CompatView, convert: Converter) -> sql.Composable:
+    """plpgsql of the INSTEAD OF trigger: one branch per operation, each returning the row in the old shape."""
+    check = sql.SQL("IF NOT inside THEN {} END IF;").format(_outside_error(view))
+    return sql.SQL(
+        "#variable_conflict use_column\n"
+        "DECLARE\n  inside boolean;\n"
+        "BEGIN\n"
+        "  IF TG_OP = 'INSERT' THEN\n    {computed}{insert}\n    {check}\n    RETURN NEW;\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n    {computed}{update}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
+        "    {check}\n    RETURN NEW;\n"
+        "  ELSE\n    {delete}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n    RETURN OLD;\n"
+        "  END IF;\n"
+        "END"
+    ).format(
+        computed=_computed(view),
+        insert=_insert(view, convert),
+        update=_update(view, convert),
+        delete=_delete(view, convert),
+        check=check,
+    )
+
+
+def refuse_body(view: CompatView) -> sql.Composable:
+    message = (
+        f"dualshift: writes through the compatibility view {view.view_name} are refused:"
+        f' the plan sets view_writes = "refuse" for source {view.source.table} of {view.table.name}'
+    )
+    hint = f'write to {view.plan.target_schema}.{view.table.name} instead, or set view_writes = "allow" in {view.plan.path}'
+    return sql.SQL(
+        "BEGIN\n  RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = {} || ' (' || TG_OP || ')', HINT = {};\nEND"
+    ).format(sql.Literal(message), sql.Literal(hint))
+
+
+def trigger_statements(conn: psycopg.Connection, view: CompatView, convert: Converter) -> list[sql.Composable]:
+    """The INSTEAD OF trigger and its function (SECURITY INVOKER: the caller's rights and RLS on the new
+    table apply; search_path pinned, every name in the body qualified)."""
+    body = refuse_body(view) if view.source.view_writes == "refuse" else write_body(view, convert)
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.PRIVATE_SCHEMA)),
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER"
+            " SET search_path = pg_catalog, pg_temp AS {}"
+        ).format(view.function, sql.Literal(body.as_string(conn))),
+        sql.SQL(
+            "CREATE TRIGGER {} INSTEAD OF INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
+        ).format(view.trigger, view.view, view.function),
+    ]
+
+
+REVOKE_EVERY_GRANT = """DECLARE
+  holder text;
+BEGIN
+  FOR holder IN
+    SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END
+    FROM pg_catalog.pg_class c CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+    LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+    WHERE c.oid = pg_catalog.to_regclass({relation}) AND a.grantee <> c.relowner
+  LOOP
+    EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s', {relation}, holder);
+  END LOOP;
+END"""
+
+
+def revoke_every_grant(conn: psycopg.Connection, schema: str, name: str) -> sql.Composable:
+    """A DO block taking back every grant a relation has when it runs: what default privileges (Supabase's
+    `GRANT ALL … TO anon, authenticated, service_role`) gave a view the moment it was created."""
+    relation = sql.Literal(sql.Identifier(schema, name).as_string(conn))
+    return sql.SQL("DO {}").format(sql.Literal(sql.SQL(REVOKE_EVERY_GRANT).format(relation=relation).as_string(conn)))
+
+
+def _column_grants(conn: psycopg.Connection, archived_schema: str, schema: str, name: str) -> list[sql.Composable]:
+    """Column privileges of the old table (GRANT UPDATE (col) …) on the same columns of the view."""
+    rows = conn.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END,"
+        " a.privilege_type, a.is_grantable, t.attname"
+        " FROM pg_catalog.pg_attribute t JOIN pg_catalog.pg_class c ON c.oid = t.attrelid"
+        " CROSS JOIN LATERAL pg_catalog.aclexplode(t.attacl) a LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
+        " WHERE t.attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))"
+        " AND t.attnum > 0 AND NOT t.attisdropped AND a.grantee <> c.relowner ORDER BY t.attnum, 1, 2",
+        (archived_schema, name),
+    ).fetchall()
+    return [
+        sql.SQL("GRANT {} ({}) ON {} TO {}{}").format(
+            sql.SQL(privilege),
+            sql.Identifier(column),
+            sql.Identifier(schema, name),
+            sql.SQL(role),
+            sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL(""),
+        )
+        for role, privilege, grantable, column in rows
+        if privilege in ("SELECT", "INSERT", "UPDATE")
+    ]
 
 
 def _same_grants(conn: psycopg.Connection, archived_schema: str, schema: str, name: str) -> list[sql.Composable]:
-    """The view answers to the roles the old table answered to (the new table's rights apply beneath it)."""
-    owner = conn.execute("SELECT current_user").fetchone()[0]
+    """The view answers to the roles the old table answered to, with the same rights and never more (the
+    new table's rights and row-level security apply beneath it)."""
     rows = conn.execute(
-        "SELECT grantee, privilege_type FROM information_schema.role_table_grants"
-        " WHERE table_schema = ANY(%s) AND table_name = %s AND grantee <> %s ORDER BY 1, 2",
-        ([archived_schema, schema], name, owner),
+        "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END,"
+        " a.privilege_type, a.is_grantable"
+        " FROM pg_catalog.pg_class c CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a"
+        " LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
+        " WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))"
+        " AND a.grantee <> c.relowner ORDER BY 1, 2",
+        (archived_schema, name),
     ).fetchall()
     return [
-        sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(privilege), sql.Identifier(schema, name), sql.Identifier(role))
-        for role, privilege in rows
+        sql.SQL("GRANT {} ON {} TO {}{}").format(
+            sql.SQL(privilege),
+            sql.Identifier(schema, name),
+            sql.SQL(role),
+            sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL(""),
+        )
+        for role, privilege, grantable in rows
         if privilege in ("SELECT", "INSERT", "UPDATE", "DELETE")
     ]
 
 
 def compat_view_statements(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> list[sql.Composable]:
-    """Everything that makes the old name answer as before: the view and the old table's grants."""
-    source = mapping.source
+    """Everything that makes the old name answer as before: the view, the old defaults, the write
+    triggers and the old table's grants (every grant default privileges gave the new view taken back
+    first). Reads the archived old table and the promoted new table."""
+    view = describe(conn, plan, mapping)
+    convert = Converter(conn, plan.timezone)
     return [
-        view_statement(plan, mapping),
-        *_same_grants(conn, plan.archive_schema, source.schema, source.table),
+        view_statement(view, convert),
+        *default_statements(view),
+        *trigger_statements(conn, view, convert),
+        revoke_every_grant(conn, mapping.source.schema, mapping.source.table),
+        *_same_grants(conn, plan.archive_schema, mapping.source.schema, mapping.source.table),
+        *_column_grants(conn, plan.archive_schema, mapping.source.schema, mapping.source.table),
+    ]
+
+
+def drop_statements(plan: Plan, mapping: SourceMapping) -> list[sql.Composable]:
+    """What rollback after cleanup drops before the old table comes back: the view (its trigger goes with
+    it) and the trigger function."""
+    view = CompatView(plan, mapping.table, mapping.source, (), (), None)
+    return [
+        sql.SQL("DROP VIEW IF EXISTS {}").format(view.view),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(view.function),
     ]
