@@ -77,6 +77,11 @@ def options(
         "--accept-plan-change",
         help="Continue a migration whose plan changed since it started (recorded in the audit log).",
     ),
+    code: list[Path] = typer.Option(
+        [],
+        "--code",
+        help="A source tree the readiness gate checks before switch-reads above 0 and cleanup (repeatable).",
+    ),
 ) -> None:
     if not 1 <= lock_timeout_ms <= 600_000:
         raise fail(f"--lock-timeout-ms {lock_timeout_ms}: give a number of milliseconds from 1 to 600000")
@@ -89,7 +94,11 @@ def options(
         "lock_timeout_ms": lock_timeout_ms,
         "connect_timeout_s": connect_timeout_s,
         "accept_plan_change": accept_plan_change,
+        "code": tuple(code),
     }
+    for root in code:
+        if not root.is_dir():
+            raise fail(f"--code {root}: not a directory")
 
 
 def _executor(context: typer.Context, progress=None, skip_preflight: bool = False):
@@ -117,6 +126,7 @@ def _executor(context: typer.Context, progress=None, skip_preflight: bool = Fals
         timeouts=timeouts,
         accept_plan_change=settings["accept_plan_change"],
         skip_preflight=skip_preflight,
+        code_roots=settings.get("code", ()),
     )
     if progress is not None:
         executor.progress = progress
@@ -260,10 +270,17 @@ def switch_reads_command(
     context: typer.Context,
     percent: int = typer.Argument(..., help="Share of reads served from the new tables, 0-100."),
     table: str = typer.Option(None, "--table", help="Only this new table (default: all)."),
+    force: bool = typer.Option(False, "--force", help="Pass the readiness gate anyway (audited with its findings)."),
 ) -> None:
     """Set the read-from-new percentage the wrapper reads (within seconds, no restart). Above 0 only after a
-    passing verify; 0 is the instant rollback."""
-    _print(_perform(context, lambda e: e.switch_reads(percent, table)), context.obj["dry_run"])
+    passing verify, and, with --code, only when every write that can reach an old table is dual-written
+    or mirrored by the sync triggers; 0 is the instant rollback."""
+
+    def switch(executor) -> dict[str, Any]:
+        executor.force_unready = force
+        return executor.switch_reads(percent, table)
+
+    _print(_perform(context, switch), context.obj["dry_run"])
 
 
 @migrate_app.command("flags")
@@ -321,6 +338,46 @@ def reconcile_command(context: typer.Context) -> None:
     """When the state row disagrees with the catalog (a crash of an older dualshift between a commit and
     its state), record the earliest phase the catalog is consistent with. Changes no table."""
     _print(_perform(context, lambda e: e.reconcile()), False)
+
+
+@migrate_app.command("watch")
+def watch_command(
+    context: typer.Context,
+    interval: float = typer.Option(60.0, "--interval", help="Seconds between checks."),
+    once: bool = typer.Option(False, "--once", help="Check once (for cron): exit 1 on a breach."),
+    metrics_port: int = typer.Option(0, "--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:PORT."),
+) -> None:
+    """Watch the migration in flight: probes, sync drift, failed mirror writes, lock waits; on a breach of
+    the plan's [watch] thresholds, apply its action (reads back to the old tables by default), audited."""
+    from dualshift.executor import watch
+    from dualshift.executor.catalog import validate
+    from dualshift.executor.connection import ExecutorError
+
+    if interval <= 0:
+        raise fail(f"--interval {interval}: give a number of seconds above 0")
+    if not 0 <= metrics_port <= 65535:
+        raise fail(f"--metrics-port {metrics_port}: give a port from 1 to 65535 (0: no metrics)")
+    executor = _executor(context)
+    metrics = watch.Metrics() if metrics_port else None
+    if metrics is not None:
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            raise fail(f"--metrics-port {metrics_port}: {exc.strerror}") from None
+
+    def check_once() -> watch.Health:
+        health = watch.check(executor.conn, executor.plan, validate(executor.conn, executor.plan), interval)
+        watch.record(executor.conn, executor.plan, health)
+        return health
+
+    try:
+        health = watch.run(check_once, lambda h: watch.act(executor, h), interval, once, typer.echo, metrics)
+    except ExecutorError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("watch stopped (Ctrl-C); every check so far is recorded", 130) from None
+    if not health.healthy:
+        raise typer.Exit(1)
 
 
 @migrate_app.command("status")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import backfill, cleanup, create, faults, preflight, snapshot, sync, verify
+from dualshift.executor import backfill, cleanup, create, faults, preflight, snapshot, sync, verify, watch
 from dualshift.executor.catalog import SourceMapping, validate
 from dualshift.executor.connection import ExecutorError, Sink, Timeouts, advisory_lock, blockers, with_lock_retries
 from dualshift.executor.reconcile import ALL_BEFORE_CLEANUP, CatalogView, reconcile, rows_only_in_new
@@ -60,6 +60,8 @@ class Executor:
     progress: backfill.Progress = field(default=lambda label, done, total: None)
     timeouts: Timeouts = field(default_factory=Timeouts)
     accept_plan_change: bool = False
+    code_roots: tuple[Path, ...] = ()  # `--code ROOT`: the readiness gate reads these trees
+    force_unready: bool = False  # `--force`: pass the gate anyway (audited with what it found)
 
     def __post_init__(self) -> None:
         self.plan_hash = plan_hash(self.plan)
@@ -247,6 +249,7 @@ class Executor:
             last = last_verify(self.conn, self.key)
             if percent > 0 and not (last and last["passed"]):
                 raise ExecutorError("the last verify did not pass; run `dualshift migrate verify` until it does")
+            gate = self._gate("switch-reads") if percent > 0 else None
             scope = table or "*"
             sink.statements.append(f"-- flag {scope}.read_from_new_percent = {percent}")
 
@@ -256,9 +259,40 @@ class Executor:
                     self._record("switched" if _reading_new(self.conn) else "verified")
 
             self._commit("switch.committed", effect, "switch-reads")
-            return {"read_from_new_percent": percent, "scope": scope}
+            return {"read_from_new_percent": percent, "scope": scope, "readiness": gate}
 
         return self._run("switch-reads", ("verified", "switched"), body)
+
+    def _gate(self, phase: str) -> dict[str, Any]:
+        """The readiness gate: no write that can reach an old table may skip the wrapper, unless the sync
+        triggers mirror that table. Refuses with every blocking site; `--force` passes, audited."""
+        from dualshift.guard.readiness import assess_tree
+
+        if not self.code_roots:
+            return {"checked": False, "note": "no --code ROOT given: the code was not checked"}
+        readiness = assess_tree(self.code_roots, self.plan, sync.covered_tables(self.conn, self.plan))
+        sites = readiness.lines()
+        if sites and not self.force_unready:
+            raise ExecutorError(
+                f"{phase} refused: {len(sites)} write(s) can reach an old table around the dual-write wrapper"
+                f" ({'; '.join(sites)}); wrap them (`dualshift codemod wrap ROOT --plan PLAN`), or install the"
+                " sync triggers (`dualshift migrate backfill --sync triggers`), or pass --force (audited)"
+            )
+        if sites and not self.dry_run:
+            audit(self.conn, self.key, phase, "readiness gate forced", "ok", {"sites": sites}, [])
+        return {"checked": True, "ready": not sites, "forced": bool(sites), "sites": sites}
+
+    def readiness(self) -> dict[str, Any]:
+        """Per old table: ready, or what blocks it (for `status`)."""
+        from dualshift.guard.readiness import assess_tree
+
+        if not self.code_roots:
+            return {}
+        readiness = assess_tree(self.code_roots, self.plan, sync.covered_tables(self.conn, self.plan))
+        return {
+            table: "ready" if not found else f"{len(found)} write(s) around the wrapper"
+            for table, found in sorted(readiness.blockers.items())
+        }
 
     def set_flags(self, assignments: list[tuple[str, str, Any]]) -> dict[str, Any]:
         """`flags --set`: read_from_new_percent goes through switch-reads (same checks, same state);
@@ -407,6 +441,8 @@ class Executor:
             "catalog_agrees": phase in seen.phases,
             "tables": tables,
             "last_verify": last_verify(self.conn, self.key),
+            "readiness": self.readiness(),
+            "green_since": watch.green_since(self.conn, self.plan),
         }
 
     def reconcile(self) -> dict[str, Any]:

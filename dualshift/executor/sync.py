@@ -406,6 +406,11 @@ def _removal_statements(conn: psycopg.Connection, schema: str, name: str, is_sou
     return statements
 
 
+def covered_tables(conn: psycopg.Connection, plan: Plan) -> set[str]:
+    """The old tables whose writes the sync triggers mirror now (the readiness gate's safety net)."""
+    return {s.table for t in plan.tables for s in t.sources if _has_trigger(conn, s.schema, s.table)}
+
+
 def _has_trigger(conn: psycopg.Connection, schema: str, table: str) -> bool:
     return (
         conn.execute(
