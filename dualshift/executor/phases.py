@@ -95,9 +95,9 @@ class Executor:
 
         return self._run("backfill", ("created", "backfilled", "verified"), body)
 
-    def verify(self) -> dict[str, Any]:
+    def verify(self, incremental: bool = False) -> dict[str, Any]:
         def body(mappings, sink: Sink, current: str) -> dict:
-            report = verify.run(self.conn, self.plan, mappings)
+            report = verify.run(self.conn, self.plan, mappings, incremental=incremental, capture=not self.dry_run)
             if not self.dry_run:
                 self.conn.execute(
                     "INSERT INTO dualshift.verify_runs (plan, passed, report) VALUES (%s, %s, %s)",
