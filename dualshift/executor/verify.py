@@ -166,7 +166,9 @@ def _create_safe_helpers(conn: psycopg.Connection, casts: Sequence[Cast]) -> Non
                     .as_string(conn)
                 ),
                 lost_body=sql.Literal(
-                    sql.SQL("BEGIN RETURN {}; EXCEPTION WHEN OTHERS THEN RETURN TRUE; END").format(lost).as_string(conn)
+                    sql.SQL("BEGIN PERFORM CAST(v AS {}); RETURN {}; EXCEPTION WHEN OTHERS THEN RETURN TRUE; END")
+                    .format(sql.SQL(cast.new.name), lost)
+                    .as_string(conn)
                 ),
             )
         )
@@ -227,15 +229,8 @@ class Sides:
     # -- expected rows
 
     def _branch(self, mapping: SourceMapping, where: sql.Composable | None) -> sql.Composable:
-        exprs = dict(mapping.pairs)
         casts = self.casts[mapping.precedence]
-        values = []
-        for column in self.columns:
-            value = exprs.get(column, sql.SQL("NULL"))
-            if self.safe and column in casts:
-                fn = _ident("pg_temp", f"{PREFIX}cast_{casts[column].helper}")
-                value = sql.SQL("{}({})").format(fn, _ident("o", casts[column].old_column))
-            values.append(sql.SQL("{} AS {}").format(value, _ident(column)))
+        values = [sql.SQL("{} AS {}").format(self.value(mapping, c), _ident(c)) for c in self.columns]
         return sql.SQL("SELECT {} AS _ds_precedence, {} AS _ds_lost, {} FROM {} o{}").format(
             sql.Literal(mapping.precedence),
             self._lost(casts),
@@ -243,6 +238,14 @@ class Sides:
             _ident(mapping.source.schema, mapping.source.table),
             sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL(""),
         )
+
+    def value(self, mapping: SourceMapping, column: str) -> sql.Composable:
+        """The new column's value from a source row (alias o); through the non-raising cast in safe mode."""
+        cast = self.casts[mapping.precedence].get(column)
+        if self.safe and cast is not None:
+            fn = _ident("pg_temp", f"{PREFIX}cast_{cast.helper}")
+            return sql.SQL("{}({})").format(fn, _ident("o", cast.old_column))
+        return dict(mapping.pairs).get(column, sql.SQL("NULL"))
 
     def _lost(self, casts: dict[str, Cast]) -> sql.Composable:
         """NULL, or {new column: old value as text} for the values that do not survive their cast."""
@@ -572,10 +575,7 @@ def join_rows(conn: psycopg.Connection, sides: Sides, joined: sql.Composable) ->
 
 def _samples(conn: psycopg.Connection, sides: Sides, joined: sql.Composable) -> list[dict[str, Any]]:
     order = _list(
-        [
-            sql.SQL("COALESCE(_ds_j._ds_e_row->>{0}, _ds_j._ds_n_row->>{0})").format(sql.Literal(k))
-            for k in sides.key
-        ]
+        [sql.SQL("COALESCE(_ds_j._ds_e_row->>{0}, _ds_j._ds_n_row->>{0})").format(sql.Literal(k)) for k in sides.key]
     )
     rows = conn.execute(
         sql.SQL(
@@ -712,7 +712,7 @@ def _with_safe_casts(conn: psycopg.Connection, sides: Sides, compare):
     try:
         with conn.transaction():
             return compare(sides)
-    except psycopg.errors.DataException:
+    except psycopg.DataError:
         _create_safe_helpers(conn, [c for casts in sides.casts.values() for c in casts.values()])
         sides.safe = True
         return compare(sides)
@@ -723,9 +723,7 @@ def compare_table(
 ) -> dict[str, Any]:
     sides = sides_for(conn, plan, table, mappings)
     report = _with_safe_casts(conn, sides, lambda s: _compare_full(conn, s))
-    report["sources"] = [
-        _source_figures(conn, plan, table, m, sides.new, freshness_hours, report["missing_rows"] > 0) for m in mappings
-    ]
+    report["sources"] = [_source_figures(conn, sides, m, freshness_hours, report["missing_rows"] > 0) for m in mappings]
     return report
 
 
@@ -847,11 +845,12 @@ def _old_key_types(sides: Sides, mapping: SourceMapping) -> dict[str, str]:
 
 
 def _source_figures(
-    conn, plan: Plan, table: NewTable, mapping: SourceMapping, new, hours: int, look_for_missing: bool
+    conn: psycopg.Connection, sides: Sides, mapping: SourceMapping, hours: int, look_for_missing: bool
 ) -> dict[str, Any]:
-    old = _ident(mapping.source.schema, mapping.source.table)
-    exprs = dict(mapping.pairs)
-    match = sql.SQL(" AND ").join(sql.SQL("{} = {}").format(_ident("_ds_n", k), exprs[k]) for k in table.key)
+    old, new = _ident(mapping.source.schema, mapping.source.table), sides.new
+    match = sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(_ident("_ds_n", k), sides.value(mapping, k)) for k in sides.key
+    )
     fresh = sql.SQL("TRUE")
     if mapping.source.timestamp:
         fresh = sql.SQL("o.{} >= pg_catalog.now() - pg_catalog.make_interval(hours => {})").format(
@@ -934,7 +933,7 @@ def _verify_table(
             try:
                 with conn.transaction():
                     report = compare_keys(conn, sides, keys)
-            except psycopg.errors.DataException:
+            except psycopg.DataError:
                 report = None  # a changed value that cannot be cast: the full comparison reports it
         if report is None:
             report = compare_table(conn, plan, table, mappings, plan.thresholds.freshness_hours)
