@@ -61,7 +61,7 @@ def load(conn: psycopg.Connection, rows: int) -> None:
     conn.execute(f"CREATE TABLE peer_new ({COLUMNS})")
     conn.execute(
         "INSERT INTO peer_old SELECT i, 'message body number ' || i || repeat(' x', i %% 20),"
-        " round((i * 7919 %% 100000) / 97.0, 4), timestamptz '2026-01-01' + i * interval '17 seconds',"
+        " round((i::bigint * 7919 %% 100000) / 97.0, 4), timestamptz '2026-01-01' + i * interval '17 seconds',"
         " jsonb_build_object('i', i, 'tags', jsonb_build_array('a', i %% 13), 'ok', i %% 2 = 0)"
         " FROM generate_series(1, %s) i",
         (rows,),

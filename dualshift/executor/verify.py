@@ -39,6 +39,7 @@ from dualshift.plan import NewTable, Plan
 SAMPLE = 10
 FANOUT = 64  # ranges a differing range is cut into
 LEAF_ROWS = 2000  # a range this small is joined row by row rather than cut again
+SAMPLED_ROWS = 20_000  # a range with more rows than this takes its bounds from a sample of about this many
 MAX_JOINED_RANGES = 64  # past this many leaf ranges, one join over the whole table is cheaper than a long OR
 PREFIX = "_ds_"  # generated aliases; a new table's column may not start with it
 
@@ -382,11 +383,12 @@ def _literal(bound: Sequence[str | None], types: list[str]) -> sql.Composable:
 def _in_ranges(sides: Sides, alias: str, columns: Sequence[str], ranges: list[Range]) -> sql.Composable:
     """A WHERE clause for rows whose (non-NULL) key lies in one of the ranges (btree-indexable)."""
     not_null = sql.SQL("NOT ({})").format(_null_key(columns, alias))
-    if any(low is None and high is None for low, high in ranges):
+    spans = _merged(ranges)
+    if any(low is None and high is None for low, high in spans):
         return not_null
     key, types = _key(columns, alias), sides.key_types()
     clauses = []
-    for low, high in ranges:
+    for low, high in spans:
         parts = []
         if low is not None:
             parts.append(sql.SQL("{} >= {}").format(key, _literal(low, types)))
@@ -396,9 +398,34 @@ def _in_ranges(sides: Sides, alias: str, columns: Sequence[str], ranges: list[Ra
     return sql.SQL("{} AND ({})").format(not_null, sql.SQL(" OR ").join(clauses))
 
 
+def _merged(ranges: list[Range]) -> list[Range]:
+    """Neighbouring ranges joined into one: a row is then tested against a few spans, not against 64."""
+    spans: list[Range] = []
+    for low, high in ranges:
+        if spans and spans[-1][1] is not None and spans[-1][1] == low:
+            spans[-1] = (spans[-1][0], high)
+        else:
+            spans.append((low, high))
+    return spans
+
+
 def _sample_bounds(conn: psycopg.Connection, sides: Sides, span: Range, rows: int) -> list[Bound]:
-    """Up to FANOUT - 1 keys of the new table inside the range, evenly spaced, in key order."""
-    step = max(2, -(-rows // FANOUT))
+    """Up to FANOUT - 1 keys of the new table inside the range, about evenly spaced, in key order. A large
+    range is sampled (TABLESAMPLE reads a few pages): bounds need not be exact quantiles, only keys."""
+    if rows > SAMPLED_ROWS:
+        percent = min(100.0, 100.0 * SAMPLED_ROWS / rows)
+        sampled = _bounds_query(
+            conn, sides, span, sql.SQL("TABLESAMPLE SYSTEM ({}) REPEATABLE (1)").format(sql.Literal(percent)), None
+        )
+        if len(sampled) >= FANOUT // 2:
+            return sampled
+    return _bounds_query(conn, sides, span, sql.SQL(""), max(2, -(-rows // FANOUT)))
+
+
+def _bounds_query(
+    conn: psycopg.Connection, sides: Sides, span: Range, sample: sql.Composable, step: int | None
+) -> list[Bound]:
+    every = sql.Literal(step) if step else sql.SQL("GREATEST(1, _ds_s._ds_c / {})").format(sql.Literal(FANOUT))
     keys = _list([_ident("_ds_n", k) for k in sides.key])
     texts = _list([sql.SQL("CAST({} AS text)").format(_ident("_ds_s", _generated(i))) for i in range(len(sides.key))])
     generated = _list(
@@ -407,15 +434,17 @@ def _sample_bounds(conn: psycopg.Connection, sides: Sides, span: Range, rows: in
     found = conn.execute(
         sql.SQL(
             "SELECT pg_catalog.json_build_array({texts}) FROM (SELECT {generated},"
-            " pg_catalog.row_number() OVER (ORDER BY {keys}) AS _ds_r FROM {new} _ds_n WHERE {where}) _ds_s"
-            " WHERE _ds_s._ds_r % {step} = 0 ORDER BY _ds_s._ds_r LIMIT {limit}"
+            " pg_catalog.row_number() OVER (ORDER BY {keys}) AS _ds_r, pg_catalog.count(*) OVER () AS _ds_c"
+            " FROM {new} _ds_n {sample} WHERE {where}) _ds_s"
+            " WHERE _ds_s._ds_r % {every} = 0 ORDER BY _ds_s._ds_r LIMIT {limit}"
         ).format(
             texts=texts,
             generated=generated,
             keys=keys,
             new=sides.new,
+            sample=sample,
             where=_in_ranges(sides, "_ds_n", sides.key, [span]),
-            step=sql.Literal(step),
+            every=every,
             limit=sql.Literal(FANOUT - 1),
         )
     ).fetchall()
@@ -427,8 +456,8 @@ def _split(span: Range, bounds: list[Bound]) -> list[Range]:
     return list(pairwise(edges))
 
 
-def _range_digests(conn: psycopg.Connection, sides: Sides, relation: sql.Composable, ranges: list[Range]) -> dict:
-    """{range index: (rows, sum of hashes)} for one side, in one pass over sorted, disjoint ranges: a
+def _range_digests(conn: psycopg.Connection, sides: Sides, ranges: list[Range]) -> tuple[dict, dict]:
+    """{range index: (rows, sum of hashes)} for each side, in one query over sorted, disjoint ranges: a
     row's range is the number of range lows at or below its key (width_bucket)."""
     open_below = ranges[0][0] is None
     lows = [low for low, _ in (ranges[1:] if open_below else ranges)]
@@ -443,11 +472,20 @@ def _range_digests(conn: psycopg.Connection, sides: Sides, relation: sql.Composa
         )
     rows = conn.execute(
         sql.SQL(
-            "SELECT {bucket}, pg_catalog.count(*), pg_catalog.sum(_ds_s._ds_h) FROM ({relation}) _ds_s"
-            " WHERE {where} GROUP BY 1"
-        ).format(bucket=bucket, relation=relation, where=_in_ranges(sides, "_ds_s", generated, ranges))
+            "SELECT _ds_s._ds_side, {bucket}, pg_catalog.count(*), pg_catalog.sum(_ds_s._ds_h)"
+            " FROM (SELECT 0 AS _ds_side, _ds_a.* FROM ({expected}) _ds_a"
+            " UNION ALL SELECT 1 AS _ds_side, _ds_b.* FROM ({new}) _ds_b) _ds_s WHERE {where} GROUP BY 1, 2"
+        ).format(
+            bucket=bucket,
+            expected=sides.hashed_expected(),
+            new=sides.hashed_new(),
+            where=_in_ranges(sides, "_ds_s", generated, ranges),
+        )
     ).fetchall()
-    return {b: (count, total) for b, count, total in rows}
+    sides_found: tuple[dict, dict] = ({}, {})
+    for side, b, count, total in rows:
+        sides_found[side][b] = (count, total)
+    return sides_found
 
 
 @dataclass
@@ -487,7 +525,6 @@ class Bisection:
 def bisect(conn: psycopg.Connection, sides: Sides, new_rows: int) -> Bisection:
     result = Bisection()
     pending: list[tuple[Range, int]] = [((None, None), new_rows)]  # ranges to cut, with their new-table rows
-    expected, new = sides.hashed_expected(), sides.hashed_new()
     while pending:
         ranges: list[Range] = []
         for span, rows in pending:
@@ -500,7 +537,7 @@ def bisect(conn: psycopg.Connection, sides: Sides, new_rows: int) -> Bisection:
             break
         result.levels += 1
         result.ranges_compared += len(ranges)
-        left, right = _range_digests(conn, sides, expected, ranges), _range_digests(conn, sides, new, ranges)
+        left, right = _range_digests(conn, sides, ranges)
         differing = [i for i in range(len(ranges)) if left.get(i) != right.get(i)]
         if len(differing) * 2 > len(ranges):
             result.leaves.extend(ranges[i] for i in differing)  # most differ: cutting further narrows nothing
