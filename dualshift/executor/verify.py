@@ -937,8 +937,13 @@ def run(
     """Verify every new table. With `capture`, the change capture (changes.py) is switched on first so a
     later `incremental` run can check only the keys written since this one passed; `incremental` falls
     back to a full comparison for a table whose capture was not on all along."""
+    capture_note: dict[str, Any] = {}
     if capture:
-        changes.install(conn, plan, mappings)
+        try:
+            capture_note["installed"] = changes.install(conn, plan, mappings)
+        except (psycopg.Error, ExecutorError) as exc:  # an optimisation only: verify goes on without it
+            capture_note["error"] = str(exc).strip().splitlines()[0]
+            capture = False
     tables = []
     for table in plan.tables:
         table_mappings = [mappings[(table.name, s.table)] for s in table.sources]
@@ -947,6 +952,7 @@ def run(
         "passed": all(_passes(plan, t) for t in tables),
         "tables": tables,
         "thresholds": vars(plan.thresholds) if hasattr(plan.thresholds, "__dict__") else {},
+        "change_capture": capture_note,
     }
 
 
