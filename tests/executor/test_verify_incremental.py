@@ -11,8 +11,10 @@ from dualshift.executor import changes
 from dualshift.executor.backfill import BackfillOptions
 from dualshift.executor.connection import connect
 from dualshift.executor.phases import Executor
-from dualshift.plan import parse_plan
+from dualshift.plan import load_plan, parse_plan
 
+from .conftest import PLAN
+from .test_phases import migrate
 from .test_verify_bisection import ONE_SOURCE, ROWS
 
 
@@ -133,3 +135,25 @@ columns = [{ name = "id", type = "uuid", nullable = false }, { name = "note", ty
     table = report["tables"][0]
     assert "fallback" in table["incremental"]
     assert not report["passed"] and table["missing_rows"] == 1
+
+
+def test_migrate_verify_incremental_on_the_fixture_plan(dsn: str, db: psycopg.Connection) -> None:
+    """Nine sources, precedence between twins, composite keys: the CLI option, end to end."""
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    ex.backfill(BackfillOptions())
+    assert migrate(dsn, "verify").exit_code == 0
+    db.execute(
+        "UPDATE engagement_metrics SET likes = likes + 1 WHERE tweet_id = 't42' AND collected_at = '2026-11-02 01:00+00'"
+    )
+    edited = db.execute("SELECT decision_id FROM content_metadata ORDER BY id LIMIT 1").fetchone()[0]
+    db.execute("UPDATE content_metadata SET content = 'edited in the old table' WHERE decision_id = %s", (edited,))
+    result = migrate(dsn, "verify", "--incremental")
+    assert result.exit_code == 1, result.output
+    assert '"tweet_id": "t42"' in result.output and '"likes": {"expected": 42, "new": 43}' in result.output
+    assert "edited in the old table" in result.output
+    tables = {t["table"]: t for t in ex.verify(incremental=True)["tables"]}
+    assert tables["engagement_metrics"]["incremental"] == {"keys": 1}
+    assert tables["content_queue"]["incremental"] == {"keys": 1}
+    assert tables["posted_content"]["incremental"] == {"keys": 0}
+    assert (tables["engagement_metrics"]["mismatched_rows"], tables["content_queue"]["mismatched_rows"]) == (1, 1)
