@@ -237,11 +237,14 @@ def backfill_command(
 def verify_command(
     context: typer.Context,
     report: Path = typer.Option(None, "--report", help="Also write the report: .json or .md by the file's suffix."),
+    incremental: bool = typer.Option(
+        False, "--incremental", help="Check only the keys written since the last passing verify (full when unknown)."
+    ),
 ) -> None:
     """Parity per new table and per source, in the database; exit 0 only when the plan's thresholds hold."""
     from dualshift.executor.verify import markdown, ranges_text
 
-    result = _perform(context, lambda e: e.verify())
+    result = _perform(context, lambda e: e.verify(incremental=incremental))
     result.pop("statements", None)
     table = Table(title=f"parity: {'PASSED' if result['passed'] else 'FAILED'}")
     for column in ("new table", "expected", "new", "missing", "extra", "differing", "ranges compared / joined"):

@@ -226,9 +226,9 @@ class Executor:
 
         return self._run("backfill", ("created", "backfilled", "verified"), body)
 
-    def verify(self) -> dict[str, Any]:
+    def verify(self, incremental: bool = False) -> dict[str, Any]:
         def body(mappings, sink: Sink, current: str) -> dict:
-            report = verify.run(self.conn, self.plan, mappings)
+            report = verify.run(self.conn, self.plan, mappings, incremental=incremental, capture=not self.dry_run)
             if not self.dry_run:
                 with self.conn.transaction():
                     self.conn.execute(
