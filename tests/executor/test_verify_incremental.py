@@ -36,12 +36,15 @@ def queue(dsn: str, db: psycopg.Connection) -> Executor:
 
 
 def _scans(ex: Executor, db: psycopg.Connection) -> dict[str, tuple[int, int]]:
-    """(seq_scan, idx_scan) of the old and the new table, once verify's session has flushed its counters."""
+    """(rows read by sequential scans, idx_scan) of the old and the new table, once verify's session has
+    flushed its counters. Rows, not scans: the executor's catalog check before every phase reads one row
+    of the new table (`LIMIT 1`) to see whether it holds any."""
     ex.conn.execute("SELECT pg_stat_force_next_flush()")
     ex.conn.execute("SELECT 1")  # the flush happens as the session goes idle
     db.execute("SELECT pg_stat_clear_snapshot()")
     rows = db.execute(
-        "SELECT relname, seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname IN ('queue', 'queue_old')"
+        "SELECT relname, seq_tup_read, coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+        " WHERE relname IN ('queue', 'queue_old')"
     ).fetchall()
     return {name: (seq, idx) for name, seq, idx in rows}
 
@@ -67,7 +70,7 @@ def test_incremental_checks_only_the_changed_keys_and_finds_a_planted_difference
     assert (table["missing_rows"], table["extra_rows"], table["mismatched_rows"]) == (0, 0, 1)
     assert table["samples"][0]["columns"] == {"raw_topic": {"expected": "topic 17", "new": "planted"}}
     for name in ("queue", "queue_old"):  # read through the key indexes only, never a whole table
-        assert after[name][0] == before[name][0], (name, before, after)
+        assert after[name][0] - before[name][0] <= 1, (name, before, after)
         assert after[name][1] > before[name][1]
 
 
