@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import backfill, cleanup, create, faults, preflight, snapshot, sync, verify, watch
+from dualshift.executor import backfill, changes, cleanup, create, faults, preflight, snapshot, sync, verify, watch
 from dualshift.executor.catalog import SourceMapping, validate
 from dualshift.executor.connection import ExecutorError, Sink, Timeouts, advisory_lock, blockers, with_lock_retries
 from dualshift.executor.reconcile import ALL_BEFORE_CLEANUP, CatalogView, reconcile, rows_only_in_new
@@ -372,6 +372,8 @@ class Executor:
 
         def undo() -> None:
             sync.remove(self.conn, self.plan, sink)
+            for statement in changes.remove_statements(self.plan):  # the next verify must be a full one
+                sink.run(statement)
             new_tables = [sql.Identifier(self.plan.new_schema, t.name) for t in self.plan.tables]
             sink.run(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(new_tables)))
             self._refuse_losing_rows("empty" if emptying else "drop")
