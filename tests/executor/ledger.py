@@ -146,7 +146,7 @@ class Failure:
     table: str
     op: str
     error: str
-    at: float
+    during: str  # the migration step under way when it failed
 
 
 class Ledger:
@@ -155,6 +155,7 @@ class Ledger:
     def __init__(self) -> None:
         self.writes: list[Write] = []
         self.failures: list[Failure] = []
+        self.during = "before the migration"  # set by the test as it moves from step to step
         self._lock = threading.Lock()
 
     def committed(self, table: str, op: str, key: dict[str, Any], values: dict[str, Any] | None = None) -> None:
@@ -163,15 +164,22 @@ class Ledger:
 
     def failed(self, table: str, op: str, error: str) -> None:
         with self._lock:
-            self.failures.append(
-                Failure(table, op, error.strip().splitlines()[0] if error.strip() else error, time.time())
-            )
+            first_line = error.strip().splitlines()[0] if error.strip() else error
+            self.failures.append(Failure(table, op, first_line, self.during))
 
     def summary(self) -> dict[str, Any]:
         ops: dict[str, int] = {}
         for write in self.writes:
             ops[write.op] = ops.get(write.op, 0) + 1
-        return {"committed": len(self.writes), "by_operation": ops, "failed": len(self.failures)}
+        failed: dict[str, int] = {}
+        for failure in self.failures:
+            failed[failure.during] = failed.get(failure.during, 0) + 1
+        return {
+            "committed": len(self.writes),
+            "by_operation": ops,
+            "failed": len(self.failures),
+            "failed_during": failed,
+        }
 
 
 # ─── Application writers ─────────────────────────────────────────────────────────────────────
@@ -264,7 +272,7 @@ class ContentWriter(Writer):
         elif kind == 4:
             self._update_seed(step)
         else:
-            self._delete(self.mine.pop(0))
+            self._remove(self.mine.pop(0))
 
     def _insert(self, step: int) -> None:
         key = _u(f"cw{self.number}-{step}")
@@ -335,7 +343,7 @@ class ContentWriter(Writer):
         ):
             self.ledger.committed("content_metadata", "update", {"decision_id": key}, values)
 
-    def _delete(self, key: uuid.UUID) -> None:
+    def _remove(self, key: uuid.UUID) -> None:
         if self.transaction(
             "content_metadata",
             "delete",
@@ -371,9 +379,9 @@ class PostWriter(Writer):
             key = self.tweets[(step * 3) % len(self.tweets)]
             self._update("tweets", key, {"text": f"tweet, edited {step}", "url": None})
         elif kind == 6:
-            self._delete("posted_decisions", self.decisions.pop(0))
+            self._remove("posted_decisions", self.decisions.pop(0))
         else:
-            self._delete("tweets", self.tweets.pop(0))
+            self._remove("tweets", self.tweets.pop(0))
 
     def _insert_decision(self, step: int) -> None:
         key = _u(f"pw{self.number}-{step}")
@@ -416,7 +424,7 @@ class PostWriter(Writer):
         if self.transaction(table, "update", [_update_sql(table, values, {"decision_id": key})], "service_role"):
             self.ledger.committed(table, "update", {"decision_id": key}, values)
 
-    def _delete(self, table: str, key: uuid.UUID) -> None:
+    def _remove(self, table: str, key: uuid.UUID) -> None:
         if self.transaction(table, "delete", [_delete_sql(table, {"decision_id": key})], "service_role"):
             self.ledger.committed(table, "delete", {"decision_id": key})
 
@@ -429,6 +437,7 @@ class MetricsWriter(Writer):
         super().__init__(*args, **kwargs)
         self.outcomes: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []
+        self.decisions = seed_rows // 2  # seed outcomes follow posted_decisions p0 … p(n/2 - 1)
         self.seed = [i for i in range(seed_rows * 2 // 3) if i % max(writers, 1) == self.number]
 
     def write_once(self, step: int) -> None:
@@ -459,7 +468,10 @@ class MetricsWriter(Writer):
                 self.ledger.committed("tweet_metrics", "update", key, values)
         elif kind == 5 and self.seed:
             i = self.seed[step % len(self.seed)]
-            key = {"tweet_id": f"p{i % 600}", "collected_at": datetime(2026, 11, 2, tzinfo=UTC) + timedelta(minutes=i)}
+            key = {
+                "tweet_id": f"p{i % self.decisions}",
+                "collected_at": datetime(2026, 11, 2, tzinfo=UTC) + timedelta(minutes=i),
+            }
             values = {"likes": 7000 + step, "report_type": "trackerReport"}
             if self.transaction("outcomes", "update", [_update_sql("outcomes", values, key)]):
                 self.ledger.committed("outcomes", "update", key, values)
