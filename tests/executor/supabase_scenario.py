@@ -11,16 +11,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from dualshift.executor.supabase_data import PLAN, clean_dirt, load_supabase_data
+from dualshift.executor.supabase_data import DIRT_KINDS, PLAN, clean_dirt, load_supabase_data
+
+from . import ledger as lg
 
 DUALSHIFT = Path(sys.executable).parent / "dualshift"
 SEED_ROWS = 600
@@ -135,3 +139,276 @@ def loaded_database(
         yield dsn
     finally:
         _drop_database(admin_dsn, name)
+
+
+# ─── The story: a cleaned Supabase database migrated and rolled back under writers ─────────────
+
+WRITES_THROUGH_VIEWS_S = 2.0
+
+
+@dataclass
+class Run:
+    """What one migration run did and what the ledger found at each point."""
+
+    steps: list[Step] = field(default_factory=list)
+    findings: dict[str, dict[str, lg.Finding]] = field(default_factory=dict)
+    privileges_gained: dict[str, list[str]] = field(default_factory=dict)
+    count_differences: dict[str, list[str]] = field(default_factory=dict)
+    counts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledger: lg.Ledger = field(default_factory=lg.Ledger)
+    writer_crashes: list[str] = field(default_factory=list)
+
+    def step(self, dsn: str, *args: str) -> bool:
+        """Run a phase; a failed one is re-run once, as an operator would (the failure stays on record)."""
+        self.ledger.during = " ".join(args[:2])
+        for _ in range(2):
+            self.steps.append(migrate(dsn, *args))
+            if self.steps[-1].ok:
+                break
+        self.ledger.during = f"after {self.ledger.during}"
+        return self.steps[-1].ok
+
+    @property
+    def every_step_ok(self) -> bool:
+        return bool(self.steps) and all(s.ok for s in self.steps)
+
+    def reached(self, command: str) -> bool:
+        return any(s.command.startswith(command) and s.ok for s in self.steps)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "steps": [s.line() for s in self.steps],
+            "ledger": self.ledger.summary(),
+            "failures": [f"{f.during}: {f.table} {f.op}: {f.error}" for f in self.ledger.failures[:10]],
+            "findings": {point: {t: f.as_dict() for t, f in per.items()} for point, per in self.findings.items()},
+            "privileges_gained": self.privileges_gained,
+            "count_differences": self.count_differences,
+            "writer_crashes": self.writer_crashes,
+        }
+
+
+def run_supabase_migration(
+    admin_dsn: str, rows: int = SEED_ROWS, per_kind: int = 1, backup_dir: Path | None = None
+) -> Run:
+    """The dirty fixture, cleaned, migrated and rolled back under writers; the ledger's findings."""
+    run = Run()
+    with (
+        template_database(admin_dsn, rows, DIRT_KINDS, clean=True) as template,
+        copy_of(admin_dsn, template) as dsn,
+        copy_of(admin_dsn, template, "supafix_ref") as ref_dsn,
+    ):
+        _migrate_under_writers(run, dsn, ref_dsn, rows, per_kind, backup_dir)
+    return run
+
+
+def _migrate_under_writers(run: Run, dsn: str, ref_dsn: str, rows: int, per_kind: int, backup_dir: Path | None) -> None:
+    checker = lg.Checker(run.ledger)
+    who = lg.viewers()
+    conn = psycopg.connect(dsn, autocommit=True, options="-c TimeZone=UTC")
+    reference = lg.Replayer(ref_dsn, run.ledger)
+    team = lg.Team(dsn, run.ledger, rows, per_kind)
+    try:
+        checker.snapshot(conn)
+        existed = lg.relations(conn)
+        before = lg.privileges(conn)
+        run.counts["before"] = lg.visible_counts(conn, OLD_NAMES, who)
+        team.start()
+        time.sleep(0.5)
+
+        def measure(point: str, *, old: str | None = "tables", new: bool = True, counts: bool = False) -> None:
+            with team.held():
+                if old is not None:
+                    run.findings.setdefault(point, {}).update(
+                        {f"old:{k}": v for k, v in checker.old_names(conn, through_views=old == "views").items()}
+                    )
+                if new:
+                    run.findings.setdefault(point, {}).update(
+                        {f"new:{k}": v for k, v in checker.new_tables(conn).items()}
+                    )
+                after = lg.privileges(conn)
+                gained = lg.gained(
+                    before, existed, after, {f"public.{k}": [f"public.{s}" for s in v] for k, v in NEW_TABLES.items()}
+                )
+                run.privileges_gained[point] = [g for g in gained if not _allowed(g)]
+                if counts:
+                    reference.catch_up()
+                    expected = lg.visible_counts(reference.conn, OLD_NAMES, who)
+                    actual = lg.visible_counts(conn, OLD_NAMES, who)
+                    run.counts[point] = {"expected": expected, "actual": actual}
+                    run.count_differences[point] = lg.count_differences(expected, actual)
+
+        if not run.step(dsn, "create"):
+            return
+        if not run.step(dsn, "backfill", "--sync", "triggers", "--batch-size", "250"):
+            return
+        measure("after backfill")
+        if not run.step(dsn, "verify"):
+            with team.held():  # a verdict taken while writers write may race them; ask once more at rest
+                if not run.step(dsn, "verify"):
+                    return
+        if not run.step(dsn, "switch-reads", "100"):
+            return
+        backup = ["--backup-dir", str(backup_dir)] if backup_dir else []
+        if not run.step(dsn, "cleanup", *backup):
+            return
+        measure("after cleanup", old="views", counts=True)
+        time.sleep(WRITES_THROUGH_VIEWS_S)  # the application keeps writing through the old names
+        measure("writes through the views", old="views", counts=True)
+        if not run.step(dsn, "rollback"):
+            return
+        time.sleep(0.5)
+        measure("after rollback", new=False, counts=True)
+    finally:
+        run.writer_crashes = team.finish()
+        reference.close()
+        conn.close()
+
+
+def _allowed(gain: str) -> bool:
+    """`role gained X on dualshift.flags`: the wrapper's own needs are not a widening."""
+    role_part, _, relation = gain.rpartition(" on ")
+    privileges = set(role_part.split(" gained ", 1)[1].split(", "))
+    return relation in API_ALLOWANCES and privileges <= API_ALLOWANCES[relation]
+
+
+AFTER_CLEANUP = ("after cleanup", "writes through the views")
+DIRT_CASES = {
+    "null_key": ("tweet_metrics", ("null",)),
+    "duplicate_key": ("tweets", ("duplicate", "not unique")),
+    "lossy_cast": ("content_generation_metadata_comprehensive", ("round", "lossy", "cast", "precision", "survive")),
+}
+
+
+def _none_found(run: Run, points: tuple[str, ...], prefix: str, kinds: tuple[str, ...]) -> None:
+    """Assert that, at each point, the relations named `prefix…` had none of these kinds of rows."""
+    for point in points:
+        per = run.findings.get(point)
+        assert per is not None, f"never measured {point}: " + "; ".join(s.line() for s in run.steps[-1:])
+        chosen = {k: v for k, v in per.items() if k.startswith(prefix)}
+        counts = {kind: lg.total(chosen, kind) for kind in kinds}
+        if any(counts.values()):
+            sample = next((s for f in chosen.values() for s in f.samples if s.split(":")[0] in kinds), "")
+            unreadable = next((f"{k}: {f.unreadable}" for k, f in chosen.items() if f.unreadable), "")
+            figures = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+            raise AssertionError(f"{point}: {figures} ({unreadable or sample})")
+
+
+# name → (the issue item it proves, the check: raises AssertionError naming what is wrong)
+CHECKS: dict[str, tuple[str | None, Callable[[Run], None]]] = {}
+
+
+def check(name: str, reason: str | None = None) -> Callable[[Callable[[Run], None]], Callable[[Run], None]]:
+    def register(function: Callable[[Run], None]) -> Callable[[Run], None]:
+        CHECKS[name] = (reason, function)
+        return function
+
+    return register
+
+
+def verdicts(run: Run) -> dict[str, str | None]:
+    """Each check's verdict on a run: None when it holds, else what is wrong (first line)."""
+    found: dict[str, str | None] = {}
+    for name, (_, function) in CHECKS.items():
+        try:
+            function(run)
+            found[name] = None
+        except AssertionError as exc:
+            found[name] = (str(exc).strip().splitlines() or ["failed"])[0][:300]
+    return found
+
+
+def refusals(admin_dsn: str, rows: int = SEED_ROWS) -> dict[str, list[Step]]:
+    """Each kind of dirt alone in a fresh database, taken through create, backfill and verify until
+    a phase refuses; the steps run, per kind."""
+    found: dict[str, list[Step]] = {}
+    for kind in DIRT_KINDS:
+        steps: list[Step] = []
+        with loaded_database(admin_dsn, rows, dirt=(kind,)) as dsn:
+            for args in (("create",), ("backfill", "--sync", "triggers"), ("verify",)):
+                steps.append(migrate_here(dsn, *args))
+                if not steps[-1].ok:
+                    break
+        found[kind] = steps
+    return found
+
+
+def refusal_problem(kind: str, steps: list[Step]) -> str | None:
+    """None when the dirt was refused with one clear message naming the table and the problem."""
+    table, words = DIRT_CASES[kind]
+    refused = [s for s in steps if not s.ok]
+    if not refused:
+        return f"the {kind} rows were migrated and verified: " + "; ".join(s.line() for s in steps)
+    message = refused[0].output
+    if "Traceback" in message:
+        return f"the refusal is a traceback: {message.strip().splitlines()[-1]}"
+    if table not in message or not any(w in message.lower() for w in words):
+        return f"the refusal does not name {table} and the problem: {message.strip()[:300]}"
+    return None
+
+
+@check("every phase succeeds", "issue 11: the executor fails somewhere on a Supabase schema (see the steps)")
+def _phases(run: Run) -> None:
+    assert run.reached("rollback") and run.every_step_ok, "\n".join(s.line() for s in run.steps)
+
+
+@check("old tables untouched while syncing")
+def _old_during_sync(run: Run) -> None:
+    _none_found(run, ("after backfill",), "old:", ("lost", "wrong", "extra"))
+
+
+@check("new tables hold every row after backfill")
+def _new_rows(run: Run) -> None:
+    _none_found(run, ("after backfill",), "new:", ("lost", "extra"))
+
+
+@check("new tables hold the right values after backfill")
+def _new_values(run: Run) -> None:
+    _none_found(run, ("after backfill",), "new:", ("wrong",))
+
+
+@check("no row lost through the views after cleanup", "issue 11 'The old path must never break' / cleanup window")
+def _views_rows(run: Run) -> None:
+    _none_found(run, AFTER_CLEANUP, "old:", ("lost", "extra"))
+
+
+@check("views show the old values in the old types", "issue 11: views under old names look like the old tables")
+def _views_values(run: Run) -> None:
+    _none_found(run, AFTER_CLEANUP, "old:", ("wrong",))
+
+
+@check("new tables exact after cleanup", "issue 11: cleanup (dependent objects, window) and view writes")
+def _new_after_cleanup(run: Run) -> None:
+    _none_found(run, AFTER_CLEANUP, "new:", ("lost", "wrong", "extra"))
+
+
+@check("rollback after cleanup is exact", "issue 11 'Rollback after cleanup loses nothing' / 10.3")
+def _rollback_exact(run: Run) -> None:
+    _none_found(run, ("after rollback",), "old:", ("lost", "wrong", "extra"))
+
+
+@check("no application write failed", "issue 11: sync triggers and view writes fail application writes")
+def _no_failed_writes(run: Run) -> None:
+    assert not run.writer_crashes, run.writer_crashes
+    assert run.ledger.writes, "the writers committed nothing"
+    first = run.ledger.failures[0] if run.ledger.failures else None
+    assert first is None, (
+        f"{len(run.ledger.failures)} application writes failed, by step {run.ledger.summary()['failed_during']};"
+        f" first, during {first.during}: {first.table} {first.op}: {first.error}"
+    )
+
+
+@check("no role gains a privilege", "issue 11 'Access never widens': default privileges, dualshift schema")
+def _no_privilege_gained(run: Run) -> None:
+    assert run.privileges_gained, "no point was measured"
+    found = [f"{point}: {g}" for point, gains in run.privileges_gained.items() for g in gains]
+    assert not found, f"{len(found)} gains, e.g. {found[0] if found else ''}"
+
+
+@check("each role sees through each old name what it saw", "issue 11 'Each old name shows its own rows' / RLS copied")
+def _counts(run: Run) -> None:
+    measured = [
+        p for p in ("after cleanup", "writes through the views", "after rollback") if p in run.count_differences
+    ]
+    assert len(measured) == 3, f"measured only at {measured}: " + "; ".join(s.line() for s in run.steps[-1:])
+    found = [f"{p}: {d}" for p in measured for d in run.count_differences[p]]
+    assert not found, f"{len(found)} (viewer, old name) counts differ, e.g. {found[0] if found else ''}"
