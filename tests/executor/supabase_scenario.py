@@ -50,6 +50,7 @@ class Step:
     command: str
     exit_code: int
     output: str
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -66,8 +67,9 @@ def migrate(dsn: str, *args: str, env: dict[str, str] | None = None, plan: Path 
     environment = dict(os.environ)
     environment.pop("DUALSHIFT_FAULT", None)  # armed only where a test asks for it
     environment.update(env or {})
+    started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
-    return Step(" ".join(args), done.returncode, done.stdout + done.stderr)
+    return Step(" ".join(args), done.returncode, done.stdout + done.stderr, time.monotonic() - started)
 
 
 def migrate_here(dsn: str, *args: str, plan: Path = PLAN) -> Step:
@@ -76,11 +78,12 @@ def migrate_here(dsn: str, *args: str, plan: Path = PLAN) -> Step:
 
     from dualshift.cli import app
 
+    started = time.monotonic()
     result = CliRunner().invoke(app, ["migrate", "--dsn", dsn, "--plan", str(plan), *args])
     output = result.output
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         output += f"\n{type(result.exception).__name__}: {result.exception}"
-    return Step(" ".join(args), result.exit_code, output)
+    return Step(" ".join(args), result.exit_code, output, time.monotonic() - started)
 
 
 def _create_database(admin_dsn: str, name: str, template: str | None = None) -> str:
@@ -157,10 +160,12 @@ class Run:
     counts: dict[str, dict[str, Any]] = field(default_factory=dict)
     ledger: lg.Ledger = field(default_factory=lg.Ledger)
     writer_crashes: list[str] = field(default_factory=list)
+    report: Callable[[str], None] = field(default=lambda line: None, repr=False)
 
     def step(self, dsn: str, *args: str) -> bool:
         """Run a phase; a failed one is re-run once, as an operator would (the failure stays on record)."""
         self.ledger.during = " ".join(args[:2])
+        self.report(f"{' '.join(args)} …")
         for _ in range(2):
             self.steps.append(migrate(dsn, *args))
             if self.steps[-1].ok:
@@ -188,10 +193,14 @@ class Run:
 
 
 def run_supabase_migration(
-    admin_dsn: str, rows: int = SEED_ROWS, per_kind: int = 1, backup_dir: Path | None = None
+    admin_dsn: str,
+    rows: int = SEED_ROWS,
+    per_kind: int = 1,
+    backup_dir: Path | None = None,
+    report: Callable[[str], None] = lambda line: None,
 ) -> Run:
     """The dirty fixture, cleaned, migrated and rolled back under writers; the ledger's findings."""
-    run = Run()
+    run = Run(report=report)
     with (
         template_database(admin_dsn, rows, DIRT_KINDS, clean=True) as template,
         copy_of(admin_dsn, template) as dsn,
@@ -348,7 +357,8 @@ def refusal_problem(kind: str, steps: list[Step]) -> str | None:
 
 @check("every phase succeeds", "issue 11: the executor fails somewhere on a Supabase schema (see the steps)")
 def _phases(run: Run) -> None:
-    assert run.reached("rollback") and run.every_step_ok, "\n".join(s.line() for s in run.steps)
+    failed = [s.line() for s in run.steps if not s.ok]
+    assert run.reached("rollback") and not failed, "; ".join(failed) or "the run stopped before rollback"
 
 
 @check("old tables untouched while syncing")

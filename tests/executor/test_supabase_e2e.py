@@ -152,3 +152,13 @@ def test_finalize_after_cleanup_keeps_every_row(clean_database: str, tmp_path: P
     assert lg.total(views, "lost") + lg.total(views, "extra") + lg.total(views, "wrong") == 0, views
     assert sum(lg.total(new, k) for k in ("lost", "wrong", "extra")) == 0, new
     assert archive_left == 0
+
+
+def test_demo_names_the_fixtures_it_knows() -> None:
+    from typer.testing import CliRunner
+
+    from dualshift.cli import app
+
+    outcome = CliRunner().invoke(app, ["demo", "--fixture", "nosuch"])
+    assert outcome.exit_code == 2
+    assert "--fixture nosuch: choose xbot or supabase" in outcome.output
