@@ -6,7 +6,7 @@ that dualshift must refuse comes on top, one kind at a time or all three:
 
 - `null_key`: tweet_metrics rows whose measured_at (part of the plan's key) is NULL;
 - `duplicate_key`: tweets rows sharing a decision_id (the plan's key) with another tweet;
-- `lossy_cast`: quality_score values of the comprehensive twin that numeric(5,4) would round.
+- `lossy_cast`: content_metadata.quality_score values (numeric) that numeric(5,4) would round.
 
 `fixtures/supabase/clean_dirty_rows.sql` is what the README tells a user to run about them.
 """
@@ -82,7 +82,7 @@ SELECT 'dup' || k, md5('t' || k)::uuid, 'the same decision tweeted again ' || k,
 FROM generate_series(0, 4) AS k;
 """,
     "lossy_cast": """
-UPDATE public.content_generation_metadata_comprehensive SET quality_score = 0.123456
+UPDATE public.content_metadata SET quality_score = 0.123456
 WHERE decision_id IN (SELECT md5('c' || i)::uuid FROM generate_series(7, 1000, 200) AS i);
 """,
 }

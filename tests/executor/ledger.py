@@ -283,7 +283,7 @@ class ContentWriter(Writer):
             "content": f"draft {self.number}-{step}",
             "decision_type": "single",
             "status": "queued",
-            "quality_score": Decimal(step % 100) / 100,
+            "quality_score": Decimal(step % 100) / 100,  # numeric: two digits survive numeric(5,4)
             "generator_name": "live",
             "raw_topic": "sleep",
             "scheduled_at": (at + timedelta(days=1)).replace(tzinfo=None),
