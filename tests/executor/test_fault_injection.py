@@ -81,6 +81,7 @@ class Stages:
     templates: dict[str, str]  # the last phase run ("" for none) → template database name
     initial: dict[str, dict]
     steps: list[Step]
+    rows: int = FAULT_ROWS
 
 
 @contextmanager
@@ -102,10 +103,10 @@ def stages(admin_dsn: str, backup_dir: Path, rows: int = FAULT_ROWS) -> Iterator
             name = conninfo_to_dict(working)["dbname"]
             templates[phase] = name
             previous = name
-        yield Stages(admin_dsn, templates, checker.initial, steps)
+        yield Stages(admin_dsn, templates, checker.initial, steps, rows)
 
 
-def crash_and_recover(stage: Stages, point: str, recovery: str, backup_dir: Path) -> Outcome:
+def crash_and_recover(stage: Stages, point: str, recovery: str, backup_dir: Path, writers: int = 1) -> Outcome:
     """Start from the point's phase, kill it there under a writer, recover, and judge by the ledger."""
     outcome = Outcome(point, recovery, steps=list(stage.steps))
     phase = point.split(".", 1)[0]
@@ -118,7 +119,7 @@ def crash_and_recover(stage: Stages, point: str, recovery: str, backup_dir: Path
         checker = lg.Checker(book)
         checker.initial = {table: dict(rows) for table, rows in stage.initial.items()}
         conn = psycopg.connect(dsn, autocommit=True, options="-c TimeZone=UTC")
-        team = lg.Team(dsn, book, FAULT_ROWS)
+        team = lg.Team(dsn, book, stage.rows, writers)
         team.start()
         try:
             armed = f"{point}@{REPEATED[point]}" if point in REPEATED else point

@@ -29,7 +29,6 @@ from .supabase_scenario import (
     SEED_ROWS,
     Run,
     loaded_database,
-    migrate,
     migrate_here,
     refusal_problem,
     run_supabase_migration,
@@ -137,7 +136,7 @@ def test_finalize_after_cleanup_keeps_every_row(clean_database: str, tmp_path: P
                 ("cleanup", "--backup-dir", str(tmp_path)),
                 ("finalize",),
             ):
-                steps.append(migrate(dsn, *args))
+                steps.append(migrate_here(dsn, *args))
                 assert steps[-1].ok, "\n".join(s.line() for s in steps)
             time.sleep(0.5)
         finally:
