@@ -547,9 +547,11 @@ class Team:
         """Every writer finishes the transaction it is in and waits while the block runs."""
         for writer in self.writers:
             writer.hold.set()
+        deadline = time.monotonic() + 120
         for writer in self.writers:
             while writer.is_alive() and not writer.holding.wait(0.05):
-                pass
+                if time.monotonic() > deadline:  # a write stuck for two minutes: say so, never hang
+                    raise TimeoutError(f"{writer.name} did not finish its transaction within 120 s")
         try:
             yield
         finally:
