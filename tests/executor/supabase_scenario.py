@@ -164,7 +164,7 @@ class Run:
 
     def step(self, dsn: str, *args: str) -> bool:
         """Run a phase; a failed one is re-run (twice at most), as an operator would; failures stay on record."""
-        self.ledger.during = " ".join(args[:2])
+        self.ledger.during = args[0]
         self.report(f"{' '.join(args)} …")
         for _ in range(3):
             self.steps.append(migrate(dsn, *args))
