@@ -157,6 +157,7 @@ class Run:
     findings: dict[str, dict[str, lg.Finding]] = field(default_factory=dict)
     privileges_gained: dict[str, list[str]] = field(default_factory=dict)
     count_differences: dict[str, list[str]] = field(default_factory=dict)
+    dependents: dict[str, list[str]] = field(default_factory=dict)  # point → what of the rest of the schema broke
     counts: dict[str, dict[str, Any]] = field(default_factory=dict)
     ledger: lg.Ledger = field(default_factory=lg.Ledger)
     writer_crashes: list[str] = field(default_factory=list)
@@ -188,6 +189,7 @@ class Run:
             "findings": {point: {t: f.as_dict() for t, f in per.items()} for point, per in self.findings.items()},
             "privileges_gained": self.privileges_gained,
             "count_differences": self.count_differences,
+            "dependents": self.dependents,
             "writer_crashes": self.writer_crashes,
         }
 
@@ -239,6 +241,7 @@ def _migrate_under_writers(run: Run, dsn: str, ref_dsn: str, rows: int, per_kind
                     before, existed, after, {f"public.{k}": [f"public.{s}" for s in v] for k, v in NEW_TABLES.items()}
                 )
                 run.privileges_gained[point] = [g for g in gained if not _allowed(g)]
+                run.dependents[point] = dependent_problems(conn, checker)
                 if counts:
                     reference.catch_up()
                     expected = lg.visible_counts(reference.conn, OLD_NAMES, who)
@@ -271,6 +274,58 @@ def _migrate_under_writers(run: Run, dsn: str, ref_dsn: str, rows: int, per_kind
         run.writer_crashes = team.finish()
         reference.close()
         conn.close()
+
+
+# The rest of the schema that depends on the old tables (fixtures/supabase/schema.sql).
+DEPENDENT_VIEWS = {"owner_content": "content_metadata", "post_engagement": "posted_decisions"}
+REALTIME = ("content_metadata", "posted_decisions", "tweets")  # the old tables in supabase_realtime
+
+
+def _relkind(conn: psycopg.Connection, name: str) -> str | None:
+    row = conn.execute(
+        "SELECT c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'public' AND c.relname = %s",
+        (name,),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def dependent_problems(conn: psycopg.Connection, checker: lg.Checker) -> list[str]:
+    """What of the schema around the old tables no longer works: views over them reading stale rows,
+    the foreign key from replies pointing elsewhere than the live rows, orphaned replies, and the
+    realtime publication missing the table that now serves an old name."""
+    problems = []
+    for view, old in DEPENDENT_VIEWS.items():
+        shown = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", view))).fetchone()[0]
+        expected = len(checker.expected(checker.spec(old)))
+        if shown != expected:
+            problems.append(f"view {view} shows {shown} rows, {old} holds {expected}")
+    target = conn.execute(
+        "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_constraint k"
+        " JOIN pg_catalog.pg_class c ON c.oid = k.confrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE k.conrelid = 'public.replies'::regclass AND k.contype = 'f'"
+    ).fetchone()
+    live = "public.posted_decisions" if _relkind(conn, "posted_decisions") == "r" else "public.posted_content"
+    if target is None or target[0] != live:
+        problems.append(f"replies' foreign key references {target[0] if target else 'nothing'}, not {live}")
+    orphans = conn.execute(
+        "SELECT count(*) FROM public.replies r WHERE NOT EXISTS"
+        " (SELECT 1 FROM public.posted_decisions p WHERE p.decision_id = r.decision_id)"
+    ).fetchone()[0]
+    if orphans:
+        problems.append(f"{orphans} replies whose decision posted_decisions no longer shows")
+    published = {
+        row[0]
+        for row in conn.execute(
+            "SELECT tablename FROM pg_catalog.pg_publication_tables"
+            " WHERE pubname = 'supabase_realtime' AND schemaname = 'public'"
+        )
+    }
+    for old in REALTIME:
+        serving = old if _relkind(conn, old) == "r" else next(t for t, s in NEW_TABLES.items() if old in s)
+        if serving not in published:
+            problems.append(f"supabase_realtime does not publish {serving}, which serves {old}")
+    return problems
 
 
 def _allowed(gain: str) -> bool:
@@ -412,6 +467,16 @@ def _no_privilege_gained(run: Run) -> None:
     assert run.privileges_gained, "no point was measured"
     found = [f"{point}: {g}" for point, gains in run.privileges_gained.items() for g in gains]
     assert not found, f"{len(found)} gains, e.g. {found[0] if found else ''}"
+
+
+@check(
+    "the rest of the schema keeps working", "issue 11 'The rest of the schema keeps working' (helpers views, cleanup)"
+)
+def _dependents(run: Run) -> None:
+    measured = [p for p in ("after cleanup", "writes through the views", "after rollback") if p in run.dependents]
+    assert len(measured) == 3, f"measured only at {measured}: " + "; ".join(s.line() for s in run.steps[-1:])
+    found = [f"{p}: {d}" for p in measured for d in run.dependents[p]]
+    assert not found, f"{len(found)} problems, e.g. {found[0] if found else ''}"
 
 
 @check("each role sees through each old name what it saw", "issue 11 'Each old name shows its own rows' / RLS copied")
