@@ -34,7 +34,8 @@ import psycopg
 from psycopg import sql
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
-API_ROLES = ("anon", "authenticated", "service_role", "authenticator")
+# The API roles, and PUBLIC (every role, present and future): a grant to it widens access for all.
+API_ROLES = ("anon", "authenticated", "service_role", "authenticator", "public")
 
 
 @dataclass(frozen=True)
