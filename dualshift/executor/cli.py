@@ -33,13 +33,28 @@ def demo_command(
         help="An empty database to use (default: $DATABASE_URL's server or "
         "127.0.0.1:5432 with a fresh database, else a throwaway cluster from the local binaries).",
     ),
-    rows: int = typer.Option(20000, "--rows", help="Content rows in the old tables (posts and metrics follow)."),
+    rows: int = typer.Option(
+        None, "--rows", help="Content rows in the old tables (posts and metrics follow); xbot 20000, supabase 1200."
+    ),
     writers: int = typer.Option(2, "--writers", help="Simulated application writers during the migration."),
+    fixture: str = typer.Option(
+        "xbot",
+        "--fixture",
+        help="xbot: the seeds' 9 → 3 with the dual-write wrapper. supabase: 6 → 3 on a Supabase-shaped database "
+        "(roles, default privileges, RLS, views, dirty rows), judged by an independent ledger; with --dsn it "
+        "creates its databases on that server.",
+    ),
 ) -> None:
-    """Run the seeds' 9 → 3 consolidation end to end while writers keep writing; report each phase."""
+    """Run a consolidation end to end while writers keep writing; report each phase."""
     from dualshift.executor.demo import run_demo
 
     console = Console()
+    if fixture == "supabase":
+        _supabase_demo(console, dsn, rows or 1200, writers)
+        return
+    if fixture != "xbot":
+        raise fail(f"--fixture {fixture}: choose xbot or supabase")
+    rows = rows or 20000
     try:
         result = run_demo(dsn, rows, writers, report=lambda line: console.print(line, style="dim"))
     except Exception as exc:  # the demo is a whole story: any failure ends it with its reason
@@ -57,6 +72,41 @@ def demo_command(
         highlight=False,
     )
     if not result.parity_passed or result.rows_lost:
+        raise typer.Exit(1)
+
+
+def _supabase_demo(console: Console, dsn: str | None, rows: int, writers: int) -> None:
+    from dualshift.executor.supabase_demo import run_supabase_demo
+
+    try:
+        result = run_supabase_demo(dsn, rows, writers, report=lambda line: console.print(line, style="dim"))
+    except Exception as exc:  # the demo is a whole story: any failure ends it with its reason
+        raise fail(f"demo failed: {exc}") from exc
+    for kind, problem in result.refusals.items():
+        console.print(f"dirty rows ({kind}): " + ("refused with a clear message" if problem is None else problem))
+    steps = Table(title="dualshift demo --fixture supabase: 6 tables → 3, writers running")
+    for column in ("step", "exit", "seconds", "last line"):
+        steps.add_column(column)
+    for step in result.steps:
+        last = step.output.strip().splitlines()[-1:] or [""]
+        steps.add_row(step.command, str(step.exit_code), f"{step.seconds:.1f}", last[0][:100])
+    console.print(steps)
+    figures = Table(title="the ledger: rows where they must be")
+    for column in ("point", "relation", "lost", "wrong", "extra", "unreadable"):
+        figures.add_column(column)
+    for point, per in result.findings.items():
+        for relation, f in per.items():
+            figures.add_row(point, relation, str(f["lost"]), str(f["wrong"]), str(f["extra"]), f["unreadable"] or "")
+    console.print(figures)
+    ledger = result.ledger
+    console.print(
+        f"application writes committed: {ledger['committed']} {ledger['by_operation']}; failed: {ledger['failed']}"
+        + (f" {ledger['failed_during']}" if ledger["failed"] else ""),
+        highlight=False,
+    )
+    for name, problem in result.verdicts.items():
+        console.print(("ok    " if problem is None else "FAIL  ") + name + ("" if problem is None else f": {problem}"))
+    if not result.passed:
         raise typer.Exit(1)
 
 
