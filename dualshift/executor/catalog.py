@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from dualshift.executor.connection import ExecutorError
-from dualshift.findings import Finding, errors
+from dualshift.findings import Finding, Severity, errors
 from dualshift.plan import NewTable, Plan, Source, line_of, plan_lines
 
 
@@ -193,8 +193,8 @@ class _Checker:
     def line(self, *needles: str) -> int | None:
         return line_of(self.lines, *needles)
 
-    def add(self, severity: str, check: str, message: str, **where) -> Finding:
-        finding = Finding(severity, check, message, **where)  # type: ignore[arg-type]
+    def add(self, severity: Severity, check: str, message: str, **where) -> Finding:
+        finding = Finding(severity, check, message, **where)
         self.findings.append(finding)
         return finding
 

@@ -37,7 +37,7 @@ from dualshift.executor.catalog import (
     probe,
 )
 from dualshift.executor.connection import ExecutorError
-from dualshift.findings import MAX_SAMPLES, Finding, errors
+from dualshift.findings import MAX_SAMPLES, Finding, Severity, errors
 from dualshift.plan import NewTable, Plan, line_of, plan_lines
 
 KEPT, CHANGED, NOT_CASTABLE = 0, 1, 2
@@ -310,11 +310,17 @@ class _SourceChecks:
         return list(self.conn.execute(sql.SQL("SELECT {} FROM {} o").format(counts, self.relation)).fetchone())
 
     def report(
-        self, severity: str, check_name: str, message: str, condition: sql.Composable, count: int, **where
+        self,
+        severity: Severity,
+        check_name: str,
+        message: str,
+        condition: sql.Composable | list[sql.Composable],
+        count: int,
+        **where,
     ) -> None:
         self.findings.append(
             Finding(
-                severity,  # type: ignore[arg-type]
+                severity,
                 check_name,
                 message,
                 table=self.table.name,
