@@ -391,8 +391,21 @@ def read_source_security(
 
 
 def _policy(
-    name: str, target: sql.Composable, permissive: bool, command: str, roles, using: str | None, check: str | None
+    name: str,
+    target: sql.Composable,
+    permissive: bool,
+    command: str,
+    roles,
+    using: str | None,
+    check: str | None,
+    exempt: str | None = None,
 ) -> sql.Composable:
+    """`exempt`: dualshift's sync role, which mirrors rows the application already wrote under the old
+    tables' policies; a restrictive policy (which no permissive one can outweigh) lets it through."""
+    if not permissive and exempt is not None:
+        own = "current_user = '" + exempt.replace("'", "''") + "'"
+        using = None if using is None else f"({own}) OR ({using})"
+        check = None if check is None else f"({own}) OR ({check})"
     statement = sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}").format(
         sql.Identifier(name),
         target,
@@ -407,7 +420,9 @@ def _policy(
     return statement
 
 
-def _partition_policies(table: NewTable, target: sql.Composable, security: list[SourceSecurity]) -> list:
+def _partition_policies(
+    table: NewTable, target: sql.Composable, security: list[SourceSecurity], exempt: str | None = None
+) -> list:
     """Each source's policies, each limited to the rows of that source's partition."""
     statements = []
     for found in security:
@@ -427,6 +442,7 @@ def _partition_policies(table: NewTable, target: sql.Composable, security: list[
                     p.roles,
                     _limit(predicate, p, p.using),
                     _limit(predicate, p, p.check),
+                    exempt,
                 )
             )
     return statements
@@ -519,7 +535,9 @@ def source_row_filter(
     return " AND ".join(parts) or "true"
 
 
-def _twin_policies(table: NewTable, target: sql.Composable, security: list[SourceSecurity]) -> list:
+def _twin_policies(
+    table: NewTable, target: sql.Composable, security: list[SourceSecurity], exempt: str | None = None
+) -> list:
     """A row is visible when every twin's policies allow it: identical policies are copied, otherwise each
     twin with RLS becomes restrictive policies (its permissive ones folded into one per command)."""
     first = security[0]
@@ -530,7 +548,9 @@ def _twin_policies(table: NewTable, target: sql.Composable, security: list[Sourc
         for s in security
     )
     if identical:
-        return [_policy(p.name, target, p.permissive, p.command, p.roles, p.using, p.check) for p in first.policies]
+        return [
+            _policy(p.name, target, p.permissive, p.command, p.roles, p.using, p.check, exempt) for p in first.policies
+        ]
     statements = [_policy(fit(table.name, "rows"), target, True, "ALL", [PUBLIC], "true", None)]
     for found in security:
         if not found.enabled:
@@ -539,11 +559,11 @@ def _twin_policies(table: NewTable, target: sql.Composable, security: list[Sourc
             using = _source_allows(found, command, "using") if command != "INSERT" else None
             check = _source_allows(found, command, "check") if command in ("INSERT", "UPDATE") else None
             name = fit(found.source.table, "allows", command.lower())
-            statements.append(_policy(name, target, False, command, [PUBLIC], using, check))
+            statements.append(_policy(name, target, False, command, [PUBLIC], using, check, exempt))
         for p in found.policies:
             if not p.permissive:
                 name = fit(found.source.table, p.name)
-                statements.append(_policy(name, target, False, p.command, p.roles, p.using, p.check))
+                statements.append(_policy(name, target, False, p.command, p.roles, p.using, p.check, exempt))
     return statements
 
 
@@ -557,9 +577,12 @@ def policy_statements(conn: psycopg.Connection, plan: Plan, table: NewTable) -> 
     statements: list[sql.Composable] = [sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(target)]
     if any(s.forced for s in security):
         statements.append(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(target))
+    from dualshift.executor.sync import role_name  # the role the sync triggers run as (backfill creates it)
+
+    exempt = role_name(conn, plan)
     if table.sources_are == "partitions":
-        return statements + _partition_policies(table, target, security)
-    return statements + _twin_policies(table, target, security)
+        return statements + _partition_policies(table, target, security, exempt)
+    return statements + _twin_policies(table, target, security, exempt)
 
 
 def access_statements(conn: psycopg.Connection, plan: Plan, table: NewTable) -> list[sql.Composable]:

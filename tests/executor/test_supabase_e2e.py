@@ -50,14 +50,9 @@ def _xfail(reason: str) -> Any:
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("null_key", marks=_xfail("issue 11 'Rows lost or silently wrong' / 10.5: NULL key parts refused")),
-        pytest.param(
-            "duplicate_key",
-            marks=_xfail("issue 11 'Rows lost or silently wrong' / 10.5: duplicate source keys refused"),
-        ),
-        pytest.param(
-            "lossy_cast", marks=_xfail("issue 11 'Rows lost or silently wrong': verify/preflight see lossy casts")
-        ),
+        "null_key",
+        "duplicate_key",
+        "lossy_cast",
     ],
 )
 def test_dirty_rows_are_refused_with_a_clear_message(admin_dsn: str, kind: str) -> None:
@@ -88,7 +83,6 @@ FAILS_TODAY = {
     "new tables exact after cleanup",
     "rollback after cleanup is exact",
     "no application write failed",
-    "no role gains a privilege",
     "each role sees through each old name what it saw",
     "the rest of the schema keeps working",
 }
