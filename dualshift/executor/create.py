@@ -20,7 +20,7 @@ from psycopg import sql
 
 from dualshift.executor.catalog import table_exists
 from dualshift.executor.connection import ExecutorError, Sink
-from dualshift.executor.names import fit
+from dualshift.executor.names import SYNC_GROUP, ensure_sync_group, fit
 from dualshift.plan import NewTable, Plan, Source
 
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
@@ -400,10 +400,10 @@ def _policy(
     check: str | None,
     exempt: str | None = None,
 ) -> sql.Composable:
-    """`exempt`: dualshift's sync role, which mirrors rows the application already wrote under the old
-    tables' policies; a restrictive policy (which no permissive one can outweigh) lets it through."""
+    """`exempt`: the group of dualshift's sync roles, which mirror rows the application already wrote under
+    the old tables' policies; a restrictive policy (which no permissive one can outweigh) lets them through."""
     if not permissive and exempt is not None:
-        own = "current_user = '" + exempt.replace("'", "''") + "'"
+        own = f"pg_catalog.pg_has_role(current_user, '{exempt}', 'MEMBER')"
         using = None if using is None else f"({own}) OR ({using})"
         check = None if check is None else f"({own}) OR ({check})"
     statement = sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}").format(
@@ -577,9 +577,8 @@ def policy_statements(conn: psycopg.Connection, plan: Plan, table: NewTable) -> 
     statements: list[sql.Composable] = [sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(target)]
     if any(s.forced for s in security):
         statements.append(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(target))
-    from dualshift.executor.sync import role_name  # the role the sync triggers run as (backfill creates it)
-
-    exempt = role_name(conn, plan)
+    statements.append(sql.SQL(ensure_sync_group()))
+    exempt = SYNC_GROUP  # the sync triggers' roles are its members (backfill creates them)
     if table.sources_are == "partitions":
         return statements + _partition_policies(table, target, security, exempt)
     return statements + _twin_policies(table, target, security, exempt)

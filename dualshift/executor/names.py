@@ -13,6 +13,17 @@ import hashlib
 API_SCHEMA = "dualshift"
 PRIVATE_SCHEMA = "dualshift_private"
 MAX_IDENTIFIER_BYTES = 63
+# A cluster-wide NOLOGIN role every sync-trigger role of every database is a member of: dualshift's own
+# restrictive policies let its members through (see create.py), whatever the database is called later.
+SYNC_GROUP = "dualshift_sync"
+
+
+def ensure_sync_group() -> str:
+    """SQL creating SYNC_GROUP if missing (roles are cluster-wide: two databases may race to create it)."""
+    return (
+        f"DO $$BEGIN CREATE ROLE {SYNC_GROUP} NOLOGIN; "
+        "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END$$"
+    )
 
 
 def fit(*parts: str) -> str:

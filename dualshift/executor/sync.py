@@ -40,7 +40,7 @@ from dualshift.executor.backfill import (
 )
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import Sink, Timeouts, with_lock_retries
-from dualshift.executor.names import PRIVATE_SCHEMA, fit
+from dualshift.executor.names import PRIVATE_SCHEMA, SYNC_GROUP, ensure_sync_group, fit
 from dualshift.plan import NewTable, Plan, Source
 
 TRIGGER = SYNC_TRIGGER
@@ -226,6 +226,8 @@ def _role_statements(conn: psycopg.Connection, role: str) -> list[sql.Composable
     exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone()
     if not exists:
         statements.append(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(sql.Identifier(role)))
+    statements.append(sql.SQL(ensure_sync_group()))
+    statements.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(SYNC_GROUP), sql.Identifier(role)))
     superuser = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0]
     if not superuser:  # to hand it the functions, the executor's role must be able to act as it
         statements.append(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
