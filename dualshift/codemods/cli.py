@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from dualshift.console import error, fail, output_console
+from dualshift.console import error, examples, fail, output_console
 from dualshift.plan import Plan, PlanError, load_plan
 from dualshift.reports.interaction_map import MapError, load_map
 
@@ -40,7 +40,13 @@ def read_calls(path: Path):
         raise fail(str(exc)) from exc
 
 
-@plan_app.command("init")
+@plan_app.command(
+    "init",
+    epilog=examples(
+        "dualshift plan init --map out/DATABASE_INTERACTION_MAP.json --out dualshift.toml",
+        "dualshift plan init --dsn $DATABASE_URL --map out/DATABASE_INTERACTION_MAP.json --out dualshift.toml",
+    ),
+)
 def plan_init(
     map_file: Path = typer.Option(None, "--map", help="The interaction map written by `dualshift scan`."),
     dsn: str = typer.Option(None, "--dsn", help="Draft from the live database: real types, keys, checks."),
@@ -90,7 +96,13 @@ def _read_catalog(dsn: str):
         conn.close()
 
 
-@plan_app.command("check")
+@plan_app.command(
+    "check",
+    epilog=examples(
+        "dualshift plan check --plan dualshift.toml --map out/DATABASE_INTERACTION_MAP.json",
+        "dualshift plan check --plan dualshift.toml --dsn $DATABASE_URL --json",
+    ),
+)
 def plan_check(
     plan: Path = typer.Option(..., "--plan", help="The plan to check (dualshift.toml)."),
     map_file: Path = typer.Option(None, "--map", help="The interaction map written by `dualshift scan`."),
@@ -146,7 +158,13 @@ def _check_against_database(plan: Plan, dsn: str):
     return findings, columns
 
 
-@generate_app.command("wrapper")
+@generate_app.command(
+    "wrapper",
+    epilog=examples(
+        "dualshift generate wrapper --plan dualshift.toml --lang ts --out src/db/dualWrite.ts",
+        "dualshift generate wrapper --plan dualshift.toml --lang py --out worker/db/dual_write.py",
+    ),
+)
 def generate_wrapper(
     plan: Path = typer.Option(..., "--plan", help="The plan (dualshift.toml)."),
     lang: str = typer.Option("ts", "--lang", help="ts (supabase-js v2) or py (supabase-py)."),

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dualshift.console import fail
+from dualshift.console import examples, fail
 
 migrate_app = typer.Typer(
     help="Run the migration phases on a real PostgreSQL: snapshot, create, backfill, verify, switch-reads, "
@@ -23,7 +23,7 @@ migrate_app = typer.Typer(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(migrate_app, name="migrate")
-    app.command("demo")(demo_command)
+    app.command("demo", epilog=examples("dualshift demo", "dualshift demo --rows 5000 --writers 4"))(demo_command)
 
 
 def demo_command(
@@ -208,7 +208,9 @@ def _print(result: dict[str, Any], dry_run: bool) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
-@migrate_app.command("snapshot")
+@migrate_app.command(
+    "snapshot", epilog=examples("dualshift migrate --plan fixtures/xbot/dualshift.toml snapshot --out-dir out")
+)
 def snapshot_command(
     context: typer.Context, out_dir: Path = typer.Option(Path("."), "--out-dir", help="Where to write the snapshot.")
 ) -> None:
@@ -217,7 +219,13 @@ def snapshot_command(
     _print(_perform(context, lambda e: e.snapshot(out_dir)), False)
 
 
-@migrate_app.command("create")
+@migrate_app.command(
+    "create",
+    epilog=examples(
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml --dry-run create",
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml create",
+    ),
+)
 def create_command(
     context: typer.Context,
     skip_preflight: bool = typer.Option(
@@ -229,7 +237,12 @@ def create_command(
     _print(_perform(context, lambda e: e.create(), skip_preflight=skip_preflight), context.obj["dry_run"])
 
 
-@migrate_app.command("backfill")
+@migrate_app.command(
+    "backfill",
+    epilog=examples(
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml backfill --sync triggers --batch-size 5000 --max-rows-per-s 20000"
+    ),
+)
 def backfill_command(
     context: typer.Context,
     batch_size: int = typer.Option(5000, "--batch-size", help="Rows per batch (one transaction each)."),
@@ -283,7 +296,13 @@ def backfill_command(
         raise typer.Exit(3)
 
 
-@migrate_app.command("verify")
+@migrate_app.command(
+    "verify",
+    epilog=examples(
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml verify --report out/parity.md",
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml verify --incremental",
+    ),
+)
 def verify_command(
     context: typer.Context,
     report: Path = typer.Option(None, "--report", help="Also write the report: .json or .md by the file's suffix."),
@@ -318,7 +337,13 @@ def verify_command(
         raise typer.Exit(1)
 
 
-@migrate_app.command("switch-reads")
+@migrate_app.command(
+    "switch-reads",
+    epilog=examples(
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml --code . switch-reads 10",
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml switch-reads 0",
+    ),
+)
 def switch_reads_command(
     context: typer.Context,
     percent: int = typer.Argument(..., help="Share of reads served from the new tables, 0-100."),
@@ -336,7 +361,13 @@ def switch_reads_command(
     _print(_perform(context, switch), context.obj["dry_run"])
 
 
-@migrate_app.command("flags")
+@migrate_app.command(
+    "flags",
+    epilog=examples(
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml flags",
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml flags --set content_queue.shadow_reads=true",
+    ),
+)
 def flags_command(
     context: typer.Context,
     set_: list[str] = typer.Option([], "--set", help="NAME=VALUE or SCOPE.NAME=VALUE (VALUE is JSON), repeatable."),
@@ -370,7 +401,10 @@ def _flag_assignment(item: str) -> tuple[str, str, Any]:
     return scope or "*", flag, parsed
 
 
-@migrate_app.command("cleanup")
+@migrate_app.command(
+    "cleanup",
+    epilog=examples("dualshift migrate --plan fixtures/xbot/dualshift.toml --code . cleanup --backup-dir backups"),
+)
 def cleanup_command(
     context: typer.Context,
     backup_dir: Path = typer.Option(Path("dualshift-backups"), "--backup-dir", help="Where pg_dump writes the backup."),
@@ -380,20 +414,32 @@ def cleanup_command(
     _print(_perform(context, lambda e: e.cleanup(backup_dir)), context.obj["dry_run"])
 
 
-@migrate_app.command("rollback")
+@migrate_app.command("rollback", epilog=examples("dualshift migrate --plan fixtures/xbot/dualshift.toml rollback"))
 def rollback_command(context: typer.Context) -> None:
     """Go back one phase from wherever the migration stands, cleanup included, losing no row."""
     _print(_perform(context, lambda e: e.rollback()), context.obj["dry_run"])
 
 
-@migrate_app.command("reconcile")
+@migrate_app.command(
+    "reconcile",
+    epilog=examples(
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml status",
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml reconcile",
+    ),
+)
 def reconcile_command(context: typer.Context) -> None:
     """When the state row disagrees with the catalog (a crash of an older dualshift between a commit and
     its state), record the earliest phase the catalog is consistent with. Changes no table."""
     _print(_perform(context, lambda e: e.reconcile()), False)
 
 
-@migrate_app.command("watch")
+@migrate_app.command(
+    "watch",
+    epilog=examples(
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml watch --interval 60 --metrics-port 9464",
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml watch --once",
+    ),
+)
 def watch_command(
     context: typer.Context,
     interval: float = typer.Option(60.0, "--interval", help="Seconds between checks."),
@@ -433,7 +479,7 @@ def watch_command(
         raise typer.Exit(1)
 
 
-@migrate_app.command("status")
+@migrate_app.command("status", epilog=examples("dualshift migrate --plan fixtures/xbot/dualshift.toml status"))
 def status_command(context: typer.Context) -> None:
     """Where the migration stands, per table, with the last parity figures."""
     _print(_perform(context, lambda e: e.status()), False)
