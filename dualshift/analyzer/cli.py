@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -54,6 +55,9 @@ def scan(
         DEFAULT_MAX_BYTES / 1_048_576, "--max-file-mb", help="Files larger than this are reported, not analyzed."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
+    as_json: bool = typer.Option(
+        False, "--json", help='Print the summary as JSON ({"map", "summary", "failures"}) instead of the table.'
+    ),
 ) -> None:
     """Find every Supabase query-builder call (table, operation, columns, filters) and write the map.
 
@@ -61,7 +65,9 @@ def scan(
     parsed are listed in the map's `failures` and on stderr; they never stop the scan.
     """
     to_stdout = str(out) == "-"
-    console = output_console(quiet=quiet, stderr=to_stdout)  # stdout carries only the map then
+    if to_stdout and as_json:
+        raise fail("--out - and --json both want stdout: write the map to a file, or drop --json")
+    console = output_console(quiet=quiet or as_json, stderr=to_stdout)  # stdout carries only the map then
     if not root.is_dir():
         raise fail(f"{root}: not a directory")
     # One pause from the scan to the summary, and the records freed (by reference counting) before it
@@ -76,6 +82,13 @@ def scan(
         for failure in result.failures:
             error(f"{failure.file}: {failure.reason}")
         _print_summary(console, result, out)
+        if as_json:
+            document = {
+                "map": str(out),
+                "summary": summarize(result),
+                "failures": [f.to_dict() for f in result.failures],
+            }
+            typer.echo(json.dumps(document, indent=2))
         del result
 
 

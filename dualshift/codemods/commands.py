@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
@@ -43,6 +44,7 @@ PER_PACKAGE = typer.Option(
     "--wrapper-per-package",
     help="Each file imports the --wrapper path inside its own package (nearest package.json).",
 )
+AS_JSON = typer.Option(False, "--json", help="Print the outcome per file as JSON (diffs included) instead of text.")
 PY_WRAPPER = typer.Option(
     "dual_write.py",
     "--python-wrapper",
@@ -82,6 +84,23 @@ def _ask(console: Console, state: dict, outcome: FileOutcome) -> bool | None:
     return answer.startswith("y")
 
 
+def _json_report(outcomes: list[FileOutcome], apply: bool) -> None:
+    """`--json`: {"applied", "counts", "files": [{path, status, reason, diff, skipped_sites}]}."""
+    files = [
+        {
+            "path": o.path,
+            "status": o.status,
+            "reason": o.reason,
+            "diff": o.diff or None,
+            "skipped_sites": [{"line": x.line, "table": x.table, "reason": x.reason} for x in o.skipped_sites],
+        }
+        for o in outcomes
+    ]
+    typer.echo(
+        json.dumps({"applied": apply, "counts": dict(Counter(o.status for o in outcomes)), "files": files}, indent=2)
+    )
+
+
 def _report(console: Console, outcomes: list[FileOutcome], apply: bool) -> None:
     for outcome in outcomes:
         if outcome.status == "changed" and not apply:
@@ -116,6 +135,7 @@ def _run(
     python_wrapper: str,
     import_specifier: str,
     per_package: bool,
+    as_json: bool = False,
     reads: bool = False,
 ):
     from dualshift.codemods.cli import read_plan
@@ -139,7 +159,10 @@ def _run(
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    _report(console, outcomes, apply)
+    if as_json:
+        _json_report(outcomes, apply)
+    else:
+        _report(console, outcomes, apply)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 
@@ -163,6 +186,7 @@ def wrap(
     python_wrapper: str = PY_WRAPPER,
     import_specifier: str = IMPORT,
     per_package: bool = PER_PACKAGE,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Route write call sites on the plan's old tables through dualWrite(client) (dual_write(client) in
     Python); add the import once per file."""
@@ -187,6 +211,7 @@ def unwrap(
     python_wrapper: str = PY_WRAPPER,
     import_specifier: str = IMPORT,
     per_package: bool = PER_PACKAGE,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Cleanup: back to plain client calls on the new tables, columns mapped, the wrapper import removed."""
     _run("unwrap", **locals())
@@ -219,7 +244,7 @@ def revert_command(
 @codemod_app.command(
     "status", epilog=examples("dualshift codemod status fixtures/xbot --plan fixtures/xbot/dualshift.toml")
 )
-def status(root: Path = ROOT, plan: Path = PLAN) -> None:
+def status(root: Path = ROOT, plan: Path = PLAN, as_json: bool = AS_JSON) -> None:
     """Per old table of the plan: files whose write call sites are all wrapped, files still pending, and
     whether the table is ready (no pending file, and no unwrapped write whose table is a run-time name)."""
     from dualshift.analyzer.scan import scan_tree
@@ -235,6 +260,23 @@ def status(root: Path = ROOT, plan: Path = PLAN) -> None:
         (done if is_wrapped(call) else pending)[call.table].add(call.file)
     for table in done:
         done[table] -= pending[table]
+    if as_json:
+        rows = [
+            {
+                "old_table": old,
+                "new_table": loaded.table_mapping[old],
+                "files_done": sorted(done[old]),
+                "files_pending": sorted(pending[old]),
+                "ready": not pending[old] and not runtime,
+            }
+            for old in loaded.old_tables
+        ]
+        runtime_sites = [
+            {"file": c.file, "line": c.line, "operation": c.operation, "table_expression": c.table_expression}
+            for c in runtime
+        ]
+        typer.echo(json.dumps({"tables": rows, "runtime_writes": runtime_sites}, indent=2))
+        return
     table = Table(title="Write call sites on planned tables")
     for column in ("old table", "new table", "files done", "files pending", "ready", "pending"):
         table.add_column(column)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dualshift.console import examples, fail
+from dualshift.console import examples, fail, output_console
 
 migrate_app = typer.Typer(
     help="Run the migration phases on a real PostgreSQL: snapshot, create, backfill, verify, switch-reads, "
@@ -309,12 +309,19 @@ def verify_command(
     incremental: bool = typer.Option(
         False, "--incremental", help="Check only the keys written since the last passing verify (full when unknown)."
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report as JSON instead of a table."),
 ) -> None:
     """Parity per new table and per source, in the database; exit 0 only when the plan's thresholds hold."""
     from dualshift.executor.verify import markdown, ranges_text
 
     result = _perform(context, lambda e: e.verify(incremental=incremental))
     result.pop("statements", None)
+    if report is not None:
+        text = markdown(result) if report.suffix == ".md" else json.dumps(result, indent=2, default=str)
+        report.write_text(text, encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        raise typer.Exit(0 if result["passed"] else 1)
     table = Table(title=f"parity: {'PASSED' if result['passed'] else 'FAILED'}")
     for column in ("new table", "expected", "new", "missing", "extra", "differing", "ranges compared / joined"):
         table.add_column(column, justify="right" if column != "new table" else "left")
@@ -324,15 +331,12 @@ def verify_command(
             *(str(t[k]) for k in ("expected_rows", "new_rows", "missing_rows", "extra_rows", "mismatched_rows")),
             ranges_text(t),
         )
-    Console().print(table)
+    output_console().print(table)
     for t in result["tables"]:
         for sample in t["samples"]:
             typer.echo(
                 f"{t['table']} {json.dumps(sample['key'], default=str)}: {sample['problem']} {json.dumps(sample.get('columns', ''), default=str)}"
             )
-    if report is not None:
-        text = markdown(result) if report.suffix == ".md" else json.dumps(result, indent=2, default=str)
-        report.write_text(text, encoding="utf-8")
     if not result["passed"]:
         raise typer.Exit(1)
 

@@ -172,3 +172,19 @@ def test_ctrl_c_during_a_scan_says_what_was_kept_and_exits_130(tmp_path: Path) -
 
 def _status_field(status: Path, name: str) -> str:
     return next(line.split()[1] for line in status.read_text().splitlines() if line.startswith(f"{name}:"))
+
+
+def test_json_summary_and_its_conflict_with_out_dash(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from dualshift.cli import app
+
+    (tmp_path / "a.ts").write_text("export const f = (db: any) => db.from('posts').insert({ a: 1 });\n")
+    out = tmp_path / "map.json"
+    result = CliRunner().invoke(app, ["scan", str(tmp_path), "-o", str(out), "--no-cache", "--json"])
+    document = json.loads(result.stdout)
+    assert document["map"] == str(out) and document["summary"]["callSites"] == 1 and document["failures"] == []
+    both = CliRunner().invoke(app, ["scan", str(tmp_path), "-o", "-", "--json"])
+    assert both.exit_code == 2 and "both want stdout" in both.output

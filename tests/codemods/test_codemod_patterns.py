@@ -174,3 +174,30 @@ def test_unwrap_never_retargets_a_helper_whose_callers_pass_the_table(tmp_path) 
     assert result.rewritten_sites == 0 and result.new_source == textwrap.dedent(source).lstrip("\n")
     (reason,) = {s.reason for s in result.skipped_sites}
     assert "outcomes → engagement_metrics" in reason and "reply_likes → not in the plan" in reason
+
+
+def test_wrap_and_status_speak_json(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from dualshift.cli import app
+
+    from .helpers import PLAN
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.ts").write_text("export const a = (db: any) => db.from('tweets').insert({ text: 'x' });\n")
+    plan = str(Path(PLAN.path))
+    wrapped = json.loads(CliRunner().invoke(app, ["codemod", "wrap", str(tmp_path), "--plan", plan, "--json"]).stdout)
+    assert wrapped["applied"] is False and wrapped["counts"] == {"changed": 1}
+    assert wrapped["files"][0]["path"] == "src/a.ts" and "+import { dualWrite }" in wrapped["files"][0]["diff"]
+    status = json.loads(CliRunner().invoke(app, ["codemod", "status", str(tmp_path), "--plan", plan, "--json"]).stdout)
+    tweets = next(t for t in status["tables"] if t["old_table"] == "tweets")
+    assert tweets == {
+        "old_table": "tweets",
+        "new_table": "posted_content",
+        "files_done": [],
+        "files_pending": ["src/a.ts"],
+        "ready": False,
+    }
