@@ -11,14 +11,15 @@ from psycopg import sql
 from dualshift.executor.connection import ExecutorError, actor
 
 SCHEMA = "dualshift"
-PHASES = ("none", "created", "backfilled", "verified", "switched", "cleaned")
+PHASES = ("none", "created", "backfilled", "verified", "switched", "cleaned", "finalized")
 NEXT_COMMAND = {
     "none": "dualshift migrate create",
     "created": "dualshift migrate backfill",
     "backfilled": "dualshift migrate verify",
     "verified": "dualshift migrate switch-reads PERCENT",
     "switched": "dualshift migrate cleanup",
-    "cleaned": "(done; dualshift migrate rollback goes back)",
+    "cleaned": "dualshift migrate finalize (once sure; until then dualshift migrate rollback goes back)",
+    "finalized": "(done: the migration was finalized)",
 }
 
 DDL = """
