@@ -98,7 +98,7 @@ def _owns(table: NewTable, source: Source, row: str) -> sql.Composable:
     predicate = table.partition_predicate(source.table)
     if predicate is None:
         return sql.SQL("true")
-    return sql.SQL("pg_catalog.coalesce((SELECT ({}) FROM (SELECT {}.*) AS r), false)").format(
+    return sql.SQL("coalesce((SELECT ({}) FROM (SELECT {}.*) AS r), false)").format(
         sql.SQL(predicate), sql.Identifier(row)
     )
 
