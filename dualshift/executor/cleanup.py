@@ -257,22 +257,41 @@ def relation_names(conn: psycopg.Connection, relations: list[sql.Identifier]) ->
     return [relation.as_string(conn) for relation in relations]
 
 
+def present(conn: psycopg.Connection, relations: list[sql.Identifier]) -> list[sql.Identifier]:
+    """The relations that exist (a view dropped by hand must not stop the rollback)."""
+    return [
+        r for r in relations if conn.execute("SELECT pg_catalog.to_regclass(%s)", (r.as_string(conn),)).fetchone()[0]
+    ]
+
+
 def lock_statement(relations: list[sql.Identifier]) -> sql.Composable:
     return sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(relations))
 
 
+def _sorted(pairs: set[tuple[str, str]]) -> list[sql.Identifier]:
+    return [sql.Identifier(schema, name) for schema, name in sorted(pairs)]
+
+
+# Lock orders follow the application's own: a write to an old table locks it, then its sync trigger
+# locks the new table; after cleanup a write through a view locks the view, the new table, then
+# (reverse sync) the archived table. Taking ours in the same order leaves no deadlock cycle.
+
+
 def cleanup_relations(plan: Plan) -> list[sql.Identifier]:
-    """Every old and new table before cleanup, sorted by qualified name: one lock order for all."""
-    relations = {(s.schema, s.table) for t in plan.tables for s in t.sources}
-    relations |= {(plan.new_schema, t.name) for t in plan.tables}
-    return [sql.Identifier(schema, name) for schema, name in sorted(relations)]
+    """Before cleanup: the old tables, then the new ones, each group sorted by qualified name."""
+    return _sorted({(s.schema, s.table) for t in plan.tables for s in t.sources}) + _sorted(
+        {(plan.new_schema, t.name) for t in plan.tables}
+    )
 
 
-def cleaned_relations(plan: Plan) -> list[sql.Identifier]:
-    """Every archived old table and promoted new table after cleanup, sorted by qualified name."""
-    relations = {(plan.archive_schema, s.table) for t in plan.tables for s in t.sources}
-    relations |= {(plan.target_schema, t.name) for t in plan.tables}
-    return [sql.Identifier(schema, name) for schema, name in sorted(relations)]
+def cleaned_relations(plan: Plan, with_views: bool = False) -> list[sql.Identifier]:
+    """After cleanup: (the views,) the promoted new tables, then the archived old tables."""
+    views_ = _sorted({(s.schema, s.table) for t in plan.tables for s in t.sources}) if with_views else []
+    return (
+        views_
+        + _sorted({(plan.target_schema, t.name) for t in plan.tables})
+        + _sorted({(plan.archive_schema, s.table) for t in plan.tables for s in t.sources})
+    )
 
 
 def check_before_cleanup(conn: psycopg.Connection, plan: Plan) -> None:
@@ -407,7 +426,7 @@ def rows_missing_from_archive(conn: psycopg.Connection, plan: Plan, table: NewTa
 
 def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, object]:
     """The rollback of cleanup inside the caller's transaction: refused unless the archive holds every row."""
-    sink.run(lock_statement(cleaned_relations(plan)))
+    sink.run(lock_statement(present(conn, cleaned_relations(plan, with_views=True))))
     if not sink.dry_run:
         failures = reverse_sync.unrepaired_failures(conn, plan)
         if failures:

@@ -129,7 +129,6 @@ class Executor:
     def cleanup(self, backup_dir: Path, timeouts: Timeouts | None = None) -> dict[str, Any]:
         """Backup first (sync triggers still on), then one transaction: lock, last delta, archive, promote,
         views, sync triggers off, reverse sync on, state. A failure keeps nothing but the backup."""
-        mappings = validate(self.conn, self.plan)
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
             if not self.dry_run:
@@ -138,6 +137,7 @@ class Executor:
             if current == "cleaned":
                 return {"note": "already cleaned up: nothing to do", "statements": []}
             require_phase(current, ("verified", "switched"), "cleanup")
+            mappings = validate(self.conn, self.plan)
             last = last_verify(self.conn, self.key)
             if not (last and last["passed"]):
                 raise ExecutorError("the last verify did not pass; run `dualshift migrate verify` first")
@@ -273,7 +273,7 @@ class Executor:
                     audit(self.conn, self.key, "rollback", "rollback cleanup", "ok", result, sink.statements)
                 return result
 
-            relations = cleanup.relation_names(self.conn, cleanup.cleaned_relations(self.plan))
+            relations = cleanup.relation_names(self.conn, cleanup.cleaned_relations(self.plan, with_views=True))
             result = self._in_one_transaction("rollback", restore, relations, timeouts, "kept: everything as it was")
             faults.point("rollback.committed")
         result["statements"] = sink.statements
