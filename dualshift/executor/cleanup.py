@@ -30,11 +30,17 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
 
 from dualshift.executor import names, reverse_sync, sync, views
 from dualshift.executor.catalog import SourceMapping, table_exists
 from dualshift.executor.connection import ExecutorError, Sink, Timeouts
 from dualshift.plan import NewTable, Plan, Source
+
+try:  # dependents.py comes with the compatibility-views work; until it is there, cleanup carries none
+    from dualshift.executor import dependents
+except ImportError:  # pragma: no cover
+    dependents = None
 
 # libpq's connection parameters and the environment variables that carry them, so that pg_dump
 # gets the connection without a word of it on its command line (readable by anyone in /proc).
@@ -69,7 +75,7 @@ LIBPQ_ENV = {
     "target_session_attrs": "PGTARGETSESSIONATTRS",
     "load_balance_hosts": "PGLOADBALANCEHOSTS",
 }
-BACKUPS = sql.Identifier(names.PRIVATE_SCHEMA, "cleanup_backups")
+RUNS = sql.Identifier(names.PRIVATE_SCHEMA, "cleanup_runs")  # each cleanup: its backup, its dependents
 PG_DUMP_LOCK_WAIT_MS = 60_000
 PR_SET_PDEATHSIG = 1
 try:  # Linux: the child dies with us even when we are SIGKILLed (no orphaned pg_dump)
@@ -201,29 +207,41 @@ def backup(conn: psycopg.Connection, plan: Plan, dsn: str, backup_dir: Path, sin
     return Backup("copies", plan.archive_schema)
 
 
-def record_backup(conn: psycopg.Connection, plan: Plan, taken: Backup, sink: Sink) -> None:
+def record_run(conn: psycopg.Connection, plan: Plan, taken: Backup, captured: dict | None, sink: Sink) -> None:
+    """Inside cleanup's transaction: where its backup is (for finalize) and what it re-pointed (for rollback)."""
     sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.PRIVATE_SCHEMA)))
     sink.run(
         sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (plan text NOT NULL, taken_at timestamptz NOT NULL DEFAULT now(),"
-            " kind text NOT NULL, location text NOT NULL)"
-        ).format(BACKUPS)
+            "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, plan text NOT NULL,"
+            " at timestamptz NOT NULL DEFAULT now(), backup_kind text NOT NULL, backup_location text NOT NULL,"
+            " dependents jsonb)"
+        ).format(RUNS)
     )
     sink.run(
-        sql.SQL("INSERT INTO {} (plan, kind, location) VALUES ({}, {}, {})").format(
-            BACKUPS, sql.Literal(plan.name), sql.Literal(taken.kind), sql.Literal(taken.location)
+        sql.SQL("INSERT INTO {} (plan, backup_kind, backup_location, dependents) VALUES ({}, {}, {}, {})").format(
+            RUNS,
+            sql.Literal(plan.name),
+            sql.Literal(taken.kind),
+            sql.Literal(taken.location),
+            sql.Literal(None if captured is None else Jsonb(captured)),
         )
     )
 
 
-def last_backup(conn: psycopg.Connection, plan: Plan) -> Backup | None:
-    if not table_exists(conn, names.PRIVATE_SCHEMA, "cleanup_backups"):
+def _last_run(conn: psycopg.Connection, plan: Plan) -> tuple | None:
+    if not table_exists(conn, names.PRIVATE_SCHEMA, "cleanup_runs"):
         return None
-    row = conn.execute(
-        sql.SQL("SELECT kind, location FROM {} WHERE plan = %s ORDER BY taken_at DESC LIMIT 1").format(BACKUPS),
+    return conn.execute(
+        sql.SQL(
+            "SELECT backup_kind, backup_location, dependents FROM {} WHERE plan = %s ORDER BY id DESC LIMIT 1"
+        ).format(RUNS),
         (plan.name,),
     ).fetchone()
-    return None if row is None else Backup(row[0], row[1])
+
+
+def last_backup(conn: psycopg.Connection, plan: Plan) -> Backup | None:
+    run = _last_run(conn, plan)
+    return None if run is None else Backup(run[0], run[1])
 
 
 def backup_present(conn: psycopg.Connection, plan: Plan, taken: Backup | None) -> bool:
@@ -306,6 +324,8 @@ def check_before_cleanup(conn: psycopg.Connection, plan: Plan) -> None:
                 )
         if plan.new_schema != plan.target_schema and table_exists(conn, plan.target_schema, table.name):
             raise ExecutorError(f"{plan.target_schema}.{table.name} already exists; nothing was changed")
+    if dependents is not None:
+        dependents.capture(conn, plan)  # refuses a foreign key that cannot follow, before the backup
 
 
 def _key_in_new(table: NewTable, source: Source, plan: Plan, alias: str = "o") -> sql.Composable:
@@ -342,6 +362,7 @@ def move(
 ) -> dict[str, object]:
     """Everything of cleanup after the backup, inside the caller's transaction (which holds no lock yet)."""
     sink.run(lock_statement(cleanup_relations(plan)))
+    captured = dependents.capture(conn, plan) if dependents else None  # before anything moves
     caught_up = {}
     for table in plan.tables:
         caught_up[table.name] = sum(
@@ -370,13 +391,21 @@ def move(
             for statement in views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]):
                 sink.run(statement)
             made_views.append(f"{source.schema}.{source.table}")
+    if captured is not None:
+        for statement in dependents.after_move_statements(conn, plan, captured):
+            sink.run(statement)
     for table in plan.tables:
         if sink.dry_run:
             sink.statements.append(f"-- reverse-sync trigger on {plan.target_schema}.{table.name}")
             continue
         for statement in reverse_sync.install_statements(conn, plan, table):
             sink.run(statement)
-    return {"views": made_views, "rows_caught_up": caught_up}
+    return {
+        "views": made_views,
+        "rows_caught_up": caught_up,
+        "dependents": None if captured is None else captured.to_json(),
+        "needs_decision": [] if captured is None else captured.needs_decision,
+    }
 
 
 def notify_postgrest(sink: Sink) -> None:
@@ -424,23 +453,33 @@ def rows_missing_from_archive(conn: psycopg.Connection, plan: Plan, table: NewTa
     return conn.execute(statement).fetchone()[0]
 
 
+def refuse_unless_archive_complete(conn: psycopg.Connection, plan: Plan) -> None:
+    failures = reverse_sync.unrepaired_failures(conn, plan)
+    if failures:
+        raise ExecutorError(
+            f"{failures} write(s) to the new tables could not be mirrored into the archive (dualshift.failed_writes,"
+            f" call_site '{reverse_sync.CALL_SITE}'); repair the archived rows, set their replayed_at, then run"
+            " rollback again. Nothing was changed"
+        )
+    missing = {t.name: n for t in plan.tables if (n := rows_missing_from_archive(conn, plan, t))}
+    if missing:
+        detail = ", ".join(f"{n} row(s) of {t}" for t, n in missing.items())
+        raise ExecutorError(
+            f"the archive in {plan.archive_schema} misses {detail}; rolling back would lose them. Nothing was changed"
+        )
+
+
 def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, object]:
     """The rollback of cleanup inside the caller's transaction: refused unless the archive holds every row."""
     sink.run(lock_statement(present(conn, cleaned_relations(plan, with_views=True))))
-    if not sink.dry_run:
-        failures = reverse_sync.unrepaired_failures(conn, plan)
-        if failures:
-            raise ExecutorError(
-                f"{failures} write(s) to the new tables could not be mirrored into the archive (dualshift.failed_writes,"
-                f" call_site '{reverse_sync.CALL_SITE}'); repair the archived rows, set their replayed_at, then run"
-                " rollback again. Nothing was changed"
-            )
-        missing = {t.name: n for t in plan.tables if (n := rows_missing_from_archive(conn, plan, t))}
-        if missing:
-            detail = ", ".join(f"{n} row(s) of {t}" for t, n in missing.items())
-            raise ExecutorError(
-                f"the archive in {plan.archive_schema} misses {detail}; rolling back would lose them. Nothing was changed"
-            )
+    refuse_unless_archive_complete(conn, plan)  # read-only: a dry run reports the refusal too
+    undo = None
+    if dependents is not None:
+        run = _last_run(conn, plan)
+        captured = dependents.Captured.from_json(run[2]) if run and run[2] else None
+        undo = dependents.rollback_statements(conn, plan, captured)  # while the compatibility views exist
+        for statement in undo.before_restore:
+            sink.run(statement)
     for table in plan.tables:
         for source in table.sources:
             sink.run(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(source.schema, source.table)))
@@ -460,6 +499,8 @@ def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, obj
                     sql.Identifier(plan.target_schema, table.name), sql.Identifier(plan.new_schema)
                 )
             )
+    for statement in undo.after_restore if undo else []:
+        sink.run(statement)
     return {"restored": [f"{s.schema}.{s.table}" for t in plan.tables for s in t.sources]}
 
 

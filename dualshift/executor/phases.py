@@ -149,7 +149,7 @@ class Executor:
                 result = cleanup.move(self.conn, self.plan, mappings, sink)
                 result["backup"] = taken.location
                 if not self.dry_run:
-                    cleanup.record_backup(self.conn, self.plan, taken, sink)
+                    cleanup.record_run(self.conn, self.plan, taken, result["dependents"], sink)
                     set_flag(self.conn, "dual_write", False)
                     set_phase(self.conn, self.key, "cleaned")
                 cleanup.notify_postgrest(sink)
