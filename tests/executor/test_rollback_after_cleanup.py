@@ -296,3 +296,30 @@ def test_each_step_tells_postgrest_to_reload(dsn: str, tmp_path) -> None:
     received = [n.payload for n in listener.notifies(timeout=1, stop_after=2)]
     assert received == ["reload schema", "reload schema"]
     listener.close()
+
+
+def test_dependents_follow_the_rows_through_cleanup_and_back(dsn: str, db: psycopg.Connection, tmp_path) -> None:
+    pytest.importorskip("dualshift.executor.dependents")  # the views helper's module, merged with this work
+    prepare = (
+        "CREATE VIEW recent_tweets AS SELECT decision_id, text FROM tweets;"
+        "CREATE TABLE tweet_notes (decision_id uuid REFERENCES posted_decisions (decision_id), note text);"
+        f"INSERT INTO tweet_notes VALUES ('{key(0)}', 'kept')"
+    )
+    ex = cleaned(dsn, tmp_path / "backups", prepare)
+    db.execute(
+        "INSERT INTO posted_content (decision_id, tweet_id, content, source_table)"
+        f" VALUES ('{one_uuid('dep')}', 'tdep', 'seen through the view', 'tweets')"
+    )
+    assert one(db, "SELECT text FROM recent_tweets WHERE decision_id = %s", one_uuid("dep")) == (
+        "seen through the view",
+    )
+    referenced = (
+        "SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = 'tweet_notes'::regclass AND contype = 'f'"
+    )
+    assert one(db, referenced) == ("posted_content",)
+    ex.rollback()
+    assert one(db, referenced) == ("posted_decisions",)
+    assert one(db, "SELECT text FROM recent_tweets WHERE decision_id = %s", one_uuid("dep")) == (
+        "seen through the view",
+    )
+    assert one(db, "SELECT relkind FROM pg_class WHERE oid = 'public.tweets'::regclass") == ("r",)
