@@ -3,6 +3,12 @@ old table that owns the row, in the old types, so rolling cleanup back loses no 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -43,9 +49,6 @@ def key(i: int | str) -> str:
 
 
 def one_uuid(seed: str) -> str:
-    import hashlib
-    import uuid
-
     return str(uuid.UUID(hashlib.md5(seed.encode()).hexdigest()))
 
 
@@ -323,3 +326,26 @@ def test_dependents_follow_the_rows_through_cleanup_and_back(dsn: str, db: psyco
         "seen through the view",
     )
     assert one(db, "SELECT relkind FROM pg_class WHERE oid = 'public.tweets'::regclass") == ("r",)
+
+
+@pytest.mark.parametrize(("command", "fault"), [("rollback", "rollback.committed"), ("finalize", "finalize.committed")])
+def test_killed_right_after_its_commit_the_state_matches_the_catalog(
+    dsn: str, db: psycopg.Connection, tmp_path, command: str, fault: str
+) -> None:
+    ex = cleaned(dsn, tmp_path / "backups")
+    dualshift = Path(sys.executable).parent / "dualshift"
+    killed = subprocess.run(
+        [str(dualshift), "migrate", "--dsn", dsn, "--plan", str(PLAN), command],
+        capture_output=True,
+        env={**os.environ, "DUALSHIFT_FAULT": fault},
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    archived = one(db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'archive_xbot'")[0]
+    if command == "rollback":
+        assert (ex.status()["phase"], archived) == ("switched", 0)
+        assert one(db, "SELECT relkind FROM pg_class WHERE oid = 'public.tweets'::regclass") == ("r",)
+    else:
+        assert (ex.status()["phase"], archived) == ("finalized", 0)
+        with pytest.raises(ExecutorError, match="finalized"):
+            ex.rollback()
