@@ -357,17 +357,46 @@ def catch_up(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping, sink:
     return 0 if sink.dry_run else conn.execute(statement).rowcount
 
 
+def catch_up_all(
+    conn: psycopg.Connection, plan: Plan, mappings: dict[tuple[str, str], SourceMapping], sink: Sink
+) -> dict[str, int]:
+    return {
+        table.name: sum(catch_up(conn, plan, mappings[(table.name, source.table)], sink) for source in table.sources)
+        for table in plan.tables
+    }
+
+
+def delta_impossible(conn: psycopg.Connection, plan: Plan) -> bool:
+    """Every old table still has its sync trigger enabled and no mirror failed since: every write
+    committed since the last catch-up is in the new tables, so a scan under the locks would find none."""
+    for table in plan.tables:
+        for source in table.sources:
+            enabled = conn.execute(
+                "SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = pg_catalog.to_regclass(%s)"
+                " AND tgname = %s AND tgenabled <> 'D'",
+                (sql.Identifier(source.schema, source.table).as_string(conn), sync.TRIGGER),
+            ).fetchone()[0]
+            if not enabled:
+                return False
+    failed = conn.execute(
+        "SELECT count(*) FROM dualshift.failed_writes WHERE new_table = ANY(%s) AND replayed_at IS NULL"
+        " AND call_site IS DISTINCT FROM %s",
+        ([t.name for t in plan.tables], reverse_sync.CALL_SITE),
+    ).fetchone()[0]
+    return failed == 0
+
+
 def move(
     conn: psycopg.Connection, plan: Plan, mappings: dict[tuple[str, str], SourceMapping], sink: Sink
 ) -> dict[str, object]:
-    """Everything of cleanup after the backup, inside the caller's transaction (which holds no lock yet)."""
+    """Everything of cleanup after the backup, inside the caller's transaction (which holds no lock yet).
+    The caller ran `catch_up_all` just before, without these locks; under them the last delta is caught
+    up again unless the sync triggers make one impossible (a scan here would stall the application)."""
     sink.run(lock_statement(cleanup_relations(plan)))
     captured = dependents.capture(conn, plan) if dependents else None  # before anything moves
-    caught_up = {}
-    for table in plan.tables:
-        caught_up[table.name] = sum(
-            catch_up(conn, plan, mappings[(table.name, source.table)], sink) for source in table.sources
-        )
+    caught_up: dict[str, int] | str = "none possible: every source kept its sync trigger and no mirror failed"
+    if sink.dry_run or not delta_impossible(conn, plan):
+        caught_up = catch_up_all(conn, plan, mappings, sink)
     sync.remove(conn, plan, sink)
     sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.archive_schema)))
     if plan.new_schema != plan.target_schema:
@@ -402,7 +431,7 @@ def move(
             sink.run(statement)
     return {
         "views": made_views,
-        "rows_caught_up": caught_up,
+        "rows_caught_up_under_lock": caught_up,
         "dependents": None if captured is None else captured.to_json(),
         "needs_decision": [] if captured is None else captured.needs_decision,
     }
@@ -436,21 +465,19 @@ def _held_by(table: NewTable, source: Source, plan: Plan) -> sql.Composable:
 
 
 def rows_missing_from_archive(conn: psycopg.Connection, plan: Plan, table: NewTable) -> int:
-    """New-table rows the archive does not hold: by their owner (partitions) or by any source (twins)."""
-    if table.sources_are == "partitions":
-        owners = sql.SQL(" OR ").join(
-            sql.SQL("(coalesce(({}), false) AND NOT {})").format(
-                sql.SQL(table.partition_predicate(source.table)), _held_by(table, source, plan)
-            )
-            for source in table.sources
+    """New-table rows the archive does not hold: by their owner (partitions) or by any source (twins).
+    One anti-join per source (an OR of EXISTS would probe every row)."""
+    new = sql.Identifier(plan.target_schema, table.name)
+    if table.sources_are != "partitions":
+        absent = sql.SQL(" AND ").join(sql.SQL("NOT {}").format(_held_by(table, s, plan)) for s in table.sources)
+        return conn.execute(sql.SQL("SELECT count(*) FROM {} AS n WHERE {}").format(new, absent)).fetchone()[0]
+    missing = 0
+    for source in table.sources:
+        statement = sql.SQL("SELECT count(*) FROM {} AS n WHERE coalesce(({}), false) AND NOT {}").format(
+            new, sql.SQL(table.partition_predicate(source.table)), _held_by(table, source, plan)
         )
-        missing = owners
-    else:
-        missing = sql.SQL(" AND ").join(sql.SQL("NOT {}").format(_held_by(table, s, plan)) for s in table.sources)
-    statement = sql.SQL("SELECT count(*) FROM {} AS n WHERE {}").format(
-        sql.Identifier(plan.target_schema, table.name), missing
-    )
-    return conn.execute(statement).fetchone()[0]
+        missing += conn.execute(statement).fetchone()[0]
+    return missing
 
 
 def refuse_unless_archive_complete(conn: psycopg.Connection, plan: Plan) -> None:

@@ -6,6 +6,7 @@ State (dualshift.state) moves none → created → backfilled → verified → s
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,9 +145,12 @@ class Executor:
             cleanup.check_before_cleanup(self.conn, self.plan)
             taken = cleanup.backup(self.conn, self.plan, self.dsn, backup_dir, sink)
             faults.point("cleanup.backup_written")
+            with self.conn.transaction():  # the delta's bulk, without the exclusive locks
+                before_lock = cleanup.catch_up_all(self.conn, self.plan, mappings, sink)
 
             def move() -> dict[str, Any]:
                 result = cleanup.move(self.conn, self.plan, mappings, sink)
+                result["rows_caught_up_before_lock"] = before_lock
                 result["backup"] = taken.location
                 if not self.dry_run:
                     cleanup.record_run(self.conn, self.plan, taken, result["dependents"], sink)
@@ -173,7 +177,8 @@ class Executor:
             reason = str(exc).strip().splitlines()[0]
             message = f"{phase} failed and changed nothing in the database; {kept}. Reason: {reason}"
             if not self.dry_run:
-                audit(self.conn, self.key, phase, phase, "failed", {"error": message}, [])
+                with contextlib.suppress(psycopg.Error):  # a lost connection must not hide the message
+                    audit(self.conn, self.key, phase, phase, "failed", {"error": message}, [])
             raise ExecutorError(message) from exc
 
     def finalize(

@@ -199,7 +199,7 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
         on_update=sql.SQL("\n").join(on_update),
         insert_new=insert_new,
         failed=sql.Identifier(names.API_SCHEMA, "failed_writes"),
-        new_table=sql.Literal(f"{plan.target_schema}.{table.name}"),
+        new_table=sql.Literal(table.name),  # as the wrapper and the sync triggers name it
         call_site=sql.Literal(CALL_SITE),
     )
     return body.as_string(conn)
@@ -238,5 +238,5 @@ def unrepaired_failures(conn: psycopg.Connection, plan: Plan) -> int:
     return conn.execute(
         "SELECT count(*) FROM dualshift.failed_writes WHERE call_site = %s AND replayed_at IS NULL"
         " AND new_table = ANY(%s)",
-        (CALL_SITE, [f"{plan.target_schema}.{t.name}" for t in plan.tables]),
+        (CALL_SITE, [t.name for t in plan.tables]),
     ).fetchone()[0]

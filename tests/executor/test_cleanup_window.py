@@ -314,3 +314,37 @@ def test_ctrl_c_kills_the_dump_and_removes_the_partial_file(tmp_path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
     assert not target.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_without_sync_triggers_the_last_delta_is_caught_up_with_precedence(
+    dsn: str, db: psycopg.Connection, tmp_path
+) -> None:
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    ex.backfill(BackfillOptions())  # no sync triggers: writes after verify reach only the old tables
+    assert ex.verify()["passed"]
+    both, twin_only = str(uuid.uuid4()), str(uuid.uuid4())
+    db.execute(
+        "INSERT INTO content_generation_metadata_comprehensive (decision_id, content) VALUES (%s, 'twin'), (%s, 'twin')",
+        (both, twin_only),
+    )
+    db.execute("INSERT INTO content_metadata (decision_id, content) VALUES (%s, 'first')", (both,))
+    result = ex.cleanup(tmp_path / "backups")
+    assert result["rows_caught_up_before_lock"]["content_queue"] == 2
+    assert result["rows_caught_up_under_lock"] == {"content_queue": 0, "posted_content": 0, "engagement_metrics": 0}
+    contents = dict(
+        db.execute(
+            "SELECT decision_id::text, content FROM content_queue WHERE decision_id = ANY(%s::uuid[])",
+            ([both, twin_only],),
+        ).fetchall()
+    )
+    assert contents == {both: "first", twin_only: "twin"}  # the first source wins, as in the backfill
+
+
+def test_with_sync_triggers_on_no_scan_runs_under_the_locks(dsn: str, tmp_path) -> None:
+    result = switched(dsn).cleanup(tmp_path / "backups")
+    assert result["rows_caught_up_before_lock"] == {"content_queue": 0, "posted_content": 0, "engagement_metrics": 0}
+    assert result["rows_caught_up_under_lock"].startswith("none possible")
+    locked = next(i for i, s in enumerate(result["statements"]) if s.startswith("LOCK TABLE"))
+    assert not any(s.startswith('INSERT INTO "public".') for s in result["statements"][locked:])
+    assert any(s.startswith('INSERT INTO "public".') for s in result["statements"][:locked])  # the pass before

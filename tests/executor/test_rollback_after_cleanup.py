@@ -215,7 +215,7 @@ def test_a_failing_mirror_never_fails_the_write_and_rollback_refuses_until_repai
     )
     assert one(db, "SELECT count(*) FROM posted_content WHERE tweet_id = 'tspam'")[0] == 1  # the app's write stands
     failed = one(db, "SELECT old_table, new_table, operation, payload->>'content', error FROM dualshift.failed_writes")
-    assert failed[:4] == ("public.tweets (archived in archive_xbot)", "public.posted_content", "insert", "spam")
+    assert failed[:4] == ("public.tweets (archived in archive_xbot)", "posted_content", "insert", "spam")
     assert "no_spam" in failed[4]
     with pytest.raises(
         ExecutorError, match=r"1 write\(s\) to the new tables could not be mirrored.*Nothing was changed"
