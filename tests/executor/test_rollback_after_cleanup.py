@@ -349,3 +349,32 @@ def test_killed_right_after_its_commit_the_state_matches_the_catalog(
         assert (ex.status()["phase"], archived) == ("finalized", 0)
         with pytest.raises(ExecutorError, match="finalized"):
             ex.rollback()
+
+
+def test_an_application_role_without_rights_on_the_archive_is_mirrored(
+    dsn: str, db: psycopg.Connection, tmp_path
+) -> None:
+    role = f"ds_app_{uuid.uuid4().hex[:8]}"
+    ex = cleaned(dsn, tmp_path / "backups")
+    db.execute(f'CREATE ROLE "{role}"')
+    try:
+        db.execute(
+            f'GRANT USAGE ON SCHEMA public TO "{role}"; GRANT SELECT, INSERT, UPDATE ON content_queue TO "{role}"'
+        )
+        with db.transaction():
+            db.execute(f'SET LOCAL ROLE "{role}"')
+            db.execute(
+                "INSERT INTO public.content_queue (decision_id, content, decision_type) VALUES (%s, 'by the app', 'single')",
+                (one_uuid("app"),),
+            )
+            db.execute(
+                "UPDATE public.content_queue SET content = 'edited by the app' WHERE decision_id = %s", (key(7),)
+            )
+        assert one(db, "SELECT count(*) FROM dualshift.failed_writes")[0] == 0
+        assert one(db, "SELECT content FROM archive_xbot.content_metadata WHERE decision_id = %s", one_uuid("app")) == (
+            "by the app",
+        )
+        ex.rollback()
+        assert one(db, "SELECT content FROM content_metadata WHERE decision_id = %s", key(7)) == ("edited by the app",)
+    finally:
+        db.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
