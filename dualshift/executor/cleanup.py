@@ -23,7 +23,7 @@ import shutil
 import signal
 import stat
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -265,10 +265,21 @@ def backup_present(conn: psycopg.Connection, plan: Plan, taken: Backup | None) -
 # ─── the move ───────────────────────────────────────────────────────────────────────────────────
 
 
-def session_timeouts(conn: psycopg.Connection) -> Timeouts:
-    """The lock timeout the session was opened with (--lock-timeout-ms), for `with_lock_retries`."""
-    setting = conn.execute("SELECT setting FROM pg_catalog.pg_settings WHERE name = 'lock_timeout'").fetchone()[0]
-    return Timeouts(lock_ms=int(setting)) if int(setting) > 0 else Timeouts()
+def _setting_ms(conn: psycopg.Connection, name: str) -> int:
+    return int(conn.execute("SELECT setting FROM pg_catalog.pg_settings WHERE name = %s", (name,)).fetchone()[0])
+
+
+def session_timeouts(conn: psycopg.Connection, asked: Timeouts | None = None) -> Timeouts:
+    """The lock timeout asked for (else the session's, from --lock-timeout-ms), at most half the
+    server's deadlock_timeout. Application writes take their locks in orders no single order of ours
+    can match (a write to one source locks it, then the new table, then the other sources), so a cycle
+    can form; with the shorter wait ours always ends first, by a lock timeout that is retried, and the
+    deadlock detector never aborts an application write."""
+    if asked is None:
+        session_ms = _setting_ms(conn, "lock_timeout")
+        asked = Timeouts(lock_ms=session_ms) if session_ms > 0 else Timeouts()
+    cap = max(1, _setting_ms(conn, "deadlock_timeout") // 2)
+    return replace(asked, lock_ms=min(asked.lock_ms, cap)) if asked.lock_ms > cap else asked
 
 
 def relation_names(conn: psycopg.Connection, relations: list[sql.Identifier]) -> list[str]:

@@ -170,9 +170,7 @@ class Executor:
     def _in_one_transaction(self, phase: str, action, relations: list[str], timeouts: Timeouts | None, kept: str):
         """`action` in one transaction with lock retries; a failure is audited and says what was kept."""
         try:
-            return with_lock_retries(
-                self.conn, action, phase, relations, timeouts or cleanup.session_timeouts(self.conn)
-            )
+            return with_lock_retries(self.conn, action, phase, relations, cleanup.session_timeouts(self.conn, timeouts))
         except (ExecutorError, psycopg.Error) as exc:
             reason = str(exc).strip().splitlines()[0]
             message = f"{phase} failed and changed nothing in the database; {kept}. Reason: {reason}"

@@ -348,3 +348,28 @@ def test_with_sync_triggers_on_no_scan_runs_under_the_locks(dsn: str, tmp_path) 
     locked = next(i for i, s in enumerate(result["statements"]) if s.startswith("LOCK TABLE"))
     assert not any(s.startswith('INSERT INTO "public".') for s in result["statements"][locked:])
     assert any(s.startswith('INSERT INTO "public".') for s in result["statements"][:locked])  # the pass before
+
+
+def test_a_lock_cycle_with_an_application_transaction_ends_on_our_side(
+    dsn: str, db: psycopg.Connection, tmp_path
+) -> None:
+    ex = switched(dsn)  # its session's lock timeout is 3 s, above the server's deadlock_timeout (1 s)
+    app = psycopg.connect(dsn)
+    app.execute("SELECT count(*) FROM public.tweets")  # holds the last old table in our lock order
+    app_errors: list[str] = []
+
+    def then_reads_another_old_table() -> None:  # after cleanup holds the first eight: a lock cycle
+        time.sleep(0.3)
+        try:
+            app.execute("SELECT count(*) FROM public.content_metadata")
+            app.commit()
+        except psycopg.Error as exc:
+            app_errors.append(str(exc))
+
+    thread = threading.Thread(target=then_reads_another_old_table)
+    thread.start()
+    result = ex.cleanup(tmp_path / "backups")  # waits at most deadlock_timeout / 2 per try, then retries
+    thread.join()
+    app.close()
+    assert app_errors == []  # the deadlock detector never picked the application
+    assert result["views"] and phase(db) == "cleaned"
