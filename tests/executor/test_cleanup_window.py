@@ -373,3 +373,18 @@ def test_a_lock_cycle_with_an_application_transaction_ends_on_our_side(
     app.close()
     assert app_errors == []  # the deadlock detector never picked the application
     assert result["views"] and phase(db) == "cleaned"
+
+
+def test_dry_run_prints_the_whole_cleanup_and_changes_nothing(dsn: str, db: psycopg.Connection, tmp_path) -> None:
+    switched(dsn)
+    backups = tmp_path / "backups"
+    result = migrate_cli(dsn, "--dry-run", "cleanup", "--backup-dir", str(backups))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("-- backup:") and "pg_dump" in lines[0]
+    assert any(line.startswith('LOCK TABLE "public"."content_generation_metadata_comprehensive"') for line in lines)
+    assert any('SET SCHEMA "archive_xbot"' in line for line in lines)
+    assert lines[-1] == "NOTIFY pgrst, 'reload schema';"
+    assert not backups.exists()
+    assert phase(db) == "switched" and sync_triggers(db) == 9
+    assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'archive_xbot'").fetchone()[0] == 0
