@@ -145,8 +145,14 @@ class Executor:
             cleanup.check_before_cleanup(self.conn, self.plan)
             taken = cleanup.backup(self.conn, self.plan, self.dsn, backup_dir, sink)
             faults.point("cleanup.backup_written")
-            with self.conn.transaction():  # the delta's bulk, without the exclusive locks
-                before_lock = cleanup.catch_up_all(self.conn, self.plan, mappings, sink)
+            try:
+                with self.conn.transaction():  # the delta's bulk, without the exclusive locks
+                    before_lock = cleanup.catch_up_all(self.conn, self.plan, mappings, sink)
+            except psycopg.Error as exc:
+                raise ExecutorError(
+                    f"cleanup failed and changed nothing in the database; kept: {taken.describe()}. Reason: copying"
+                    f" the rows written since backfill: {str(exc).strip().splitlines()[0]}"
+                ) from exc
 
             def move() -> dict[str, Any]:
                 result = cleanup.move(self.conn, self.plan, mappings, sink)

@@ -388,3 +388,22 @@ def test_dry_run_prints_the_whole_cleanup_and_changes_nothing(dsn: str, db: psyc
     assert not backups.exists()
     assert phase(db) == "switched" and sync_triggers(db) == 9
     assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'archive_xbot'").fetchone()[0] == 0
+
+
+def test_a_delta_the_new_table_rejects_stops_cleanup_before_anything_moves(
+    dsn: str, db: psycopg.Connection, tmp_path
+) -> None:
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    ex.backfill(BackfillOptions())
+    assert ex.verify()["passed"]
+    db.execute(
+        "INSERT INTO content_metadata (decision_id, content, decision_type) VALUES (gen_random_uuid(), 'x', 'poll')"
+    )
+    with pytest.raises(ExecutorError) as failure:
+        ex.cleanup(tmp_path / "backups")
+    (backup,) = (tmp_path / "backups").glob("*.sql")
+    assert f"changed nothing in the database; kept: the backup file {backup}" in str(failure.value)
+    assert "content_queue_decision_type_check" in str(failure.value) or "check constraint" in str(failure.value)
+    assert phase(db) == "verified"
+    assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'archive_xbot'").fetchone()[0] == 0
