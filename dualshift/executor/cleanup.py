@@ -425,6 +425,30 @@ def move(
                     sql.Identifier(plan.new_schema, table.name), sql.Identifier(plan.target_schema)
                 )
             )
+    if sink.dry_run:  # what follows is read from the moved tables, which a dry run does not move
+        sink.statements.append(
+            "-- then: the compatibility views under the old names, the dependents carried over, and a reverse-sync"
+            f" trigger on each of {', '.join(f'{plan.target_schema}.{t.name}' for t in plan.tables)}"
+        )
+        made_views = [f"{s.schema}.{s.table}" for t in plan.tables for s in t.sources]
+    else:
+        made_views = after_move(conn, plan, mappings, captured, sink)
+    return {
+        "views": made_views,
+        "rows_caught_up_under_lock": caught_up,
+        "dependents": None if captured is None else captured.to_json(),
+        "needs_decision": [] if captured is None else captured.needs_decision,
+    }
+
+
+def after_move(
+    conn: psycopg.Connection,
+    plan: Plan,
+    mappings: dict[tuple[str, str], SourceMapping],
+    captured: object | None,
+    sink: Sink,
+) -> list[str]:
+    """With the old tables archived and the new ones promoted: views, dependents, reverse sync."""
     made_views = []
     for table in plan.tables:
         for source in table.sources:
@@ -435,17 +459,9 @@ def move(
         for statement in dependents.after_move_statements(conn, plan, captured):
             sink.run(statement)
     for table in plan.tables:
-        if sink.dry_run:
-            sink.statements.append(f"-- reverse-sync trigger on {plan.target_schema}.{table.name}")
-            continue
         for statement in reverse_sync.install_statements(conn, plan, table):
             sink.run(statement)
-    return {
-        "views": made_views,
-        "rows_caught_up_under_lock": caught_up,
-        "dependents": None if captured is None else captured.to_json(),
-        "needs_decision": [] if captured is None else captured.needs_decision,
-    }
+    return made_views
 
 
 def notify_postgrest(sink: Sink) -> None:

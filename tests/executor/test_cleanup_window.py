@@ -81,6 +81,12 @@ class Writers(threading.Thread):
             self.ledger[key] = None
         self.writes += 1
 
+    def wait_for(self, writes: int, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while self.writes < writes and not self.failures and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.writes >= writes or self.failures, f"only {self.writes} writes in {seconds} s"
+
     def finish(self) -> None:
         self.stop.set()
         self.join(timeout=30)
@@ -138,14 +144,14 @@ def switched(dsn: str) -> Executor:
     return ex
 
 
-def run_with_writers(dsn: str, ledger: dict, seconds: float, action=None):
+def run_with_writers(dsn: str, ledger: dict, action=None, writes_each_side: int = 15):
+    """`action` with the writers running: at least `writes_each_side` committed writes before and after."""
     writers = Writers(dsn, ledger)
     writers.start()
-    time.sleep(seconds / 2)
+    writers.wait_for(writes_each_side)
     result = action() if action else None
-    time.sleep(seconds / 2)
+    writers.wait_for(writers.writes + writes_each_side)
     writers.finish()
-    assert writers.writes > 10
     return result
 
 
@@ -155,7 +161,7 @@ def test_cleanup_killed_at_each_point_loses_no_write(dsn: str, db: psycopg.Conne
     backups = tmp_path / "backups"
     ledger = sample_ledger(db)
     killed = run_with_writers(
-        dsn, ledger, 1.0, lambda: migrate_cli(dsn, "cleanup", "--backup-dir", str(backups), fault=fault)
+        dsn, ledger, lambda: migrate_cli(dsn, "cleanup", "--backup-dir", str(backups), fault=fault)
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     (backup,) = backups.glob("*.sql")  # written before the kill, whole (renamed from .partial when complete)
@@ -167,12 +173,12 @@ def test_cleanup_killed_at_each_point_loses_no_write(dsn: str, db: psycopg.Conne
         assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'archive_xbot'").fetchone()[0] == 0
         assert wrong_rows(db, "public.content_metadata", ledger) == 0
         assert wrong_rows(db, "public.content_queue", ledger) == 0
-        again = run_with_writers(dsn, ledger, 1.0, lambda: migrate_cli(dsn, "cleanup", "--backup-dir", str(backups)))
+        again = run_with_writers(dsn, ledger, lambda: migrate_cli(dsn, "cleanup", "--backup-dir", str(backups)))
         assert again.returncode == 0, again.stderr
     else:
         again = migrate_cli(dsn, "cleanup", "--backup-dir", str(backups))
         assert again.returncode == 0 and "already cleaned up" in again.stdout
-        run_with_writers(dsn, ledger, 0.6)  # writes through the view under the old name
+        run_with_writers(dsn, ledger)  # writes through the view under the old name
     assert phase(db) == "cleaned"
     assert sync_triggers(db) == 0
     assert (
@@ -181,7 +187,7 @@ def test_cleanup_killed_at_each_point_loses_no_write(dsn: str, db: psycopg.Conne
     # Every write, before, during and after the move: in the new table and (reverse sync) in the archive.
     assert wrong_rows(db, "public.content_queue", ledger) == 0
     assert wrong_rows(db, "archive_xbot.content_metadata", ledger) == 0
-    rolled = run_with_writers(dsn, ledger, 1.0, lambda: migrate_cli(dsn, "rollback"))
+    rolled = run_with_writers(dsn, ledger, lambda: migrate_cli(dsn, "rollback"))
     assert rolled.returncode == 0, rolled.stderr
     assert phase(db) == "switched"
     assert (
