@@ -413,9 +413,28 @@ def cleanup_command(
     context: typer.Context,
     backup_dir: Path = typer.Option(Path("dualshift-backups"), "--backup-dir", help="Where pg_dump writes the backup."),
 ) -> None:
-    """Back up the old tables, move them to the archive schema, promote the new tables and leave
-    security_invoker compatibility views under the old names."""
+    """Back up the old tables, then in one transaction move them to the archive schema, promote the new
+    tables, leave compatibility views under the old names and keep the archive in sync until finalize."""
     _print(_perform(context, lambda e: e.cleanup(backup_dir)), context.obj["dry_run"])
+
+
+@migrate_app.command(
+    "finalize",
+    epilog=examples(
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml finalize",
+        "dualshift migrate --plan fixtures/xbot/dualshift.toml finalize --keep-archive",
+    ),
+)
+def finalize_command(
+    context: typer.Context,
+    keep_archive: bool = typer.Option(False, "--keep-archive", help="Keep the archived old tables (no longer synced)."),
+    no_backup_needed: bool = typer.Option(
+        False, "--no-backup-needed", help="Drop the archived old tables even when cleanup's backup is missing."
+    ),
+) -> None:
+    """After cleanup, for good: stop mirroring the new tables into the archived old ones and drop the
+    archive (after checking that cleanup's backup is still there). No rollback after this."""
+    _print(_perform(context, lambda e: e.finalize(keep_archive, no_backup_needed)), context.obj["dry_run"])
 
 
 @migrate_app.command("rollback", epilog=examples("dualshift migrate --plan fixtures/xbot/dualshift.toml rollback"))

@@ -6,6 +6,7 @@ State (dualshift_private.state, keyed by the plan's name) moves none → created
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -328,26 +329,102 @@ class Executor:
             self._run("flags", PHASES, body)
         return {f"{s}.{n}": v for (s, n), v in flags(self.conn).items()}
 
-    def cleanup(self, backup_dir: Path) -> dict[str, Any]:
-        if current_phase(self.conn, self.key) == "cleaned":
-            return {"note": "already cleaned up: nothing to do", "statements": []}
-
-        def body(mappings, sink: Sink, current: str) -> dict:
+    def cleanup(self, backup_dir: Path, timeouts: Timeouts | None = None) -> dict[str, Any]:
+        """Backup first (sync triggers still on), then one transaction: lock, last delta, archive, promote,
+        views, sync triggers off, reverse sync on, state. A failure keeps nothing but the backup."""
+        sink = Sink(self.conn, self.dry_run)
+        with advisory_lock(self.conn):
+            if not self.dry_run:
+                ensure_schema(self.conn)
+            current = current_phase(self.conn, self.key)
+            if current == "cleaned":
+                return {"note": "already cleaned up: nothing to do", "statements": []}
+            require_phase(current, ("verified", "switched"), "cleanup")
+            mappings = validate(self.conn, self.plan)
+            gate = self._gate("cleanup")
             last = last_verify(self.conn, self.key)
             if not (last and last["passed"]):
                 raise ExecutorError("the last verify did not pass; run `dualshift migrate verify` first")
-            sync.remove(self.conn, self.plan, sink)
-            result = cleanup.run(self.conn, self.plan, mappings, self.dsn, backup_dir, sink)
-            if not self.dry_run:
-                set_flag(self.conn, "dual_write", False)
-                set_phase(self.conn, self.key, "cleaned")
-            return result
+            cleanup.check_before_cleanup(self.conn, self.plan)
+            taken = cleanup.backup(self.conn, self.plan, self.dsn, backup_dir, sink)
+            faults.point("cleanup.backup_written")
+            try:
+                with self.conn.transaction():  # the delta's bulk, without the exclusive locks
+                    before_lock = cleanup.catch_up_all(self.conn, self.plan, mappings, sink)
+            except psycopg.Error as exc:
+                raise ExecutorError(
+                    f"cleanup failed and changed nothing in the database; kept: {taken.describe()}. Reason: copying"
+                    f" the rows written since backfill: {str(exc).strip().splitlines()[0]}"
+                ) from exc
 
-        return self._run("cleanup", ("verified", "switched"), body)
+            def move() -> dict[str, Any]:
+                result = cleanup.move(self.conn, self.plan, mappings, sink)
+                for statement in changes.remove_statements(self.plan):  # verify's change capture: done
+                    sink.run(statement)
+                result["rows_caught_up_before_lock"] = before_lock
+                result["backup"] = taken.location
+                result["readiness"] = gate
+                if not self.dry_run:
+                    cleanup.record_run(self.conn, self.plan, taken, result["dependents"], sink)
+                    set_flag(self.conn, "dual_write", False)
+                    set_phase(self.conn, self.key, "cleaned")
+                cleanup.notify_postgrest(sink)
+                if not self.dry_run:
+                    audit(self.conn, self.key, "cleanup", "cleanup", "ok", result, sink.statements)
+                return result
+
+            relations = cleanup.relation_names(self.conn, cleanup.cleanup_relations(self.plan))
+            result = self._in_one_transaction("cleanup", move, relations, timeouts, f"kept: {taken.describe()}")
+            faults.point("cleanup.committed")
+        result["statements"] = sink.statements
+        return result
+
+    def _in_one_transaction(self, phase: str, action, relations: list[str], timeouts: Timeouts | None, kept: str):
+        """`action` in one transaction with lock retries; a failure is audited and says what was kept."""
+        try:
+            return with_lock_retries(self.conn, action, phase, relations, cleanup.session_timeouts(self.conn, timeouts))
+        except (ExecutorError, psycopg.Error) as exc:
+            reason = str(exc).strip().splitlines()[0]
+            message = f"{phase} failed and changed nothing in the database; {kept}. Reason: {reason}"
+            if not self.dry_run:
+                with contextlib.suppress(psycopg.Error):  # a lost connection must not hide the message
+                    audit(self.conn, self.key, phase, phase, "failed", {"error": message}, [])
+            raise ExecutorError(message) from exc
+
+    def finalize(
+        self, keep_archive: bool = False, no_backup_needed: bool = False, timeouts: Timeouts | None = None
+    ) -> dict[str, Any]:
+        """After cleanup, for good: the reverse sync stops and the archive is dropped (or kept, unsynced)."""
+        sink = Sink(self.conn, self.dry_run)
+        with advisory_lock(self.conn):
+            require_phase(current_phase(self.conn, self.key), ("cleaned",), "finalize")
+            cleanup.check_cleaned(self.conn, self.plan)
+            taken = cleanup.last_backup(self.conn, self.plan)
+            if not (keep_archive or no_backup_needed or cleanup.backup_present(self.conn, self.plan, taken)):
+                where = taken.describe() if taken else "no backup recorded"
+                raise ExecutorError(
+                    f"finalize drops the archived old tables, and their backup is missing ({where}); restore it,"
+                    " or pass --keep-archive, or --no-backup-needed to drop them anyway. Nothing was changed"
+                )
+
+            def drop() -> dict[str, Any]:
+                result = cleanup.finalize(self.conn, self.plan, sink, keep_archive)
+                if not self.dry_run:
+                    set_phase(self.conn, self.key, "finalized")
+                cleanup.notify_postgrest(sink)
+                if not self.dry_run:
+                    audit(self.conn, self.key, "finalize", "finalize", "ok", result, sink.statements)
+                return result
+
+            relations = cleanup.relation_names(self.conn, cleanup.cleaned_relations(self.plan))
+            result = self._in_one_transaction("finalize", drop, relations, timeouts, "kept: everything as it was")
+            faults.point("finalize.committed")
+        result["statements"] = sink.statements
+        return result
 
     def rollback(self) -> dict[str, Any]:
         current = current_phase(self.conn, self.key)
-        if current == "cleaned":
+        if current in ("cleaned", "finalized"):
             return self._rollback_cleanup()
         return self._run("rollback", ("created", "backfilled", "verified", "switched"), self._rollback_body)
 
@@ -404,18 +481,34 @@ class Executor:
                 + "; copy them into the old tables first (nothing was changed)"
             )
 
-    def _rollback_cleanup(self) -> dict[str, Any]:
+    def _rollback_cleanup(self, timeouts: Timeouts | None = None) -> dict[str, Any]:
+        """One transaction: the archive (kept in sync by the reverse triggers) back in place, the new tables
+        back in new_schema, views and reverse triggers gone; refused if the archive misses a row."""
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
-            # The old tables are in the archive now: validate against them there.
-            archived = _with_schema(self.plan, self.plan.archive_schema)
-            mappings = validate(self.conn, archived)
-            restored = {(t, s): m for (t, s), m in _restore_schema(mappings, self.plan).items()}
-            result = cleanup.rollback(self.conn, self.plan, restored, sink)
-            if not self.dry_run:
-                set_flag(self.conn, "dual_write", True)
-                set_phase(self.conn, self.key, "switched" if _reading_new(self.conn) else "verified")
-                audit(self.conn, self.key, "rollback", "rollback cleanup", "ok", result, sink.statements)
+            current = current_phase(self.conn, self.key)
+            if current == "finalized":
+                raise ExecutorError(
+                    "cannot roll back: the migration was finalized (the archived old tables were dropped or are no"
+                    " longer kept in sync); restore the old tables from the backup if you must"
+                )
+            require_phase(current, ("cleaned",), "rollback of cleanup")
+            cleanup.check_cleaned(self.conn, self.plan)
+
+            def restore() -> dict[str, Any]:
+                result = cleanup.move_back(self.conn, self.plan, sink)
+                result["to"] = "switched" if _reading_new(self.conn) else "verified"
+                if not self.dry_run:
+                    set_flag(self.conn, "dual_write", True)
+                    set_phase(self.conn, self.key, result["to"])
+                cleanup.notify_postgrest(sink)
+                if not self.dry_run:
+                    audit(self.conn, self.key, "rollback", "rollback cleanup", "ok", result, sink.statements)
+                return result
+
+            relations = cleanup.relation_names(self.conn, cleanup.cleaned_relations(self.plan, with_views=True))
+            result = self._in_one_transaction("rollback", restore, relations, timeouts, "kept: everything as it was")
+            faults.point("rollback.committed")
         result["statements"] = sink.statements
         return result
 
@@ -500,22 +593,3 @@ def _reading_new(conn: psycopg.Connection) -> bool:
         " WHERE name = 'read_from_new_percent'"
     ).fetchone()
     return bool(row[0])
-
-
-def _with_schema(plan: Plan, schema: str) -> Plan:
-    from dataclasses import replace
-
-    tables = tuple(replace(t, sources=tuple(replace(s, schema=schema) for s in t.sources)) for t in plan.tables)
-    new_schema = plan.target_schema
-    return replace(plan, tables=tables, new_schema=new_schema)
-
-
-def _restore_schema(mappings: dict[tuple[str, str], SourceMapping], plan: Plan) -> dict[tuple[str, str], SourceMapping]:
-    from dataclasses import replace
-
-    restored = {}
-    for (table_name, source_name), mapping in mappings.items():
-        original_table = plan.table(table_name)
-        original_source = original_table.source(source_name)
-        restored[(table_name, source_name)] = replace(mapping, table=original_table, source=original_source)
-    return restored

@@ -30,8 +30,8 @@ NEXT_COMMAND = {
     "backfilled": "dualshift migrate verify",
     "verified": "dualshift migrate switch-reads PERCENT",
     "switched": "dualshift migrate cleanup",
-    "cleaned": "dualshift migrate finalize (or dualshift migrate rollback to go back)",
-    "finalized": "(done: the archive is gone, there is nothing to roll back to)",
+    "cleaned": "dualshift migrate finalize (once sure; until then dualshift migrate rollback goes back)",
+    "finalized": "(done: the migration was finalized)",
 }
 APPLICATION_ROLES = ("anon", "authenticated", "service_role")
 

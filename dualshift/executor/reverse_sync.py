@@ -1,0 +1,242 @@
+"""Reverse sync: from `cleanup` until `finalize`, every write to a new table is mirrored into the
+archived old table that owns the row, so that `rollback` after cleanup is exact.
+
+One AFTER INSERT OR UPDATE OR DELETE trigger per new table. Its function (in dualshift_private,
+SECURITY DEFINER, search_path pinned) writes each change into the old table(s) that own the row,
+cast back to the old column types, matched on the source's key:
+
+- partitions: the source whose `partition_predicate` selects the row owns it; a row that moves from
+  one partition to another is deleted from the first and written to the second;
+- twins: an update or delete reaches every source that holds the key; an insert goes to the first.
+
+Old columns the new table does not feed keep their value on update and get their default on insert;
+identity columns are written with OVERRIDING SYSTEM VALUE; generated columns are never written. A
+mirror that fails never fails the application's write: the error is caught and recorded in
+dualshift.failed_writes (call_site 'dualshift reverse sync'), and `rollback` refuses while such a
+record is not repaired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from dualshift.executor import names
+from dualshift.plan import NewTable, Plan, Source
+
+TRIGGER = "dualshift_reverse_sync"
+CALL_SITE = "dualshift reverse sync"
+
+
+@dataclass(frozen=True)
+class OldColumn:
+    name: str
+    type: str
+    identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
+    generated: bool
+
+
+def function_name(table: NewTable) -> sql.Identifier:
+    return sql.Identifier(names.PRIVATE_SCHEMA, names.fit("reverse_sync", table.name))
+
+
+def old_columns(conn: psycopg.Connection, schema: str, table: str) -> dict[str, OldColumn]:
+    rows = conn.execute(
+        "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attidentity::text,"
+        " a.attgenerated <> '' FROM pg_catalog.pg_attribute a"
+        " WHERE a.attrelid = pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (sql.Identifier(schema, table).as_string(conn),),
+    ).fetchall()
+    return {name: OldColumn(name, type_, identity, generated) for name, type_, identity, generated in rows}
+
+
+@dataclass(frozen=True)
+class _SourceSide:
+    """How one archived old table receives the new table's rows."""
+
+    source: Source
+    relation: sql.Identifier
+    archive_schema: str
+    written: tuple[tuple[str, str], ...]  # (old column, new column) written back, cast to the old type
+    types: dict[str, str]  # old column → old type
+    overriding: bool  # an identity ALWAYS column is among the written ones
+    settable: tuple[tuple[str, str], ...]  # the written pairs an UPDATE may set (no identity ALWAYS)
+
+
+def _side(conn: psycopg.Connection, plan: Plan, table: NewTable, source: Source) -> _SourceSide:
+    columns = old_columns(conn, plan.archive_schema, source.table)
+    written = tuple(
+        (old, new)
+        for old, new in table.column_mapping(source.table).items()
+        if old in columns and not columns[old].generated
+    )
+    return _SourceSide(
+        source=source,
+        relation=sql.Identifier(plan.archive_schema, source.table),
+        archive_schema=plan.archive_schema,
+        written=written,
+        types={name: c.type for name, c in columns.items()},
+        overriding=any(columns[old].identity == "a" for old, _ in written),
+        settable=tuple((old, new) for old, new in written if columns[old].identity != "a"),
+    )
+
+
+def _value(side: _SourceSide, row: str, old: str, new: str) -> sql.Composable:
+    return sql.SQL("CAST({}.{} AS {})").format(sql.Identifier(row), sql.Identifier(new), sql.SQL(side.types[old]))
+
+
+def _key_match(side: _SourceSide, table: NewTable, row: str) -> sql.Composable:
+    pairs = zip(side.source.key, table.key, strict=True)
+    return sql.SQL(" AND ").join(
+        sql.SQL("o.{} = {}").format(sql.Identifier(old), _value(side, row, old, new)) for old, new in pairs
+    )
+
+
+def _owns(table: NewTable, source: Source, row: str) -> sql.Composable:
+    predicate = table.partition_predicate(source.table)
+    if predicate is None:
+        return sql.SQL("true")
+    return sql.SQL("coalesce((SELECT ({}) FROM (SELECT {}.*) AS r), false)").format(
+        sql.SQL(predicate), sql.Identifier(row)
+    )
+
+
+def _update(side: _SourceSide, table: NewTable) -> sql.Composable:
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(old), _value(side, "new", old, new)) for old, new in side.settable
+    )
+    return sql.SQL("UPDATE {} AS o SET {} WHERE {}").format(side.relation, assignments, _key_match(side, table, "old"))
+
+
+def _upsert(side: _SourceSide, table: NewTable) -> sql.Composable:
+    """Write NEW into this source: update the row with NEW's key, else insert it."""
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(old), _value(side, "new", old, new)) for old, new in side.settable
+    )
+    return sql.SQL(
+        "UPDATE {rel} AS o SET {assignments} WHERE {match};\n"
+        "      IF NOT FOUND THEN\n"
+        "        INSERT INTO {rel} ({columns}){overriding} VALUES ({values});\n"
+        "      END IF;"
+    ).format(
+        rel=side.relation,
+        assignments=assignments,
+        match=_key_match(side, table, "new"),
+        columns=sql.SQL(", ").join(sql.Identifier(old) for old, _ in side.written),
+        overriding=sql.SQL(" OVERRIDING SYSTEM VALUE") if side.overriding else sql.SQL(""),
+        values=sql.SQL(", ").join(_value(side, "new", old, new) for old, new in side.written),
+    )
+
+
+def _label(side: _SourceSide) -> sql.Composable:
+    return sql.SQL("_ds_old_table := {};").format(
+        sql.Literal(f"{side.source.schema}.{side.source.table} (archived in {side.archive_schema})")
+    )
+
+
+def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
+    sides = [_side(conn, plan, table, source) for source in table.sources]
+    twins = table.sources_are != "partitions"
+    on_delete = [
+        sql.SQL("    IF {} THEN {} DELETE FROM {} AS o WHERE {}; END IF;").format(
+            _owns(table, s.source, "old"), _label(s), s.relation, _key_match(s, table, "old")
+        )
+        for s in sides
+    ]
+    # An update: every source that owned OLD and still owns NEW updates its row in place (its other
+    # columns kept); a source that owned OLD but not NEW loses it; the owner of NEW that held no row
+    # gets it inserted (twins: the first source, when no source held the key).
+    on_update = []
+    for s in sides:
+        on_update.append(
+            sql.SQL(
+                "    IF {owns_old} AND {owns_new} THEN {label}\n"
+                "      {update};\n"
+                "      IF FOUND THEN _ds_written := true; END IF;\n"
+                "    ELSIF {owns_old} THEN {label}\n"
+                "      DELETE FROM {rel} AS o WHERE {match_old};\n"
+                "    END IF;"
+            ).format(
+                owns_old=_owns(table, s.source, "old"),
+                owns_new=_owns(table, s.source, "new"),
+                label=_label(s),
+                update=_update(s, table),
+                rel=s.relation,
+                match_old=_key_match(s, table, "old"),
+            )
+        )
+    inserts = [
+        sql.SQL("    {}IF {} THEN {}\n      {}\n").format(
+            sql.SQL("") if i == 0 else sql.SQL("ELS"), _owns(table, s.source, "new"), _label(s), _upsert(s, table)
+        )
+        for i, s in enumerate(sides[:1] if twins else sides)
+    ]
+    insert_new = sql.SQL("{}    END IF;").format(sql.SQL("").join(inserts))
+    body = sql.SQL(
+        "#variable_conflict use_column\n"
+        "DECLARE\n"
+        "  _ds_old_table text := '';\n"
+        "  _ds_written boolean := false;\n"
+        "BEGIN\n"
+        "  BEGIN\n"
+        "    IF TG_OP = 'DELETE' THEN\n{on_delete}\n"
+        "    ELSIF TG_OP = 'UPDATE' THEN\n{on_update}\n"
+        "      IF NOT _ds_written THEN\n{insert_new}\n      END IF;\n"
+        "    ELSE\n{insert_new}\n"
+        "    END IF;\n"
+        "  EXCEPTION WHEN OTHERS THEN\n"
+        "    INSERT INTO {failed} (old_table, new_table, operation, payload, call_site, error)\n"
+        "    VALUES (_ds_old_table, {new_table}, pg_catalog.lower(TG_OP),\n"
+        "      CASE WHEN TG_OP = 'DELETE' THEN pg_catalog.to_jsonb(OLD) ELSE pg_catalog.to_jsonb(NEW) END,\n"
+        "      {call_site}, SQLSTATE || ': ' || SQLERRM);\n"
+        "  END;\n"
+        "  RETURN NULL;\n"
+        "END"
+    ).format(
+        on_delete=sql.SQL("\n").join(on_delete),
+        on_update=sql.SQL("\n").join(on_update),
+        insert_new=insert_new,
+        failed=sql.Identifier(names.API_SCHEMA, "failed_writes"),
+        new_table=sql.Literal(table.name),  # as the wrapper and the sync triggers name it
+        call_site=sql.Literal(CALL_SITE),
+    )
+    return body.as_string(conn)
+
+
+def install_statements(conn: psycopg.Connection, plan: Plan, table: NewTable) -> list[sql.Composable]:
+    """The function and trigger that mirror one new table (in the target schema) into its archived sources."""
+    function = function_name(table)
+    new = sql.Identifier(plan.target_schema, table.name)
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.PRIVATE_SCHEMA)),
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+            " SET search_path = pg_catalog, pg_temp AS {}"
+        ).format(function, sql.Literal(function_body(conn, plan, table))),
+        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(function),
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), new),
+        sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+            sql.Identifier(TRIGGER), new, function
+        ),
+    ]
+
+
+def remove_statements(plan: Plan, table: NewTable, schema: str) -> list[sql.Composable]:
+    """Drop the trigger (the new table being in `schema`) and its function."""
+    return [
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), sql.Identifier(schema, table.name)),
+        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function_name(table)),
+    ]
+
+
+def unrepaired_failures(conn: psycopg.Connection, plan: Plan) -> int:
+    """Mirrors that failed since cleanup and were not marked repaired (replayed_at)."""
+    if conn.execute("SELECT pg_catalog.to_regclass('dualshift.failed_writes')").fetchone()[0] is None:
+        return 0
+    return conn.execute(
+        "SELECT count(*) FROM dualshift.failed_writes WHERE call_site = %s AND replayed_at IS NULL"
+        " AND new_table = ANY(%s)",
+        (CALL_SITE, [t.name for t in plan.tables]),
+    ).fetchone()[0]
