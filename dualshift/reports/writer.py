@@ -170,6 +170,10 @@ def _write_pictures(model: ReportModel, classes: dict[str, str], out_dir: Path) 
     for item in model.flows:
         picture = diagrams.flow_graph(model.graph, list(item.steps))
         jobs.append((diagrams.dot_source(picture, classes, f"flow {item.name}"), f"flow-{_slug(item.name)}"))
+    if not jobs:  # no cluster and no flow: the folder-level picture is all there is to draw
+        return diagrams.render(
+            diagrams.dot_source(diagrams.collapse_by_folder(model.graph), classes, "data flow"), out_dir
+        )
     return diagrams.render_many(jobs, folder)
 
 
