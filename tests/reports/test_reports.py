@@ -158,3 +158,13 @@ def test_report_renders_in_headless_chromium(report_dir: Path) -> None:
         assert (report_dir / "screenshot.png").stat().st_size > 50_000
     finally:
         browser.close()
+
+
+def test_a_map_report_is_titled_by_its_project_and_links_to_the_scanned_tree(tmp_path: Path) -> None:
+    out = tmp_path / "deep" / "out"
+    result = CliRunner().invoke(app, ["report", str(MAP), "--root", str(XBOT), "--out-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    html = (out / "report.html").read_text()
+    assert "<title>xbot — database interaction report (dualshift)</title>" in html
+    links = re.findall(r'<td class="where"><a href="([^"]+)"', html)
+    assert links and all((out / link).resolve().is_file() for link in links)
