@@ -154,7 +154,11 @@ def write_reports(
                 )
             pictures = _report_pictures(model, classes, title, spread=at_scale)
             written.extend(static.result())
-    put("report.html", _render_html(model, pictures, focus, title, file_linker(out_dir, root, link_base)))
+    fills = {}
+    if at_scale:  # the spread overview colours files by folder (dot_source numbers folders in sorted order)
+        folders = sorted({d["folder"] for _, d in model.graph.nodes(data=True) if d["kind"] == "file"})
+        fills = {folder: diagrams.folder_colour(index) for index, folder in enumerate(folders)}
+    put("report.html", _render_html(model, pictures, focus, title, file_linker(out_dir, root, link_base), fills))
     return written
 
 
@@ -276,7 +280,9 @@ def _cell_style(operations: dict[str, int]) -> str:
 _ENV.filters["cell_style"] = _cell_style
 
 
-def _render_html(model: ReportModel, pictures: dict[str, str], focus: str | None, title: str, link) -> str:
+def _render_html(
+    model: ReportModel, pictures: dict[str, str], focus: str | None, title: str, link, folder_fills: dict[str, str]
+) -> str:
     folders, rows = matrix(model)
     return _ENV.get_template("report.html.j2").render(
         title=title,
@@ -299,5 +305,6 @@ def _render_html(model: ReportModel, pictures: dict[str, str], focus: str | None
         operation_colours=diagrams.OPERATION_COLOURS,
         matrix_folders=folders,
         matrix_rows=rows,
+        folder_fills=folder_fills,
         link=link,
     )
