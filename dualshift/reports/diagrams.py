@@ -101,7 +101,8 @@ def collapse_by_folder(graph: nx.DiGraph) -> nx.DiGraph:
                     folder, kind="file", label=f"{data['folder']}/ ({0} files)", folder=data["folder"], count=0
                 )
             collapsed.nodes[folder]["count"] += 1
-            collapsed.nodes[folder]["label"] = f"{data['folder']}/ ({collapsed.nodes[folder]['count']} files)"
+            count = collapsed.nodes[folder]["count"]
+            collapsed.nodes[folder]["label"] = f"{data['folder']}/ ({count} file{'' if count == 1 else 's'})"
     for a, b, data in graph.edges(data=True):
         ends = [n if graph.nodes[n]["kind"] == "table" else f"folder:{graph.nodes[n]['folder']}" for n in (a, b)]
         if not collapsed.has_edge(*ends):

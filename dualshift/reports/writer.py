@@ -133,7 +133,7 @@ def write_reports(
             flow_diagrams=[diagrams.mermaid_flow(list(f.steps)) for f in model.flows],
             system_diagram="" if at_scale else diagrams.mermaid_graph(graph, classes),
             cluster_diagrams=[
-                diagrams.mermaid_graph(diagrams.tables_graph(model.graph, list(c.tables)), classes)
+                diagrams.mermaid_graph(diagrams.cluster_graph(model.graph, list(c.tables)), classes)
                 for c in model.clusters
             ]
             if at_scale

@@ -114,8 +114,10 @@ def test_collapse_by_folder_still_adds_up(tmp_path: Path) -> None:
     from dualshift.reports.model import build_model
 
     calls = [_call(f"src/f{i % 2}/file{i}.ts", "t1", "insert", 1) for i in range(6)]
+    calls.append(_call("src/f9/only.ts", "t1", "select", 1))
     collapsed = collapse_by_folder(build_model(calls).graph)
     assert collapsed.nodes["folder:f0"]["label"] == "f0/ (3 files)"
+    assert collapsed.nodes["folder:f9"]["label"] == "f9/ (1 file)"
     assert collapsed.edges["folder:f1", "table:t1"]["weight"] == 3
 
 
