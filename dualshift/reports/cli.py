@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
 
 import typer
@@ -21,6 +23,22 @@ def register(app: typer.Typer) -> None:
     )(report)
 
 
+def project_name(root: Path) -> str:
+    """The scanned project's name: package.json's or pyproject.toml's `name`, else its folder's."""
+    manifests = [
+        (root / "package.json", lambda text: json.loads(text).get("name")),
+        (root / "pyproject.toml", lambda text: tomllib.loads(text).get("project", {}).get("name")),
+    ]
+    for path, read_name in manifests:
+        try:
+            found = read_name(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(found, str) and found.strip():
+            return found.strip()
+    return root.resolve().name
+
+
 def report(
     source: Path = typer.Argument(
         ..., help="An interaction map (DATABASE_INTERACTION_MAP.json from `dualshift scan`) or a source tree to scan."
@@ -28,9 +46,15 @@ def report(
     out_dir: Path = typer.Option(Path("dualshift-report"), "--out-dir", "-o", help="Directory for the reports."),
     plan: Path | None = typer.Option(None, "--plan", help="A plan (dualshift.toml): adds the before/after view."),
     focus: str | None = typer.Option(None, "--focus", help="Draw only this table's neighbourhood."),
-    title: str = typer.Option("", "--title", help="Title shown on the reports (default: the source's name)."),
+    title: str = typer.Option("", "--title", help="Title shown on the reports (default: the scanned project's name)."),
     link_base: str = typer.Option(
         "", "--link-base", help="Prefix for file links in report.html, e.g. a repository URL ending in /blob/main/."
+    ),
+    root: Path | None = typer.Option(
+        None,
+        "--root",
+        help="The scanned tree, for report.html's local file links when SOURCE is a map "
+        "(default: the source tree, else the current directory).",
     ),
 ) -> None:
     """Write DATA_FLOW_ANALYSIS.json, the graph (node-link JSON, GraphML), DATA_FLOW_DIAGRAM.md (Mermaid),
@@ -42,11 +66,15 @@ def report(
     console = output_console()
     if source.is_dir():
         calls = scan_tree(source).calls
+        root = root or source
+        name = project_name(source)
     elif source.is_file():
         try:
-            calls = load_map(source).calls
+            loaded = load_map(source)
         except MapError as exc:
             raise fail(str(exc)) from exc
+        calls = loaded.calls
+        name = project_name(root) if root else loaded.root or source.stem
     else:
         raise fail(f"{source}: no such map file or source directory")
     loaded_plan = None
@@ -56,7 +84,7 @@ def report(
         except PlanError as exc:
             raise fail(str(exc)) from exc
     try:
-        written = write_reports(calls, out_dir, loaded_plan, focus, title or source.resolve().name, link_base=link_base)
+        written = write_reports(calls, out_dir, loaded_plan, focus, title or name, link_base=link_base, root=root)
     except DiagramError as exc:
         raise fail(str(exc)) from exc
     except OSError as exc:

@@ -83,18 +83,42 @@ def test_mermaid_is_well_formed_and_names_the_flows(report_dir: Path) -> None:
     )
 
 
-def test_large_inputs_collapse_by_folder_and_focus(tmp_path: Path) -> None:
+def test_large_inputs_draw_one_picture_per_flow_and_keep_files_in_the_overview(tmp_path: Path) -> None:
     calls = [
         _call(f"src/f{i % 10}/file{i}.ts", f"t{(i * 7 + j) % 130}", "insert" if j == 0 else "select", j + 1)
         for i in range(200)
         for j in range(3)
     ]
-    write_reports(calls, tmp_path / "big", title="big")
-    svg = (tmp_path / "big" / "data-flow.svg").read_text()
-    assert "file200" not in svg and "f3/ (20 files)" in svg  # one node per folder, not 200 file nodes
+    # One flow: a job creates rows that a worker reads to write its own.
+    calls += [
+        _call("src/jobs/planJob.ts", "plans", "insert", 1),
+        _call("src/f1/worker.ts", "plans", "select", 1),
+        _call("src/f1/worker.ts", "posted", "insert", 2),
+    ]
+    written = write_reports(calls, tmp_path / "big", title="big")
+    assert not (tmp_path / "big" / "data-flow.svg").exists()  # no 200-file hairball
+    flows = [p for p in written if p.parent.name == "diagrams" and p.name.startswith("flow-")]
+    assert flows and all("legend:" in p.read_text() for p in flows if p.suffix == ".svg")
+    html = (tmp_path / "big" / "report.html").read_text()
+    assert 'id="ov&#45;file:src/f3/file13.ts"' in html  # the overview keeps files as nodes (dot writes - as &#45;)
+    only_folders = write_reports(calls[:600], tmp_path / "no-flow", title="no flow")
+    assert tmp_path / "no-flow" / "data-flow.svg" in only_folders  # nothing to draw per flow: one folder picture
+    assert "f3/ (20 files)" in (tmp_path / "no-flow" / "data-flow.svg").read_text()
     write_reports(calls, tmp_path / "focus", focus="t5", title="focus")
     focused = (tmp_path / "focus" / "data-flow.svg").read_text()
-    assert ">t5<" in focused and ">t77<" not in focused
+    assert ">t5<" in focused and ">t77<" not in focused and "legend:" in focused
+
+
+def test_collapse_by_folder_still_adds_up(tmp_path: Path) -> None:
+    from dualshift.reports.diagrams import collapse_by_folder
+    from dualshift.reports.model import build_model
+
+    calls = [_call(f"src/f{i % 2}/file{i}.ts", "t1", "insert", 1) for i in range(6)]
+    calls.append(_call("src/f9/only.ts", "t1", "select", 1))
+    collapsed = collapse_by_folder(build_model(calls).graph)
+    assert collapsed.nodes["folder:f0"]["label"] == "f0/ (3 files)"
+    assert collapsed.nodes["folder:f9"]["label"] == "f9/ (1 file)"
+    assert collapsed.edges["folder:f1", "table:t1"]["weight"] == 3
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
@@ -136,3 +160,13 @@ def test_report_renders_in_headless_chromium(report_dir: Path) -> None:
         assert (report_dir / "screenshot.png").stat().st_size > 50_000
     finally:
         browser.close()
+
+
+def test_a_map_report_is_titled_by_its_project_and_links_to_the_scanned_tree(tmp_path: Path) -> None:
+    out = tmp_path / "deep" / "out"
+    result = CliRunner().invoke(app, ["report", str(MAP), "--root", str(XBOT), "--out-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    html = (out / "report.html").read_text()
+    assert "<title>xbot — database interaction report (dualshift)</title>" in html
+    links = re.findall(r'<td class="where"><a href="([^"]+)"', html)
+    assert links and all((out / link).resolve().is_file() for link in links)
