@@ -32,15 +32,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from dualshift.executor import names, reverse_sync, sync, views
+from dualshift.executor import dependents, names, reverse_sync, sync, views
 from dualshift.executor.catalog import SourceMapping, table_exists
 from dualshift.executor.connection import ExecutorError, Sink, Timeouts
 from dualshift.plan import NewTable, Plan, Source
-
-try:  # dependents.py comes with the compatibility-views work; until it is there, cleanup carries none
-    from dualshift.executor import dependents
-except ImportError:  # pragma: no cover
-    dependents = None
 
 # libpq's connection parameters and the environment variables that carry them, so that pg_dump
 # gets the connection without a word of it on its command line (readable by anyone in /proc).
@@ -335,8 +330,7 @@ def check_before_cleanup(conn: psycopg.Connection, plan: Plan) -> None:
                 )
         if plan.new_schema != plan.target_schema and table_exists(conn, plan.target_schema, table.name):
             raise ExecutorError(f"{plan.target_schema}.{table.name} already exists; nothing was changed")
-    if dependents is not None:
-        dependents.capture(conn, plan)  # refuses a foreign key that cannot follow, before the backup
+    dependents.capture(conn, plan)  # refuses a foreign key that cannot follow, before the backup
 
 
 def _key_in_new(table: NewTable, source: Source, plan: Plan, alias: str = "o") -> sql.Composable:
@@ -404,7 +398,7 @@ def move(
     The caller ran `catch_up_all` just before, without these locks; under them the last delta is caught
     up again unless the sync triggers make one impossible (a scan here would stall the application)."""
     sink.run(lock_statement(cleanup_relations(plan)))
-    captured = dependents.capture(conn, plan) if dependents else None  # before anything moves
+    captured = dependents.capture(conn, plan)  # before anything moves
     caught_up: dict[str, int] | str = "none possible: every source kept its sync trigger and no mirror failed"
     if sink.dry_run or not delta_impossible(conn, plan):
         caught_up = catch_up_all(conn, plan, mappings, sink)
@@ -527,16 +521,15 @@ def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, obj
     """The rollback of cleanup inside the caller's transaction: refused unless the archive holds every row."""
     sink.run(lock_statement(present(conn, cleaned_relations(plan, with_views=True))))
     refuse_unless_archive_complete(conn, plan)  # read-only: a dry run reports the refusal too
-    undo = None
-    if dependents is not None:
-        run = _last_run(conn, plan)
-        captured = dependents.Captured.from_json(run[2]) if run and run[2] else None
-        undo = dependents.rollback_statements(conn, plan, captured)  # while the compatibility views exist
-        for statement in undo.before_restore:
-            sink.run(statement)
+    run = _last_run(conn, plan)
+    captured = dependents.Captured.from_json(run[2]) if run and run[2] else None
+    undo = dependents.rollback_statements(conn, plan, captured)  # while the compatibility views exist
+    for statement in undo.before_restore:
+        sink.run(statement)
     for table in plan.tables:
-        for source in table.sources:
-            sink.run(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(source.schema, source.table)))
+        for position, source in enumerate(table.sources):  # each view and its INSTEAD OF trigger function
+            for statement in views.drop_statements(plan, SourceMapping(table, source, position, ())):
+                sink.run(statement)
     for table in plan.tables:
         for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
             sink.run(statement)
@@ -553,7 +546,7 @@ def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, obj
                     sql.Identifier(plan.target_schema, table.name), sql.Identifier(plan.new_schema)
                 )
             )
-    for statement in undo.after_restore if undo else []:
+    for statement in undo.after_restore:
         sink.run(statement)
     return {"restored": [f"{s.schema}.{s.table}" for t in plan.tables for s in t.sources]}
 

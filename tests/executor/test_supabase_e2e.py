@@ -77,10 +77,6 @@ def _fmt(run: Run) -> str:
 
 # Each check's expected outcome on main as it is today; the lead flips them after merging.
 FAILS_TODAY = {
-    "every phase succeeds",
-    "no row lost through the views after cleanup",
-    "views show the old values in the old types",
-    "new tables exact after cleanup",
     "rollback after cleanup is exact",
     "no application write failed",
     "each role sees through each old name what it saw",
