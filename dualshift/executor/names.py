@@ -16,6 +16,9 @@ MAX_IDENTIFIER_BYTES = 63
 # A cluster-wide NOLOGIN role every sync-trigger role of every database is a member of: dualshift's own
 # restrictive policies let its members through (see create.py), whatever the database is called later.
 SYNC_GROUP = "dualshift_sync"
+# Set by a compatibility view's INSTEAD OF trigger for the length of its write: the old name written
+# through, so the reverse sync of twins puts the write back in that twin only.
+VIA_SETTING = "dualshift.via"
 
 
 def ensure_sync_group() -> str:

@@ -397,6 +397,8 @@ class Executor:
         """After cleanup, for good: the reverse sync stops and the archive is dropped (or kept, unsynced)."""
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
+            if current_phase(self.conn, self.key) == "finalized":  # a finalize that committed, run again
+                return {"note": "already finalized: nothing to do", "statements": []}
             require_phase(current_phase(self.conn, self.key), ("cleaned",), "finalize")
             cleanup.check_cleaned(self.conn, self.plan)
             taken = cleanup.last_backup(self.conn, self.plan)

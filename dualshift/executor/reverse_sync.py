@@ -94,10 +94,14 @@ def _key_match(side: _SourceSide, table: NewTable, row: str) -> sql.Composable:
     )
 
 
+def _via() -> sql.Composable:
+    return sql.SQL("coalesce(pg_catalog.current_setting({}, true), '')").format(sql.Literal(names.VIA_SETTING))
+
+
 def _owns(table: NewTable, source: Source, row: str) -> sql.Composable:
     predicate = table.partition_predicate(source.table)
-    if predicate is None:
-        return sql.SQL("true")
+    if predicate is None:  # twins: every twin, or only the one a compatibility view wrote through
+        return sql.SQL("({} IN ('', {}))").format(_via(), sql.Literal(f"{source.schema}.{source.table}"))
     return sql.SQL("coalesce((SELECT ({}) FROM (SELECT {}.*) AS r), false)").format(
         sql.SQL(predicate), sql.Identifier(row)
     )
@@ -136,6 +140,16 @@ def _label(side: _SourceSide) -> sql.Composable:
     )
 
 
+def _insert_owner(table: NewTable, side: _SourceSide, position: int, twins: bool) -> sql.Composable:
+    """Where an inserted row goes: its partition's source; for twins, the twin written through, else the first."""
+    if not twins:
+        return _owns(table, side.source, "new")
+    name = sql.Literal(f"{side.source.schema}.{side.source.table}")
+    if position == 0:
+        return sql.SQL("({} IN ('', {}))").format(_via(), name)
+    return sql.SQL("({} = {})").format(_via(), name)
+
+
 def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
     sides = [_side(conn, plan, table, source) for source in table.sources]
     twins = table.sources_are != "partitions"
@@ -169,9 +183,9 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
         )
     inserts = [
         sql.SQL("    {}IF {} THEN {}\n      {}\n").format(
-            sql.SQL("") if i == 0 else sql.SQL("ELS"), _owns(table, s.source, "new"), _label(s), _upsert(s, table)
+            sql.SQL("") if i == 0 else sql.SQL("ELS"), _insert_owner(table, s, i, twins), _label(s), _upsert(s, table)
         )
-        for i, s in enumerate(sides[:1] if twins else sides)
+        for i, s in enumerate(sides)
     ]
     insert_new = sql.SQL("{}    END IF;").format(sql.SQL("").join(inserts))
     body = sql.SQL(

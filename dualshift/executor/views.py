@@ -363,13 +363,20 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
         "#variable_conflict use_column\n"
         "DECLARE\n  inside boolean;\n"
         "BEGIN\n"
-        "  IF TG_OP = 'INSERT' THEN\n    {computed}{insert}\n    {check}\n    RETURN NEW;\n"
-        "  ELSIF TG_OP = 'UPDATE' THEN\n    {computed}{update}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
+        "  {via}\n"
+        "  IF TG_OP = 'INSERT' THEN\n    {computed}{insert}\n    {unset}\n    {check}\n    RETURN NEW;\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n    {computed}{update}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
         "    {check}\n    RETURN NEW;\n"
-        "  ELSE\n    {delete}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n    RETURN OLD;\n"
+        "  ELSE\n    {delete}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n    RETURN OLD;\n"
         "  END IF;\n"
         "END"
     ).format(
+        # Which old name the write came through, for the reverse sync of twins (reverse_sync.py): the
+        # write lands back in that twin only, as it did before cleanup. Cleared once written.
+        via=sql.SQL("PERFORM pg_catalog.set_config({}, {}, true);").format(
+            sql.Literal(names.VIA_SETTING), sql.Literal(f"{view.source.schema}.{view.source.table}")
+        ),
+        unset=sql.SQL("PERFORM pg_catalog.set_config({}, '', true);").format(sql.Literal(names.VIA_SETTING)),
         computed=_computed(view),
         insert=_insert(view, convert),
         update=_update(view, convert),

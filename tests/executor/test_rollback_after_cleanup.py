@@ -293,11 +293,16 @@ def test_finalize_can_keep_the_archive(dsn: str, db: psycopg.Connection, tmp_pat
 
 
 def test_each_step_tells_postgrest_to_reload(dsn: str, tmp_path) -> None:
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    ex.backfill(BackfillOptions(), sync_triggers=True)
+    assert ex.verify()["passed"]
+    ex.switch_reads(100)
     listener = psycopg.connect(dsn, autocommit=True)
-    listener.execute("LISTEN pgrst")
-    ex = cleaned(dsn, tmp_path / "backups")
+    listener.execute("LISTEN pgrst")  # from here: cleanup and its rollback, one reload each
+    ex.cleanup(tmp_path / "backups")
     ex.rollback()
-    received = [n.payload for n in listener.notifies(timeout=1, stop_after=2)]
+    received = [n.payload for n in listener.notifies(timeout=2, stop_after=3)]
     assert received == ["reload schema", "reload schema"]
     listener.close()
 
