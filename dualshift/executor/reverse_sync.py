@@ -197,7 +197,7 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
         "  BEGIN\n"
         "    IF TG_OP = 'DELETE' THEN\n{on_delete}\n"
         "    ELSIF TG_OP = 'UPDATE' THEN\n{on_update}\n"
-        "      IF NOT _ds_written THEN\n{insert_new}\n      END IF;\n"
+        "      IF NOT _ds_written AND {may_insert} THEN\n{insert_new}\n      END IF;\n"
         "    ELSE\n{insert_new}\n"
         "    END IF;\n"
         "  EXCEPTION WHEN OTHERS THEN\n"
@@ -211,6 +211,9 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
     ).format(
         on_delete=sql.SQL("\n").join(on_delete),
         on_update=sql.SQL("\n").join(on_update),
+        # An update through a twin's old name of a key that twin never held changed nothing there before
+        # cleanup: it creates nothing there now either. A direct write to the new table still does.
+        may_insert=sql.SQL("{} = ''").format(_via()) if twins else sql.SQL("true"),
         insert_new=insert_new,
         failed=sql.Identifier(names.API_SCHEMA, "failed_writes"),
         new_table=sql.Literal(table.name),  # as the wrapper and the sync triggers name it
