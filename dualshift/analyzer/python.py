@@ -17,6 +17,7 @@ the ones the LibCST reading in `python_cst.py` gives (the codemods rewrite those
 from __future__ import annotations
 
 import ast
+from bisect import bisect_right
 from dataclasses import replace
 from functools import cached_property
 
@@ -137,15 +138,43 @@ class _Text:
         start = self.line_starts[line - 1]
         return len(self.source[start : start + byte_column].decode("utf-8", "replace"))
 
-    def code(self, node: ast.expr, sole_argument: bool = False) -> str:
-        """The node's text with the parentheses around it, as LibCST's `code_for_node` gives it."""
+    def code(self, node: ast.expr, statement_line: int) -> str:
+        """The node's text with its parentheses, as LibCST's `code_for_node` gives it: lines that break
+        inside brackets lose the indentation of the statement's block."""
         start, end = self.span(node)
         opening = _openings_before(self.source, start)
         closing = _closings_after(self.source, end)
-        pairs = min(len(opening), len(closing)) - (1 if sole_argument else 0)
-        if pairs > 0:
+        pairs = min(len(opening), len(closing))
+        if pairs:
             start, end = opening[pairs - 1], closing[pairs - 1]
-        return self.source[start:end].decode("utf-8", "replace")
+        text = self.source[start:end]
+        indent = self._indentation(statement_line)
+        if indent and (b"\n" in text or b"\r" in text):
+            text = self._dedent(text, bisect_right(self.line_starts, start), indent, _string_lines(node))
+        return text.decode("utf-8", "replace")
+
+    def _indentation(self, line: int) -> bytes:
+        start = self.line_starts[line - 1]
+        text = self.source[start : self.line_starts[line]] if line < len(self.line_starts) else self.source[start:]
+        return text[: len(text) - len(text.lstrip(b" \t\f"))]
+
+    @staticmethod
+    def _dedent(text: bytes, first_line: int, indent: bytes, string_lines: set[int]) -> bytes:
+        pieces = text.splitlines(keepends=True)
+        for number in range(1, len(pieces)):
+            continued = pieces[number - 1].rstrip(b"\r\n").endswith(b"\\")  # a backslash keeps its blanks
+            if not continued and first_line + number not in string_lines and pieces[number].startswith(indent):
+                pieces[number] = pieces[number][len(indent) :]
+        return b"".join(pieces)
+
+
+def _string_lines(node: ast.expr) -> set[int]:
+    """Lines that begin inside a multi-line string literal of `node`."""
+    lines: set[int] = set()
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.Constant | ast.JoinedStr) and inner.end_lineno > inner.lineno:
+            lines.update(range(inner.lineno + 1, inner.end_lineno + 1))
+    return lines
 
 
 def _openings_before(source: bytes, position: int) -> list[int]:
@@ -364,6 +393,11 @@ class _Module:
             return node is not parent.func
         return isinstance(parent, ast.ClassDef) and any(base is node for base in parent.bases)
 
+    def _statement_line(self, node: ast.AST) -> int:
+        while not isinstance(node, ast.stmt):
+            node = self.parents[node]
+        return node.lineno
+
     def _climb(self, start: ast.expr) -> tuple[list[tuple[str, ast.Call | None]], ast.expr]:
         """`.method(...)` steps above a node (and the `not_` property); returns the steps and the top."""
         steps: list[tuple[str, ast.Call | None]] = []
@@ -442,7 +476,7 @@ class _Module:
                 kind=kind,
                 name=self.text.string(args[0]) if args else None,
                 operation=steps[0][0] if steps and kind == "storage" else None,
-                client=self.text.code(client),
+                client=self.text.code(client, self._statement_line(client)),
                 code=code,
                 function=qualified,
             )
@@ -535,7 +569,7 @@ class _Module:
             elif method in COLUMN_FILTERS or method == "order":
                 if method == "order":
                     continue
-                value = self.text.code(positional[-1]) if len(positional) > 1 else None
+                value = self.text.code(positional[-1], self._statement_line(call)) if len(positional) > 1 else None
                 filters.append(Filter(method, filter_column(string(first)), value))
             elif method == "match":
                 filters.extend(Filter("match", k, None) for k in self.text.dict_keys(first))
