@@ -164,7 +164,7 @@ TRICKY = {
     "non_ascii_before_calls": """
         NAMES = {"légende": "posts", "données": {"table": "metrics"}}
         x = "é—☃"; client.table(NAMES["légende"]).select("ü").eq("naïve", "ç").execute()
-        y = "𝒳𝒴"  ;  client.from_(NAMES["données"]["table"]).update({"é": 1}).eq("id", "✓").execute()
+        y = "日本語"  ;  client.from_(NAMES["données"]["table"]).update({"é": 1}).eq("id", "✓").execute()
         def ünïcode(a, b):
             return client.table(b).select("*")  # «commentaire»
         ünïcode("x", "posts")
@@ -278,7 +278,7 @@ TRICKY = {
                     (self
                         .client).rpc("fn", {}).execute()
                     (self.
-        	client).storage.from_("b").list()
+        \tclient).storage.from_("b").list()
         ''',
     "syntax_error": "def broken(:\n    client.table('x')\n",
     "no_calls": """
@@ -352,7 +352,7 @@ STEPS = [
     ".not_",
     '.eq("a", 1)',
     '.insert({"a": 1, "ü": x})',
-    '.update(dict(a=1))',
+    ".update(dict(a=1))",
     '.upsert([{"k": 1}], on_conflict="k")',
     ".delete()",
     '.or_("a.eq.1,b.eq.2")',
@@ -360,7 +360,7 @@ STEPS = [
     ".order('id')",
     ".limit(3)",
     '.eq("d", (\n            3  # three\n        ))',
-    '.eq("e", \"\"\"x\n    y\"\"\")',
+    '.eq("e", """x\n    y""")',
     ".execute()",
 ]
 PREFIXES = ["", "x = 'ñ'; ", "# ☃\n", "pass  # ✓ ( \n"]
