@@ -274,30 +274,47 @@ def _positional(call: ast.Call) -> list[ast.expr]:
 Scope = tuple[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ...], tuple[str, ...]]  # enclosing functions, classes
 
 
-LEAVES = (ast.expr_context, ast.operator, ast.boolop, ast.unaryop, ast.cmpop)  # nodes without children
+NOT_CHILDREN = frozenset({"ctx", "op", "ops", "id", "attr", "arg", "name", "names", "kind", "type_comment", "module"})
+LEAF_TYPES = (ast.Constant, ast.MatchSingleton)  # their `value` is not a node
+CHILD_FIELDS: dict[type, tuple[str, ...]] = {
+    kind: () if issubclass(kind, LEAF_TYPES) else tuple(f for f in kind._fields if f not in NOT_CHILDREN)
+    for kind in vars(ast).values()
+    if isinstance(kind, type) and issubclass(kind, ast.AST)
+}  # the fields of each node type that can hold nodes with children (names, operators, strings cannot)
 
 
 def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tuple[ast.AST, Scope]]:
-    """Calls, assignments and `from` imports with their scopes, in source order (LibCST's visiting order)."""
+    """Calls, assignments and `from` imports with their scopes, in source order (LibCST's visiting order).
+
+    `ast.iter_child_nodes` inlined and pruned (this loop is most of the reading's time): statements
+    carry the scope, the nodes inside a statement share it.
+    """
     found: list[tuple[ast.AST, Scope]] = []
-    stack: list[tuple[ast.AST, Scope]] = [(tree, ((), ()))]
-    while stack:
-        node, scope = stack.pop()
-        kind = type(node)
-        if kind is ast.Call or kind is ast.Assign or kind is ast.ImportFrom:
-            found.append((node, scope))
-        elif kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
-            scope = ((*scope[0], node), scope[1])
+    statements: list[tuple[ast.AST, Scope]] = [(tree, ((), ()))]
+    while statements:
+        statement, scope = statements.pop()
+        kind = type(statement)
+        if kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
+            scope = ((*scope[0], statement), scope[1])  # its decorators and defaults too, as LibCST
         elif kind is ast.ClassDef:
-            scope = (scope[0], (*scope[1], node.name))
-        for field in kind._fields:  # ast.iter_child_nodes, inlined: this loop is most of the reading's time
-            value = getattr(node, field, None)
-            children = value if type(value) is list else (value,)
-            for child in children:
-                if isinstance(child, ast.AST) and not isinstance(child, LEAVES):
-                    if parents is not None:
-                        parents[child] = node
-                    stack.append((child, scope))
+            scope = (scope[0], (*scope[1], statement.name))
+        nodes = [statement]
+        child_fields = CHILD_FIELDS
+        while nodes:
+            node = nodes.pop()
+            kind = type(node)
+            if kind is ast.Call or kind is ast.Assign or kind is ast.ImportFrom:
+                found.append((node, scope))
+            for field in child_fields[kind]:
+                value = getattr(node, field)
+                for child in value if type(value) is list else (value,):
+                    if isinstance(child, ast.AST):
+                        if parents is not None:
+                            parents[child] = node
+                        if isinstance(child, ast.stmt):
+                            statements.append((child, scope))
+                        elif child_fields[type(child)]:
+                            nodes.append(child)
     found.sort(key=lambda item: (item[0].lineno, item[0].col_offset, -item[0].end_lineno, -item[0].end_col_offset))
     return found
 
