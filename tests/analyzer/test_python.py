@@ -371,18 +371,24 @@ BREAKS = ["", "\n        ", " \\\n        ", "  # note\n        "]
 def generated_modules(draw) -> str:
     lines = ["from pkg import imported", "TABLE = 'metrics'", "NAMES = {'k': 'outcomes'}", ""]
     for number in range(draw(st.integers(1, 3))):
-        lines.append(f"def f{number}(client, table, *rest):")
+        body = [f"def f{number}(client, table, *rest):"]
         for _ in range(draw(st.integers(1, 3))):
             steps = draw(st.lists(st.sampled_from(STEPS), max_size=4))
             pause = draw(st.sampled_from(BREAKS))
             opening, closing = ("(", ")") if "\n" in pause and "\\" not in pause else ("", "")
-            chain = f"{opening}{draw(st.sampled_from(RECEIVERS))}.{draw(st.sampled_from(['table', 'from_']))}({draw(st.sampled_from(TABLES))})"
+            receiver, anchor = draw(st.sampled_from(RECEIVERS)), draw(st.sampled_from(["table", "from_"]))
+            chain = f"{opening}{receiver}.{anchor}({draw(st.sampled_from(TABLES))})"
             chain += "".join(pause + step if pause else step for step in steps) + closing
             wrapper = draw(st.sampled_from(["{}", "q = ({})", "return await ({})", "use({})", "r = [{}]", "q = {}"]))
             prefix = draw(st.sampled_from(PREFIXES)).replace("\n", "\n    ")
-            lines.append("    " + prefix + wrapper.format(chain))
+            body.append("    " + prefix + wrapper.format(chain))
             if wrapper.startswith("q"):
-                lines.append("    " + draw(st.sampled_from(["q = q.eq('b', 2)", "q.execute()", "send(q)", "return q"])))
+                body.append("    " + draw(st.sampled_from(["q = q.eq('b', 2)", "q.execute()", "send(q)", "return q"])))
+        body[0] = draw(st.sampled_from(["", "async "])) + body[0]
+        body[:0] = draw(st.sampled_from([[], ["@route('/x')"], ["@cache(client.table('d').select().execute())"]]))
+        if draw(st.booleans()):
+            body = [f"class Repo{number}(Base):", *("    " + line.replace("\n", "\n    ") for line in body)]
+        lines.extend(body)
         lines.append(f"f{number}(c, {draw(st.sampled_from(TABLES))})")
     return "\n".join(lines) + "\n"
 
