@@ -310,8 +310,12 @@ def test_ast_reading_gives_the_libcst_facts_on_tricky_code(name: str) -> None:
     text = TRICKY[name]
     source = (textwrap.dedent(text) if "\r" not in text else text).encode()
     facts = _facts(python, source)
-    if name != "syntax_error":
-        assert facts["syntax_error"] is None
+    if name == "syntax_error":
+        assert facts["syntax_error"] is not None
+    elif name == "no_calls":
+        assert facts["symbols"] and facts["imports"] and facts["call_arguments"]
+    else:
+        assert facts["syntax_error"] is None and (facts["calls"] or facts["side_calls"])
     _assert_same_facts(source)
 
 
