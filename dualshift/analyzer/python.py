@@ -274,7 +274,10 @@ def _positional(call: ast.Call) -> list[ast.expr]:
 Scope = tuple[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ...], tuple[str, ...]]  # enclosing functions, classes
 
 
-NOT_CHILDREN = frozenset({"ctx", "op", "ops", "id", "attr", "arg", "name", "names", "kind", "type_comment", "module"})
+NOT_CHILDREN = frozenset(
+    {"ctx", "op", "ops", "id", "attr", "arg", "name", "names", "kind", "type_comment", "module"}
+    | {"is_async", "level", "conversion", "simple", "lineno", "tag", "kwd_attrs", "rest", "asname"}
+)
 LEAF_TYPES = (ast.Constant, ast.MatchSingleton)  # their `value` is not a node
 CHILD_FIELDS: dict[type, tuple[str, ...]] = {
     kind: () if issubclass(kind, LEAF_TYPES) else tuple(f for f in kind._fields if f not in NOT_CHILDREN)
@@ -291,6 +294,9 @@ def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tupl
     """
     found: list[tuple[ast.AST, Scope]] = []
     statements: list[tuple[ast.AST, Scope]] = [(tree, ((), ()))]
+    child_fields = CHILD_FIELDS
+    stmt = ast.stmt
+    node_type = ast.AST
     while statements:
         statement, scope = statements.pop()
         kind = type(statement)
@@ -299,22 +305,29 @@ def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tupl
         elif kind is ast.ClassDef:
             scope = (scope[0], (*scope[1], statement.name))
         nodes = [statement]
-        child_fields = CHILD_FIELDS
+        pop, push = nodes.pop, nodes.append
         while nodes:
-            node = nodes.pop()
+            node = pop()
             kind = type(node)
             if kind is ast.Call or kind is ast.Assign or kind is ast.ImportFrom:
                 found.append((node, scope))
-            for field in child_fields[kind]:
+            for field in child_fields.get(kind, ()):
                 value = getattr(node, field)
-                for child in value if type(value) is list else (value,):
-                    if isinstance(child, ast.AST):
+                if type(value) is not list:
+                    if value is not None:
+                        if parents is not None:
+                            parents[value] = node
+                        if child_fields.get(type(value)):
+                            push(value)
+                    continue
+                for child in value:
+                    if isinstance(child, node_type):
                         if parents is not None:
                             parents[child] = node
-                        if isinstance(child, ast.stmt):
+                        if isinstance(child, stmt):
                             statements.append((child, scope))
-                        elif child_fields[type(child)]:
-                            nodes.append(child)
+                        elif child_fields.get(type(child)):
+                            push(child)
     found.sort(key=lambda item: (item[0].lineno, item[0].col_offset, -item[0].end_lineno, -item[0].end_col_offset))
     return found
 
