@@ -52,8 +52,9 @@ def analyze_module(rel_path: str, source: bytes) -> _PythonFacts:
     if source.startswith(BOM):
         source = source[len(BOM) :]  # offsets count from after the mark, as LibCST's do
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes
+        # Parsed as text: a coding declaration must not change the columns, which count UTF-8 bytes.
+        tree = ast.parse(source.decode("utf-8"))
+    except (SyntaxError, ValueError) as exc:  # ValueError: not UTF-8, NUL bytes
         facts.syntax_error = _syntax_error(source, exc)
         return facts
     _Module(rel_path, source, tree, facts).read()

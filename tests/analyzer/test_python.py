@@ -333,6 +333,14 @@ def test_a_byte_order_mark_keeps_libcst_offsets_and_reads_the_text_right() -> No
     )
 
 
+def test_a_coding_declaration_does_not_move_the_offsets() -> None:
+    """The scan reads UTF-8 only; a file declaring latin-1 still gets offsets into its own bytes."""
+    source = '# -*- coding: latin-1 -*-\nx = "é"; client.table("posts").select().execute()\n'.encode()
+    (call,) = python.analyze_module("m.py", source).calls
+    assert source[call.start_byte : call.end_byte] == b'client.table("posts").select().execute()'
+    assert (call.line, call.column, call.table) == (2, 17, "posts")
+
+
 def test_tricky_code_finds_its_calls() -> None:
     """The equivalence above is not over empty results: the snippets hold the calls they are about."""
     facts = python.analyze_module("m.py", textwrap.dedent(TRICKY["non_ascii_before_calls"]).encode())
