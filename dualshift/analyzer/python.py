@@ -1,4 +1,4 @@
-"""supabase-py call sites with LibCST: `client.table('t')`, `client.from_('t')`, `.schema('s').table('t')`.
+"""supabase-py call sites: `client.table('t')`, `client.from_('t')`, `.schema('s').table('t')`.
 
 The same records as the TypeScript analyzer, into the same map: chains over several lines and
 through parentheses and `await`, builders kept in a variable and extended later, `.execute()` as the
@@ -6,22 +6,20 @@ end of the chain, the `not_` property, columns from dict keys, select strings an
 `on_conflict`, `storage.from_()` and `rpc()` listed apart. Table names from literals, module-level
 constants, names imported from other modules of the tree and helper parameters are resolved by the
 same whole-tree resolver as TypeScript (`resolve.py`).
+
+Read with the standard library's `ast` (a C parser): positions are UTF-8 byte columns with end
+positions, so byte spans come from line starts and columns from the line's text. A byte search
+decides whether a file can hold a table call at all; only then are parents linked. The records are
+the ones the LibCST reading in `python_cst.py` gives (the codemods rewrite those spans with LibCST);
+`tests/analyzer/test_python.py` holds the two readings equal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ast
+from bisect import bisect_right
+from dataclasses import replace
 from functools import cached_property
-
-import libcst as cst
-from libcst.metadata import (
-    ByteSpanPositionProvider,
-    CodeRange,
-    CodeSpan,
-    MetadataWrapper,
-    ParentNodeProvider,
-    PositionProvider,
-)
 
 from dualshift.analyzer.postgrest import COLUMN_FILTERS, from_python
 from dualshift.analyzer.records import CallSite, FileResult, Filter, ParseFailure, SideCall
@@ -30,7 +28,12 @@ from dualshift.analyzer.select_string import columns_in_filter_expression, filte
 from dualshift.analyzer.typescript import CallArgument, ModuleFacts, Reference, lookup
 
 ANCHORS = frozenset({"table", "from_"})
+SIDE_ANCHORS = ANCHORS | {"rpc"}
 WRITES = ("insert", "upsert", "update", "delete")
+UNRECORDED_CALLEES = SIDE_ANCHORS | {"select", "eq", "execute", "print"}
+ANCHOR_BYTES = (b"table", b"from_", b"rpc")
+BOM = b"\xef\xbb\xbf"
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 def analyze_python(rel_path: str, source: bytes) -> FileResult:
@@ -46,157 +49,364 @@ class _PythonFacts(ModuleFacts):
 
 def analyze_module(rel_path: str, source: bytes) -> _PythonFacts:
     facts = _PythonFacts()
+    if source.startswith(BOM):
+        source = source[len(BOM) :]  # offsets count from after the mark, as LibCST's do
     try:
-        module = cst.parse_module(source)
-    except cst.ParserSyntaxError as exc:
-        facts.syntax_error = f"syntax error at line {exc.raw_line}: {exc.message}"
+        # Parsed as text: a coding declaration must not change the columns, which count UTF-8 bytes.
+        tree = ast.parse(source.decode("utf-8"))
+    except (SyntaxError, ValueError) as exc:  # ValueError: not UTF-8, NUL bytes
+        facts.syntax_error = _syntax_error(source, exc)
         return facts
-    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-    visitor = _Visitor(rel_path, source, wrapper, facts)
-    wrapper.module.visit(visitor)
-    visitor.finish()
+    _Module(rel_path, source, tree, facts).read()
     return facts
+
+
+def _syntax_error(source: bytes, exc: SyntaxError | ValueError) -> str:
+    """LibCST's wording (the codemods parse with it), ast's where LibCST's grammar accepts the file."""
+    import libcst as cst
+
+    try:
+        cst.parse_module(source)
+    except cst.ParserSyntaxError as cst_exc:
+        return f"syntax error at line {cst_exc.raw_line}: {cst_exc.message}"
+    if isinstance(exc, SyntaxError):
+        return f"syntax error at line {exc.lineno}: {exc.msg}"
+    return f"syntax error: {exc}"
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def _string(node: cst.BaseExpression | None) -> str | None:
-    if isinstance(node, cst.SimpleString):
-        value = node.evaluated_value
-        return value if isinstance(value, str) else None
-    if isinstance(node, cst.ConcatenatedString):
-        value = node.evaluated_value
-        return value if isinstance(value, str) else None
-    if isinstance(node, cst.FormattedString) and all(isinstance(p, cst.FormattedStringText) for p in node.parts):
-        return "".join(p.value for p in node.parts)  # an f-string without substitutions
+class _Text:
+    """Byte offsets and character columns of `ast` positions (line numbers from 1, byte columns)."""
+
+    def __init__(self, source: bytes) -> None:
+        self.source = source
+
+    @cached_property
+    def line_starts(self) -> list[int]:
+        starts = [0]
+        for line in self.source.splitlines(keepends=True):  # \n, \r\n and \r, as Python's tokenizer
+            starts.append(starts[-1] + len(line))
+        return starts
+
+    def offset(self, line: int, column: int) -> int:
+        return self.line_starts[line - 1] + column
+
+    def span(self, node: ast.expr) -> tuple[int, int]:
+        return self.offset(node.lineno, node.col_offset), self.offset(node.end_lineno, node.end_col_offset)
+
+    def segment(self, node: ast.expr) -> bytes:
+        start, end = self.span(node)
+        return self.source[start:end]
+
+    def string(self, node: ast.expr | None) -> str | None:
+        """A string literal's value; an f-string token without substitutions gives its raw text (as LibCST)."""
+        if isinstance(node, ast.Constant):
+            return node.value if isinstance(node.value, str) else None
+        if isinstance(node, ast.JoinedStr) and not any(isinstance(v, ast.FormattedValue) for v in node.values):
+            return _fstring_token(self.segment(node))
+        return None
+
+    def path(self, node: ast.expr) -> tuple[str, ...] | None:
+        if isinstance(node, ast.Name):
+            return (node.id,)
+        if isinstance(node, ast.Attribute):
+            head = self.path(node.value)
+            return None if head is None else (*head, node.attr)
+        if isinstance(node, ast.Constant) and (node.value is None or node.value is True or node.value is False):
+            return (str(node.value),)  # keywords, but names to LibCST
+        if isinstance(node, ast.Subscript):
+            head = self.path(node.value)
+            key = self.string(node.slice)
+            return None if head is None or key is None else (*head, key)
+        return None
+
+    def dict_keys(self, node: ast.expr | None) -> list[str]:
+        if isinstance(node, ast.List | ast.Tuple):
+            keys: list[str] = []
+            for element in node.elts:
+                value = element.value if isinstance(element, ast.Starred) else element
+                keys.extend(k for k in self.dict_keys(value) if k not in keys)
+            return keys
+        if isinstance(node, ast.Dict):
+            return [k for key in node.keys if key is not None and (k := self.string(key)) is not None]
+        if isinstance(node, ast.Call) and self.path(node.func) == ("dict",):
+            return [name for name, _ in _arguments(node) if name is not None]
+        return []
+
+    def character_column(self, line: int, byte_column: int) -> int:
+        start = self.line_starts[line - 1]
+        return len(self.source[start : start + byte_column].decode("utf-8", "replace"))
+
+    def code(self, node: ast.expr, statement_line: int) -> str:
+        """The node's text with its parentheses, as LibCST's `code_for_node` gives it: lines that break
+        inside brackets lose the indentation of the statement's block."""
+        start, end = self.span(node)
+        opening = _openings_before(self.source, start)
+        closing = _closings_after(self.source, end)
+        pairs = min(len(opening), len(closing))
+        if pairs:
+            start, end = opening[pairs - 1], closing[pairs - 1]
+        text = self.source[start:end]
+        indent = self._indentation(statement_line)
+        if indent and (b"\n" in text or b"\r" in text):
+            text = self._dedent(text, bisect_right(self.line_starts, start), indent, _string_lines(node))
+        return text.decode("utf-8", "replace")
+
+    def _indentation(self, line: int) -> bytes:
+        start = self.line_starts[line - 1]
+        text = self.source[start : self.line_starts[line]] if line < len(self.line_starts) else self.source[start:]
+        return text[: len(text) - len(text.lstrip(b" \t\f"))]
+
+    @staticmethod
+    def _dedent(text: bytes, first_line: int, indent: bytes, string_lines: set[int]) -> bytes:
+        pieces = text.splitlines(keepends=True)
+        for number in range(1, len(pieces)):
+            continued = pieces[number - 1].rstrip(b"\r\n").endswith(b"\\")  # a backslash keeps its blanks
+            if not continued and first_line + number not in string_lines and pieces[number].startswith(indent):
+                pieces[number] = pieces[number][len(indent) :]
+        return b"".join(pieces)
+
+
+def _string_lines(node: ast.expr) -> set[int]:
+    """Lines that begin inside a multi-line string literal of `node`."""
+    lines: set[int] = set()
+    for inner in ast.walk(node):
+        if isinstance(inner, ast.Constant | ast.JoinedStr) and inner.end_lineno > inner.lineno:
+            lines.update(range(inner.lineno + 1, inner.end_lineno + 1))
+    return lines
+
+
+def _openings_before(source: bytes, position: int) -> list[int]:
+    """Offsets of the `(` right before `position` (nearest first), over blanks and comments."""
+    found: list[int] = []
+    index = position - 1
+    while index >= 0:
+        char = source[index]
+        if char in b" \t\f\\":
+            index -= 1
+        elif char in b"\r\n":
+            line_start = max(source.rfind(b"\n", 0, index), source.rfind(b"\r", 0, index)) + 1
+            comment = _comment_start(source[line_start:index])
+            index = (line_start + comment if comment is not None else index) - 1
+        elif char == ord("("):
+            found.append(index)
+            index -= 1
+        else:
+            break
+    return found
+
+
+def _closings_after(source: bytes, position: int) -> list[int]:
+    """Offsets just past the `)` right after `position` (nearest first), over blanks and comments."""
+    found: list[int] = []
+    index, size = position, len(source)
+    while index < size:
+        char = source[index]
+        if char in b" \t\f\\\r\n":
+            index += 1
+        elif char == ord("#"):
+            newline = [i for i in (source.find(b"\n", index), source.find(b"\r", index)) if i >= 0]
+            index = min(newline) if newline else size
+        elif char == ord(")"):
+            index += 1
+            found.append(index)
+        else:
+            break
+    return found
+
+
+def _comment_start(line: bytes) -> int | None:
+    """Where a line's `#` comment begins, outside one-line string literals."""
+    quote: int | None = None
+    index = 0
+    while index < len(line):
+        char = line[index]
+        if quote is not None:
+            if char == ord("\\"):
+                index += 1
+            elif char == quote:
+                quote = None
+        elif char in b"'\"":
+            quote = char
+        elif char == ord("#"):
+            return index
+        index += 1
     return None
 
 
-def _path(node: cst.BaseExpression) -> tuple[str, ...] | None:
-    if isinstance(node, cst.Name):
-        return (node.value,)
-    if isinstance(node, cst.Attribute):
-        head = _path(node.value)
-        return None if head is None else (*head, node.attr.value)
-    if isinstance(node, cst.Subscript) and len(node.slice) == 1 and isinstance(node.slice[0].slice, cst.Index):
-        head = _path(node.value)
-        key = _string(node.slice[0].slice.value)
-        return None if head is None or key is None else (*head, key)
+def _fstring_token(segment: bytes) -> str | None:
+    """The raw text between the quotes when `segment` is one f-string token; None when it is several."""
+    prefix = 0
+    while segment[prefix : prefix + 1] in (b"f", b"F", b"r", b"R"):
+        prefix += 1
+    triple = segment[prefix : prefix + 3]
+    quote = triple if triple in (b'"""', b"'''") else segment[prefix : prefix + 1]
+    index = prefix + len(quote)
+    while index < len(segment):
+        if segment[index : index + 1] == b"\\":
+            index += 2
+        elif segment.startswith(quote, index):
+            end = index + len(quote)
+            return segment[prefix + len(quote) : index].decode("utf-8", "replace") if end == len(segment) else None
+        else:
+            index += 1
     return None
 
 
-def _dict_keys(node: cst.BaseExpression | None) -> list[str]:
-    if isinstance(node, cst.List | cst.Tuple):
-        keys: list[str] = []
-        for element in node.elements:
-            keys.extend(k for k in _dict_keys(element.value) if k not in keys)
-        return keys
-    if isinstance(node, cst.Dict):
-        return [k for e in node.elements if isinstance(e, cst.DictElement) and (k := _string(e.key)) is not None]
-    if isinstance(node, cst.Call) and _path(node.func) == ("dict",):
-        return [a.keyword.value for a in node.args if a.keyword is not None]
-    return []
+def _arguments(call: ast.Call) -> list[tuple[str | None, ast.expr]]:
+    """(keyword, value) of every argument in source order; `*x` and `**x` give (None, x)."""
+    items: list[tuple[tuple[int, int], str | None, ast.expr]] = []
+    for arg in call.args:
+        value = arg.value if isinstance(arg, ast.Starred) else arg
+        items.append(((arg.lineno, arg.col_offset), None, value))
+    for keyword in call.keywords:
+        items.append(((keyword.lineno, keyword.col_offset), keyword.arg, keyword.value))
+    if call.keywords and call.args:
+        items.sort(key=lambda item: item[0])
+    return [(name, value) for _, name, value in items]
 
 
-class _Visitor(cst.CSTVisitor):
-    def __init__(self, rel: str, source: bytes, wrapper: MetadataWrapper, facts: _PythonFacts) -> None:
-        self.rel, self.source, self.facts = rel, source, facts
-        self.wrapper = wrapper
-        self.language = "python"
-        self.anchors: list[cst.Call] = []
-        self.functions: list[cst.FunctionDef] = []
-        self.classes: list[str] = []
-        self.scopes: dict[cst.Call, tuple[str | None, cst.FunctionDef | None, list[str]]] = {}
+def _positional(call: ast.Call) -> list[ast.expr]:
+    return [value for name, value in _arguments(call) if name is None]
 
-    # Metadata is resolved on first use, once: only files with a table call need it, and resolving it
-    # costs several times the parse (most files of a service hold constants, imports and helper calls).
-    @cached_property
-    def parents(self) -> Mapping[cst.CSTNode, cst.CSTNode]:
-        return self.wrapper.resolve(ParentNodeProvider)
 
-    @cached_property
-    def positions(self) -> Mapping[cst.CSTNode, CodeRange]:
-        return self.wrapper.resolve(PositionProvider)
+Scope = tuple[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ...], tuple[str, ...]]  # enclosing functions, classes
 
-    @cached_property
-    def spans(self) -> Mapping[cst.CSTNode, CodeSpan]:
-        return self.wrapper.resolve(ByteSpanPositionProvider)
 
-    # -- collection -------------------------------------------------------------------------
+NOT_CHILDREN = frozenset(
+    {"ctx", "op", "ops", "id", "attr", "arg", "name", "names", "kind", "type_comment", "module"}
+    | {"is_async", "level", "conversion", "simple", "lineno", "tag", "kwd_attrs", "rest", "asname"}
+)
+LEAF_TYPES = (ast.Constant, ast.MatchSingleton)  # their `value` is not a node
+CHILD_FIELDS: dict[type, tuple[str, ...]] = {
+    kind: () if issubclass(kind, LEAF_TYPES) else tuple(f for f in kind._fields if f not in NOT_CHILDREN)
+    for kind in vars(ast).values()
+    if isinstance(kind, type) and issubclass(kind, ast.AST)
+}  # the fields of each node type that can hold nodes with children (names, operators, strings cannot)
 
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        self.classes.append(node.name.value)
 
-    def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
-        self.classes.pop()
+def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tuple[ast.AST, Scope]]:
+    """Calls, assignments and `from` imports with their scopes, in source order (LibCST's visiting order).
 
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self.functions.append(node)
+    `ast.iter_child_nodes` inlined and pruned (this loop is most of the reading's time): statements
+    carry the scope, the nodes inside a statement share it.
+    """
+    found: list[tuple[ast.AST, Scope]] = []
+    statements: list[tuple[ast.AST, Scope]] = [(tree, ((), ()))]
+    child_fields = CHILD_FIELDS
+    stmt = ast.stmt
+    node_type = ast.AST
+    while statements:
+        statement, scope = statements.pop()
+        kind = type(statement)
+        if kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
+            scope = ((*scope[0], statement), scope[1])  # its decorators and defaults too, as LibCST
+        elif kind is ast.ClassDef:
+            scope = (scope[0], (*scope[1], statement.name))
+        nodes = [statement]
+        pop, push = nodes.pop, nodes.append
+        while nodes:
+            node = pop()
+            kind = type(node)
+            if kind is ast.Call or kind is ast.Assign or kind is ast.ImportFrom:
+                found.append((node, scope))
+            for field in child_fields.get(kind, ()):
+                value = getattr(node, field)
+                if type(value) is not list:
+                    if value is not None:
+                        if parents is not None:
+                            parents[value] = node
+                        if child_fields.get(type(value)):
+                            push(value)
+                    continue
+                for child in value:
+                    if isinstance(child, node_type):
+                        if parents is not None:
+                            parents[child] = node
+                        if isinstance(child, stmt):
+                            statements.append((child, scope))
+                        elif child_fields.get(type(child)):
+                            push(child)
+    found.sort(key=lambda item: (item[0].lineno, item[0].col_offset, -item[0].end_lineno, -item[0].end_col_offset))
+    return found
 
-    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
-        self.functions.pop()
 
-    def visit_Assign(self, node: cst.Assign) -> None:
-        if self.functions or len(node.targets) != 1 or not isinstance(node.targets[0].target, cst.Name):
+class _Module:
+    def __init__(self, rel: str, source: bytes, tree: ast.Module, facts: _PythonFacts) -> None:
+        self.rel, self.source, self.tree, self.facts = rel, source, tree, facts
+        self.text = _Text(source)
+        self.parents: dict[ast.AST, ast.AST] = {}
+        self.anchors: list[tuple[ast.Call, Scope]] = []
+
+    def read(self) -> None:
+        may_call_tables = any(word in self.source for word in ANCHOR_BYTES)
+        for node, scope in _walk(self.tree, self.parents if may_call_tables else None):
+            if isinstance(node, ast.Call):
+                self._call(node, scope, may_call_tables)
+            elif scope[0]:
+                continue  # assignments and imports inside functions are not module facts
+            elif isinstance(node, ast.Assign):
+                self._assign(node)
+            else:
+                self._import(node)
+        for anchor, scope in self.anchors:
+            self._record(anchor, scope)
+
+    # -- module facts -----------------------------------------------------------------------
+
+    def _assign(self, node: ast.Assign) -> None:
+        if len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
             return
-        value = _string(node.value) if _string(node.value) is not None else self._literal(node.value)
+        value = self._literal(node.value)
         if value is not None:
-            self.facts.symbols[node.targets[0].target.value] = value
+            self.facts.symbols[node.targets[0].id] = value
 
-    def _literal(self, node: cst.BaseExpression) -> object | None:
-        text = _string(node)
+    def _literal(self, node: ast.expr) -> object | None:
+        text = self.text.string(node)
         if text is not None:
             return text
-        if isinstance(node, cst.Dict):
+        if isinstance(node, ast.Dict):
             members = {}
-            for element in node.elements:
-                if isinstance(element, cst.DictElement) and (key := _string(element.key)) is not None:
-                    inner = self._literal(element.value)
+            for key, value in zip(node.keys, node.values, strict=True):
+                if key is not None and (name := self.text.string(key)) is not None:
+                    inner = self._literal(value)
                     if inner is not None:
-                        members[key] = inner
+                        members[name] = inner
             return members
         return None
 
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-        if isinstance(node.names, cst.ImportStar) or self.functions:
+    def _import(self, node: ast.ImportFrom) -> None:
+        if node.names[0].name == "*":
             return
-        dots = len(node.relative)
-        module = cst.Module([]).code_for_node(node.module) if node.module is not None else ""
-        if dots:
-            specifier = ("./" if dots == 1 else "../" * (dots - 1)) + module.replace(".", "/")
+        module = node.module or ""
+        if node.level:
+            specifier = ("./" if node.level == 1 else "../" * (node.level - 1)) + module.replace(".", "/")
         else:
             specifier = module.replace(".", "/")
         for alias in node.names:
-            name = cst.Module([]).code_for_node(alias.name)
-            local = alias.asname.name.value if alias.asname and isinstance(alias.asname.name, cst.Name) else name
-            self.facts.imports[local] = (specifier.rstrip("/"), name)
+            self.facts.imports[alias.asname or alias.name] = (specifier.rstrip("/"), alias.name)
 
-    def visit_Call(self, node: cst.Call) -> None:
+    def _call(self, node: ast.Call, scope: Scope, may_call_tables: bool) -> None:
         func = node.func
-        if isinstance(func, cst.Attribute) and func.attr.value in ANCHORS | {"rpc"}:
-            self.anchors.append(node)
-            qualified = self._qualified_function()
-            self.scopes[node] = (qualified, self.functions[-1] if self.functions else None, [])
+        if may_call_tables and isinstance(func, ast.Attribute) and func.attr in SIDE_ANCHORS:
+            start = self.text.offset(func.end_lineno, func.end_col_offset) - len(func.attr)
+            if self.source[start : start + len(func.attr)] == func.attr.encode():  # not an NFKC-folded name
+                self.anchors.append((node, scope))
         self._record_arguments(node)
 
-    def _qualified_function(self) -> str | None:
-        if not self.functions:
-            return None
-        name = self.functions[-1].name.value
-        return f"{self.classes[-1]}.{name}" if self.classes and len(self.functions) == 1 else name
-
-    def _record_arguments(self, node: cst.Call) -> None:
-        path = _path(node.func)
-        if path is None or path[-1] in ANCHORS | {"rpc", "select", "eq", "execute", "print"}:
+    def _record_arguments(self, node: ast.Call) -> None:
+        path = self.text.path(node.func)
+        if path is None or path[-1] in UNRECORDED_CALLEES:
             return
         callee = path[-1]
-        for index, arg in enumerate(a for a in node.args if a.keyword is None):
-            value = _string(arg.value)
-            if value is not None:
-                self.facts.call_arguments.append(CallArgument(callee, index, value))
+        for index, value in enumerate(_positional(node)):
+            literal = self.text.string(value)
+            if literal is not None:
+                self.facts.call_arguments.append(CallArgument(callee, index, literal))
                 continue
-            ref_path = _path(arg.value)
+            ref_path = self.text.path(value)
             if ref_path is None:
                 continue
             resolved = lookup(self.facts.symbols, ref_path)[0]
@@ -209,82 +419,105 @@ class _Visitor(cst.CSTVisitor):
 
     # -- records ----------------------------------------------------------------------------
 
-    def finish(self) -> None:
-        for anchor in self.anchors:
-            self._record(anchor)
+    def _is_argument(self, node: ast.AST) -> bool:
+        """Whether `node` is passed to a call or a class statement (LibCST's `Arg`) or returned."""
+        parent = self.parents.get(node)
+        if isinstance(parent, ast.keyword | ast.Return):
+            return True
+        if isinstance(parent, ast.Starred):
+            node, parent = parent, self.parents.get(parent)
+        if isinstance(parent, ast.Call):
+            return node is not parent.func
+        return isinstance(parent, ast.ClassDef) and any(base is node for base in parent.bases)
 
-    def _span(self, node: cst.CSTNode) -> tuple[int, int]:
-        span = self.spans[node]
-        return span.start, span.start + span.length
+    def _statement_line(self, node: ast.AST) -> int:
+        while not isinstance(node, ast.stmt):
+            node = self.parents[node]
+        return node.lineno
 
-    def _parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
-        return self.parents.get(node)
-
-    def _climb(self, start: cst.BaseExpression) -> tuple[list[tuple[str, cst.Call | None]], cst.CSTNode]:
+    def _climb(self, start: ast.expr) -> tuple[list[tuple[str, ast.Call | None]], ast.expr]:
         """`.method(...)` steps above a node (and the `not_` property); returns the steps and the top."""
-        steps: list[tuple[str, cst.Call | None]] = []
-        current: cst.CSTNode = start
+        steps: list[tuple[str, ast.Call | None]] = []
+        current = start
         while True:
-            parent = self._parent(current)
-            if not isinstance(parent, cst.Attribute) or parent.value is not current:
+            parent = self.parents.get(current)
+            if not isinstance(parent, ast.Attribute) or parent.value is not current:
                 break
-            method = from_python(parent.attr.value)
-            grand = self._parent(parent)
-            if isinstance(grand, cst.Call) and grand.func is parent:
-                steps.append((method, grand))
+            grand = self.parents.get(parent)
+            if isinstance(grand, ast.Call) and grand.func is parent:
+                steps.append((from_python(parent.attr), grand))
                 current = grand
-            elif parent.attr.value == "not_":
+            elif parent.attr == "not_":
                 steps.append(("not", None))
                 current = parent
             else:
                 break
         return steps, current
 
-    def _record(self, anchor: cst.Call) -> None:
+    def _position(self, func: ast.Attribute) -> tuple[int, int]:
+        """Line and 1-based character column of the method name."""
+        byte_column = func.end_col_offset - len(func.attr)
+        return func.end_lineno, self.text.character_column(func.end_lineno, byte_column) + 1
+
+    def _record(self, anchor: ast.Call, scope: Scope) -> None:
         func = anchor.func
-        assert isinstance(func, cst.Attribute)
+        assert isinstance(func, ast.Attribute)
         receiver = func.value
-        qualified, function, _ = self.scopes[anchor]
-        args = [a for a in anchor.args if a.keyword is None]
+        functions, classes = scope
+        function = functions[-1] if functions else None
+        qualified = None
+        if function is not None:
+            qualified = f"{classes[-1]}.{function.name}" if classes and len(functions) == 1 else function.name
+        arguments = _arguments(anchor)
+        args = [value for name, value in arguments if name is None]
         steps, top = self._climb(anchor)
-        position = self.positions[func.attr].start
-        code = self.source[slice(*self._span(top))].decode("utf-8", "replace").strip()
-        if isinstance(receiver, cst.Attribute) and receiver.attr.value == "storage" and func.attr.value == "from_":
-            self._side(anchor, "storage", args, steps, receiver.value, code, qualified, position)
+        position = self._position(func)
+        code = self.text.segment(top).decode("utf-8", "replace").strip()
+        if isinstance(receiver, ast.Attribute) and receiver.attr == "storage" and func.attr == "from_":
+            self._side("storage", args, steps, receiver.value, code, qualified, position)
             return
-        if func.attr.value == "rpc":
-            self._side(anchor, "rpc", args, [], receiver, code, qualified, position)
+        if func.attr == "rpc":
+            self._side("rpc", args, [], receiver, code, qualified, position)
             return
-        if len(args) != 1 or len(anchor.args) != 1 or (isinstance(receiver, cst.Name) and receiver.value[:1].isupper()):
+        if len(args) != 1 or len(arguments) != 1 or (isinstance(receiver, ast.Name) and receiver.id[:1].isupper()):
             # supabase-py's table() and from_() take exactly one argument: `sa.table("t", sa.column("id"))`
             # is SQLAlchemy; `Model.table(x)`, `Array.from_(x)` are classes, not clients.
             return
         schema = None
         if (
-            isinstance(receiver, cst.Call)
-            and isinstance(receiver.func, cst.Attribute)
-            and receiver.func.attr.value == "schema"
+            isinstance(receiver, ast.Call)
+            and isinstance(receiver.func, ast.Attribute)
+            and receiver.func.attr == "schema"
         ):
-            schema = _string(receiver.args[0].value) if receiver.args else None
+            schema_arguments = _arguments(receiver)
+            schema = self.text.string(schema_arguments[0][1]) if schema_arguments else None
             receiver = receiver.func.value
         variable, escapes = self._variable(top, function, steps)
-        kind, table, resolution, reference = self._table(args[0].value, function)
-        record = self._call_site(anchor, receiver, args[0].value, steps, top, code, qualified, position)
-        record = _with(record, table, kind, resolution, schema, variable, escapes)
+        kind, table, resolution, reference = self._table(args[0], function)
+        record = self._call_site(receiver, args[0], steps, top, code, qualified, position)
+        record = replace(
+            record,
+            table=table,
+            table_kind=kind,
+            resolution=resolution,
+            schema=schema,
+            builder_variable=variable,
+            crosses_function=escapes,
+        )
         if reference is not None:
             self.facts.pending[len(self.facts.calls)] = reference
         self.facts.calls.append(record)
 
-    def _side(self, anchor, kind, args, steps, client, code, qualified, position) -> None:
+    def _side(self, kind, args, steps, client, code, qualified, position) -> None:
         self.facts.side_calls.append(
             SideCall(
                 file=self.rel,
-                line=position.line,
-                column=position.column + 1,
+                line=position[0],
+                column=position[1],
                 kind=kind,
-                name=_string(args[0].value) if args else None,
+                name=self.text.string(args[0]) if args else None,
                 operation=steps[0][0] if steps and kind == "storage" else None,
-                client=cst.Module([]).code_for_node(client),
+                client=self.text.code(client, self._statement_line(client)),
                 code=code,
                 function=qualified,
             )
@@ -292,44 +525,52 @@ class _Visitor(cst.CSTVisitor):
 
     def _variable(self, top, function, steps) -> tuple[str | None, bool]:
         """`q = client.table('t').select()` … `q = q.eq(…)` … `q.execute()`: the later steps join the chain."""
-        parent = self._parent(top)
+        parent = self.parents.get(top)
         if not (
-            isinstance(parent, cst.Assign)
-            and len(parent.targets) == 1
-            and isinstance(parent.targets[0].target, cst.Name)
+            isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Name)
         ):
-            return None, isinstance(parent, cst.Return | cst.Arg) and not any(
-                m in WRITES or m == "select" for m, _ in steps
-            )
+            return None, self._is_argument(top) and not any(m in WRITES or m == "select" for m, _ in steps)
         if any(m == "execute" for m, _ in steps):
             return None, False  # the variable holds the response, not a builder
-        name = parent.targets[0].target.value
-        scope = function if function is not None else None
-        if scope is None:
+        name = parent.targets[0].id
+        if function is None:
             return name, False
-        end = self._span(top)[1]
+        end = self.text.span(top)[1]
         escapes = False
-        uses = [n for n in _names(scope, name) if self._span(n)[0] >= end]
-        for use in sorted(uses, key=lambda n: self._span(n)[0]):
-            holder = self._parent(use)
-            if isinstance(holder, cst.Attribute) and holder.value is use:
+        for start, use in sorted(self._uses(function, name), key=lambda found: found[0]):
+            if start < end:
+                continue
+            holder = self.parents.get(use)
+            if isinstance(use, ast.keyword):
+                escapes = True  # `f(q=…)`: LibCST's keyword name is a Name inside an Arg
+            elif isinstance(holder, ast.Attribute) and holder.value is use:
                 more, _ = self._climb(use)
                 steps.extend(more)
-            elif isinstance(holder, cst.Arg | cst.Return):
+            elif self._is_argument(use):
                 escapes = True
         return name, escapes
 
+    def _uses(self, scope: ast.AST, name: str) -> list[tuple[int, ast.Name | ast.keyword]]:
+        """Names spelled `name` in a function (keyword names of calls too), with their byte offsets."""
+        found: list[tuple[int, ast.Name | ast.keyword]] = []
+        for node in ast.walk(scope):
+            if (isinstance(node, ast.Name) and node.id == name) or (isinstance(node, ast.keyword) and node.arg == name):
+                found.append((self.text.offset(node.lineno, node.col_offset), node))
+        return found
+
     def _table(self, node, function) -> tuple[str, str | None, str | None, Reference | None]:
-        if isinstance(node, cst.SimpleString | cst.ConcatenatedString):
-            return "literal", _string(node), None, None
-        if isinstance(node, cst.FormattedString):
-            value = _string(node)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
+            return "literal", self.text.string(node), None, None
+        if isinstance(node, ast.JoinedStr):
+            if _fstring_token(self.text.segment(node)) is None:
+                return "literal", None, None, None  # a concatenation holding an f-string
+            value = self.text.string(node)
             return (
                 ("template", value, None, None)
                 if value is not None
                 else ("dynamic", None, "an f-string computed at run time", None)
             )
-        path = _path(node)
+        path = self.text.path(node)
         if path is None:
             return "dynamic", None, "the table name is computed at run time", None
         value, kind = lookup(self.facts.symbols, path)
@@ -339,42 +580,44 @@ class _Visitor(cst.CSTVisitor):
             module, imported = self.facts.imports[path[0]]
             return "dynamic", None, None, Reference("import", path[0], path[1:], module, imported)
         if function is not None and len(path) == 1:
-            params = [p.name.value for p in function.params.params]
+            params = [p.arg for p in function.args.args]
             if path[0] in params:
                 index = params.index(path[0]) - (1 if params and params[0] in ("self", "cls") else 0)
-                return "dynamic", None, None, Reference("param", function.name.value, (), param_index=index)
+                return "dynamic", None, None, Reference("param", function.name, (), param_index=index)
         return "dynamic", None, f"{'.'.join(path)} is not a constant dualshift can resolve", None
 
-    def _call_site(self, anchor, receiver, table_arg, steps, top, code, qualified, position) -> CallSite:
+    def _call_site(self, receiver, table_arg, steps, top, code, qualified, position) -> CallSite:
         select: list[str] = []
         write: list[str] = []
         filters: list[Filter] = []
         conflict: list[str] = []
         embedded: list[str] = []
+        string = self.text.string
         for method, call in steps:
             if call is None:
                 continue
-            positional = [a.value for a in call.args if a.keyword is None]
-            keywords = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+            arguments = _arguments(call)
+            positional = [value for name, value in arguments if name is None]
+            keywords = {name: value for name, value in arguments if name is not None}
             first = positional[0] if positional else None
             if method == "select":
-                parsed = parse_select(", ".join(t for a in positional if (t := _string(a)) is not None))
+                parsed = parse_select(", ".join(t for a in positional if (t := string(a)) is not None))
                 select.extend(c for c in parsed.columns if c not in select)
                 embedded.extend(t for t in parsed.embedded if t not in embedded)
             elif method in ("insert", "upsert", "update"):
-                write.extend(k for k in _dict_keys(first or keywords.get("json")) if k not in write)
-                text = _string(keywords.get("on_conflict"))
+                write.extend(k for k in self.text.dict_keys(first or keywords.get("json")) if k not in write)
+                text = string(keywords.get("on_conflict"))
                 if text:
                     conflict.extend(c.strip() for c in text.split(",") if c.strip())
             elif method in COLUMN_FILTERS or method == "order":
                 if method == "order":
                     continue
-                value = cst.Module([]).code_for_node(positional[-1]) if len(positional) > 1 else None
-                filters.append(Filter(method, filter_column(_string(first)), value))
+                value = self.text.code(positional[-1], self._statement_line(call)) if len(positional) > 1 else None
+                filters.append(Filter(method, filter_column(string(first)), value))
             elif method == "match":
-                filters.extend(Filter("match", k, None) for k in _dict_keys(first))
+                filters.extend(Filter("match", k, None) for k in self.text.dict_keys(first))
             elif method == "or":
-                text = _string(first)
+                text = string(first)
                 names = columns_in_filter_expression(text) if text else ()
                 filters.extend(Filter("or", n, text) for n in names)
         methods = [m for m, _ in steps]
@@ -383,13 +626,13 @@ class _Visitor(cst.CSTVisitor):
         for name in [*write, *(f.column for f in filters if f.column), *conflict]:
             if name not in columns:
                 columns.append(name)
-        start, end = self._span(top)
-        receiver_start, receiver_end = self._span(receiver)
-        arg_start, arg_end = self._span(table_arg)
+        start, end = self.text.span(top)
+        receiver_start, receiver_end = self.text.span(receiver)
+        arg_start, arg_end = self.text.span(table_arg)
         return CallSite(
             file=self.rel,
-            line=position.line,
-            column=position.column + 1,
+            line=position[0],
+            column=position[1],
             start_byte=start,
             end_byte=end,
             receiver_start=receiver_start,
@@ -412,29 +655,3 @@ class _Visitor(cst.CSTVisitor):
             on_conflict=tuple(conflict),
             embedded=tuple(embedded),
         )
-
-
-def _with(record: CallSite, table, kind, resolution, schema, variable, escapes) -> CallSite:
-    from dataclasses import replace
-
-    return replace(
-        record,
-        table=table,
-        table_kind=kind,
-        resolution=resolution,
-        schema=schema,
-        builder_variable=variable,
-        crosses_function=escapes,
-    )
-
-
-def _names(scope: cst.CSTNode, name: str) -> list[cst.Name]:
-    found: list[cst.Name] = []
-
-    class Finder(cst.CSTVisitor):
-        def visit_Name(self, node: cst.Name) -> None:
-            if node.value == name:
-                found.append(node)
-
-    scope.visit(Finder())
-    return found
