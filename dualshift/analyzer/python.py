@@ -10,7 +10,7 @@ same whole-tree resolver as TypeScript (`resolve.py`).
 Read with the standard library's `ast` (a C parser): positions are UTF-8 byte columns with end
 positions, so byte spans come from line starts and columns from the line's text. A byte search
 decides whether a file can hold a table call at all; only then are parents linked. The records are
-the ones the LibCST reading in `python_cst.py` gives (the codemods rewrite those spans with LibCST);
+the ones the LibCST reading in `tests/analyzer/cst_reference.py` gives (the codemods rewrite those spans with LibCST);
 `tests/analyzer/test_python.py` holds the two readings equal.
 """
 

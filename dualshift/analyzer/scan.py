@@ -173,7 +173,7 @@ def analyze_source(rel: str, source: bytes, suffix: str) -> tuple[typescript.Mod
             None,
         )  # dualshift's own wrapper: its flags/failed_writes calls are not the app's
     if suffix in PYTHON_SUFFIXES:
-        from dualshift.analyzer import python as python_analyzer  # libcst: imported only for Python files
+        from dualshift.analyzer import python as python_analyzer  # imported only for Python files
 
         facts = python_analyzer.analyze_module(rel, source)
         failure = ParseFailure(rel, facts.syntax_error) if facts.syntax_error else None

@@ -539,7 +539,7 @@ class Executor:
             "tables": tables,
             "last_verify": last_verify(self.conn, self.key),
             "readiness": self.readiness(),
-            "green_since": watch.green_since(self.conn, self.plan),
+            **watch.cleanup_readiness(self.conn, self.plan),
         }
 
     def reconcile(self) -> dict[str, Any]:

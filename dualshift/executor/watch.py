@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg import sql
@@ -164,6 +164,23 @@ def green_since(conn: psycopg.Connection, plan: Plan) -> datetime | None:
         (plan.name, plan.name, plan.name),
     ).fetchone()
     return row[0] if row[1] else None
+
+
+GREEN_DAYS = 7  # seed 001: "if YES to all for 7 days → ready for cleanup"
+
+
+def cleanup_readiness(conn: psycopg.Connection, plan: Plan) -> dict[str, object]:
+    """`status`: since when every watch was healthy, and from when that makes the migration ready for cleanup."""
+    since = green_since(conn, plan)
+    if since is None:
+        return {"green_since": None, "ready_for_cleanup_since": None}
+    ready = since + timedelta(days=GREEN_DAYS)
+    now = conn.execute("SELECT pg_catalog.now()").fetchone()[0]
+    return {
+        "green_since": since,
+        "ready_for_cleanup_since": ready if ready <= now else None,
+        "ready_for_cleanup_at": ready,
+    }
 
 
 class Metrics:

@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from dualshift.analyzer import python, python_cst
+from dualshift.analyzer import python
 from dualshift.analyzer.scan import scan_tree
 from dualshift.cli import app
 
+from . import cst_reference as python_cst
 from .conftest import REPO, XBOT, only_call
 
 PYWORKER = REPO / "fixtures" / "pyworker"

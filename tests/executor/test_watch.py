@@ -83,3 +83,15 @@ def test_failed_mirror_writes_are_a_breach(dsn: str, db: psycopg.Connection) -> 
     )
     health = _check(ex)
     assert health.breaches == ["1 mirror write(s) failed in the last 60 s (limit 0)"]
+
+
+def test_status_says_when_seven_green_days_make_it_ready_for_cleanup(dsn: str, db: psycopg.Connection) -> None:
+    ex = _switched(dsn, sync_triggers=True)
+    watch.record(ex.conn, ex.plan, _check(ex))
+    db.execute("UPDATE dualshift_private.watch_runs SET at = now() - interval '8 days'")  # the first green run
+    watch.record(ex.conn, ex.plan, _check(ex))
+    status = ex.status()
+    assert status["green_since"] is not None and status["ready_for_cleanup_since"] is not None
+    broken = watch.Health(breaches=["planted"])
+    watch.record(ex.conn, ex.plan, broken)
+    assert ex.status()["ready_for_cleanup_since"] is None and ex.status()["green_since"] is None

@@ -1,4 +1,5 @@
-"""The LibCST reading of supabase-py call sites: the reference the scanner's `python.py` is held to.
+"""The LibCST reading of supabase-py calls that dualshift shipped before the `ast` path: kept as the
+oracle the equivalence tests compare `dualshift.analyzer.python` with (the codemods rewrite with LibCST).
 
 Not used by the scan. `python.py` reads the same facts with the standard library's `ast` (about 20
 times faster); this module is the reading it replaced, kept unchanged because the Python codemods
