@@ -191,12 +191,35 @@ def _perform(context: typer.Context, action, progress=None, skip_preflight: bool
     executor = _executor(context, progress, skip_preflight)
     try:
         return action(executor)
+    except KeyboardInterrupt:
+        _record_interruption(executor, context.info_name or "migrate")
+        raise fail(
+            "interrupted (Ctrl-C): every step that committed is kept (backfill resumes from its last batch);"
+            " the interrupted transaction was rolled back; `dualshift migrate status` shows where it stands,"
+            " and running the same command again resumes",
+            130,
+        ) from None
     except ExecutorError as exc:
         raise fail(str(exc)) from None
     except psycopg.Error as exc:
         raise fail(f"database error: {str(exc).strip().splitlines()[0]} (nothing of this step was kept)") from None
     finally:
         executor.conn.close()
+
+
+def _record_interruption(executor, command: str) -> None:
+    """The audit log says a phase was interrupted (on a new connection: the old one may be mid-query)."""
+    import psycopg
+
+    from dualshift.executor.connection import ExecutorError, connect
+    from dualshift.executor.state import audit
+
+    try:
+        with connect(executor.dsn) as conn:
+            if conn.execute("SELECT pg_catalog.to_regclass('dualshift_private.audit')").fetchone()[0] is not None:
+                audit(conn, executor.key, command, "interrupted", "interrupted", {"by": "Ctrl-C"}, [])
+    except (ExecutorError, psycopg.Error):
+        pass  # the message to the operator matters more than the audit row
 
 
 def _print(result: dict[str, Any], dry_run: bool) -> None:

@@ -148,3 +148,43 @@ def _flags_that_pass_the_checks_are_set(backfilled: str, db: psycopg.Connection)
     assert db.execute(
         "SELECT value FROM dualshift.flags WHERE scope = 'content_queue' AND name = 'shadow_reads'"
     ).fetchone() == (True,)
+
+
+def test_ctrl_c_during_backfill_says_what_was_kept_audits_it_and_resumes(dsn: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    db = psycopg.connect(dsn, autocommit=True)  # this module's `db` is its shared backfilled database
+    base = [sys.executable, "-m", "dualshift", "migrate", "--dsn", dsn, "--plan", str(PLAN)]
+    assert subprocess.run([*base, "create"], capture_output=True).returncode == 0
+    slow = subprocess.Popen(
+        [*base, "backfill", "--batch-size", "20", "--max-rows-per-s", "200"], stderr=subprocess.PIPE, text=True
+    )
+    status = Path(f"/proc/{slow.pid}/status")
+
+    def copied() -> int:
+        return db.execute("SELECT coalesce(sum(rows_copied), 0) FROM dualshift_private.checkpoints").fetchone()[0]
+
+    def handler_in_place() -> bool:  # before Python installs its SIGINT handler, SIGINT just kills it
+        caught = next(line for line in status.read_text().splitlines() if line.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+    while slow.poll() is None and not handler_in_place():
+        time.sleep(0.05)
+    started = copied()
+    while slow.poll() is None and copied() < started + 20:  # the backfill is copying (50 rows a second)
+        time.sleep(0.1)
+    assert slow.poll() is None, slow.communicate()[1]
+    slow.send_signal(signal.SIGINT)
+    _, stderr = slow.communicate(timeout=60)
+    assert slow.returncode == 130, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("dualshift: interrupted (Ctrl-C): every step that committed is kept")
+    audited = db.execute("SELECT phase FROM dualshift_private.audit WHERE action = 'interrupted'").fetchall()
+    assert audited == [("backfill",)]
+    resumed = subprocess.run([*base, "backfill"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    db.close()
