@@ -101,20 +101,27 @@ def _drop_database(admin_dsn: str, name: str) -> None:
 
 
 @contextmanager
-def template_database(
-    admin_dsn: str, rows: int = SEED_ROWS, dirt: tuple[str, ...] = (), clean: bool = False
-) -> Iterator[str]:
-    """A loaded fixture database used only as a template (copies are fast); yields its name."""
-    name = f"supafix_tmpl_{uuid.uuid4().hex[:10]}"
+def _loaded(admin_dsn: str, name: str, rows: int, dirt: tuple[str, ...], clean: bool) -> Iterator[str]:
+    """A new database of that name holding the fixture (with the named dirt, then cleaned if asked)."""
     dsn = _create_database(admin_dsn, name)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             load_supabase_data(conn, rows, dirt)
             if clean:
                 clean_dirt(conn)
-        yield name
+        yield dsn
     finally:
         _drop_database(admin_dsn, name)
+
+
+@contextmanager
+def template_database(
+    admin_dsn: str, rows: int = SEED_ROWS, dirt: tuple[str, ...] = (), clean: bool = False
+) -> Iterator[str]:
+    """A loaded fixture database used only as a template (copies are fast); yields its name."""
+    name = f"supafix_tmpl_{uuid.uuid4().hex[:10]}"
+    with _loaded(admin_dsn, name, rows, dirt, clean):
+        yield name
 
 
 @contextmanager
@@ -132,16 +139,8 @@ def loaded_database(
     admin_dsn: str, rows: int = SEED_ROWS, dirt: tuple[str, ...] = (), clean: bool = False
 ) -> Iterator[str]:
     """A fresh database holding the fixture (with the named dirt, then cleaned if asked)."""
-    name = f"supafix_{uuid.uuid4().hex[:10]}"
-    dsn = _create_database(admin_dsn, name)
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            load_supabase_data(conn, rows, dirt)
-            if clean:
-                clean_dirt(conn)
+    with _loaded(admin_dsn, f"supafix_{uuid.uuid4().hex[:10]}", rows, dirt, clean) as dsn:
         yield dsn
-    finally:
-        _drop_database(admin_dsn, name)
 
 
 # ─── The story: a cleaned Supabase database migrated and rolled back under writers ─────────────
