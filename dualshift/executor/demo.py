@@ -96,6 +96,7 @@ def run_demo(dsn: str | None, rows: int, writers: int, report: Callable[[str], N
             admin = stack.enter_context(server())
             dsn = stack.enter_context(fresh_database(admin, "dualshift_demo"))
         with psycopg.connect(dsn, autocommit=True) as conn:
+            _require_empty(conn)
             started = time.monotonic()
             load_sample_data(conn, rows)
             result.phases.append(PhaseRow("old tables", time.monotonic() - started, f"9 tables, {rows} content rows"))
@@ -137,7 +138,10 @@ def run_demo(dsn: str | None, rows: int, writers: int, report: Callable[[str], N
         phase(
             "cleanup",
             lambda: ex.cleanup(Path(stack.enter_context(_temporary_dir()))),
-            lambda r: f"{len(r['views'])} compatibility views; backup: {Path(str(r['backup'])).name}",
+            lambda r: (
+                f"{len(r['views'])} compatibility views; backup taken ({Path(str(r['backup'])).name},"
+                " in a temporary folder removed when the demo ends)"
+            ),
         )
         keys = [k for w in team for k in w.keys]
         result.rows_written_by_writers = len(keys)
@@ -172,6 +176,18 @@ def _parity(report: dict) -> str:
         f"{t['table']}: {t['new_rows']}/{t['expected_rows']}, {t['mismatched_rows']} differ" for t in report["tables"]
     ]
     return ("PASSED " if report["passed"] else "FAILED ") + "; ".join(parts)
+
+
+def _require_empty(conn: psycopg.Connection) -> None:
+    """The demo creates the seeds' nine tables itself: a database that holds any of them is not for it."""
+    taken = conn.execute(
+        "SELECT string_agg(t, ', ') FROM unnest(%s::text[]) t WHERE to_regclass('public.' || t) IS NOT NULL",
+        (["content_metadata", "posted_decisions", "tweets", "outcomes", "content_queue"],),
+    ).fetchone()[0]
+    if taken:
+        raise RuntimeError(
+            f"the database already holds {taken}: the demo needs an empty database (omit --dsn and it makes one)"
+        )
 
 
 def _temporary_dir():

@@ -34,3 +34,10 @@ def test_demo_command_prints_the_phase_report(admin_dsn: str) -> None:
         outcome = CliRunner().invoke(app, ["demo", "--dsn", dsn, "--rows", "1000", "--writers", "1"])
     assert outcome.exit_code == 0, outcome.output
     assert "parity 100 %" in outcome.output and "0 lost" in outcome.output
+
+
+def test_demo_on_a_database_that_is_not_empty_says_so_in_one_line(dsn: str) -> None:
+    outcome = CliRunner().invoke(app, ["demo", "--dsn", dsn, "--rows", "100", "--writers", "1"])
+    assert outcome.exit_code == 2
+    (line,) = outcome.output.strip().splitlines()
+    assert "the database already holds content_metadata" in line and "omit --dsn" in line
