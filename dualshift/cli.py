@@ -6,11 +6,14 @@ executor), and so do the commands: `scan`, `report`, `plan`, `generate`, `codemo
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from dualshift import __version__
 from dualshift.analyzer import cli as analyzer_cli
 from dualshift.codemods import cli as codemods_cli
+from dualshift.console import VERBOSITY, error
 from dualshift.executor import cli as executor_cli
 from dualshift.guard import cli as guard_cli
 from dualshift.reports import cli as reports_cli
@@ -35,8 +38,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Print the version."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors (every command)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print what runs (the SQL of migrate phases)."),
+    debug: bool = typer.Option(False, "--debug", help="On an unexpected error, print its traceback."),
 ) -> None:
     """Map every database call, plan the consolidation, dual-write, backfill, verify, switch and archive."""
+    VERBOSITY.quiet, VERBOSITY.verbose, VERBOSITY.debug = quiet, verbose, debug
 
 
 for area in (analyzer_cli, reports_cli, codemods_cli, guard_cli, executor_cli):
@@ -44,4 +51,11 @@ for area in (analyzer_cli, reports_cli, codemods_cli, guard_cli, executor_cli):
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:  # a bug, not bad input (which every command reports itself): one line, or --debug
+        if VERBOSITY.debug:
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error(f"internal error: {type(exc).__name__}: {detail} (run again with --debug for the traceback)")
+        sys.exit(70)

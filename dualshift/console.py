@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import typer
 from rich.console import Console
 
-UNBOUNDED_WIDTH = 10_000  # off a terminal nothing is cut: names and lists are printed whole
+UNBOUNDED_WIDTH = 10_000
+
+
+@dataclass
+class Verbosity:
+    """The root options every command honours: -q (only errors), -v (also what runs), --debug (tracebacks)."""
+
+    quiet: bool = False
+    verbose: bool = False
+    debug: bool = False
+
+
+VERBOSITY = Verbosity()  # off a terminal nothing is cut: names and lists are printed whole
 
 
 def on_terminal(stderr: bool = False) -> bool:
@@ -18,7 +31,7 @@ def output_console(quiet: bool = False, stderr: bool = False) -> Console:
     """A console for a command's output: the terminal's width on a terminal, unbounded elsewhere (pipes,
     CI logs, files), so that tables never shorten a table name to `content_generation_…`."""
     width = None if on_terminal(stderr) else UNBOUNDED_WIDTH
-    return Console(stderr=stderr, quiet=quiet, width=width, soft_wrap=width is not None)
+    return Console(stderr=stderr, quiet=quiet or VERBOSITY.quiet, width=width, soft_wrap=width is not None)
 
 
 def error(message: str) -> None:

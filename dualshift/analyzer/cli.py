@@ -168,10 +168,14 @@ def _print_summary(console: Console, result: ScanResult, out: Path) -> None:
         )
     console.print(table)
     console.print(
-        f"{summary['callSites']} call sites ({summary['totalInteractions']} table uses)"
-        f" on {summary['totalTables']} tables"
-        f" in {summary['totalFiles']} files"
+        f"{_count(summary['callSites'], 'call site')} ({_count(summary['totalInteractions'], 'table use')})"
+        f" on {_count(summary['totalTables'], 'table')}"
+        f" in {_count(summary['totalFiles'], 'file')}"
         f" · {summary['dynamic']} dynamic · {summary['storageCalls']} storage · {summary['rpcCalls']} rpc"
         f" · {summary['failedFiles']} failed files → {out}",
         highlight=False,
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dualshift.console import examples, fail, output_console
+from dualshift.console import VERBOSITY, examples, fail, output_console
 
 migrate_app = typer.Typer(
     help="Run the migration phases on a real PostgreSQL: snapshot, create, backfill, verify, switch-reads, "
@@ -48,7 +48,7 @@ def demo_command(
     """Run a consolidation end to end while writers keep writing; report each phase."""
     from dualshift.executor.demo import run_demo
 
-    console = Console()
+    console = output_console()
     if fixture == "supabase":
         _supabase_demo(console, dsn, rows or 1200, writers)
         return
@@ -228,7 +228,11 @@ def _print(result: dict[str, Any], dry_run: bool) -> None:
         for statement in statements:
             typer.echo(statement.rstrip(";") + ";")
         return
-    typer.echo(json.dumps(result, indent=2, default=str))
+    if VERBOSITY.verbose:  # what ran, on stderr: stdout stays the JSON result
+        for statement in statements:
+            typer.echo(statement.rstrip(";") + ";", err=True)
+    if not VERBOSITY.quiet:
+        typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @migrate_app.command(
@@ -297,7 +301,7 @@ def backfill_command(
     if sync_mode not in ("none", "triggers"):
         raise fail(f"--sync {sync_mode}: choose none or triggers")
     options = BackfillOptions(batch_size, max_rows_per_s or None, max_batches or None, on_duplicate_key)
-    console = Console(stderr=True)
+    console = output_console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -74,3 +74,10 @@ def test_watch_once_rolls_reads_back_when_mirror_writes_fail(dsn: str, db: psyco
         "0",
     )
     assert db.execute("SELECT count(*) FROM public.tweets WHERE tweet_id = 't-w'").fetchone()[0] == 1  # app write kept
+
+
+def test_verbose_prints_the_sql_that_ran_and_quiet_prints_nothing(dsn: str) -> None:
+    loud = CliRunner().invoke(app, ["-v", "migrate", "--dsn", dsn, "--plan", str(PLAN), "create"])
+    assert loud.exit_code == 0 and 'CREATE TABLE "public"."content_queue"' in loud.output
+    quiet = CliRunner().invoke(app, ["-q", "migrate", "--dsn", dsn, "--plan", str(PLAN), "backfill"])
+    assert quiet.exit_code == 0 and quiet.output == ""
