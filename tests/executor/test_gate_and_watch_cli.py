@@ -81,3 +81,9 @@ def test_verbose_prints_the_sql_that_ran_and_quiet_prints_nothing(dsn: str) -> N
     assert loud.exit_code == 0 and 'CREATE TABLE "public"."content_queue"' in loud.output
     quiet = CliRunner().invoke(app, ["-q", "migrate", "--dsn", dsn, "--plan", str(PLAN), "backfill"])
     assert quiet.exit_code == 0 and quiet.output == ""
+
+
+def test_status_on_a_database_never_migrated_changes_nothing(dsn: str, db: psycopg.Connection) -> None:
+    result = _migrate(dsn, "status")
+    assert result.exit_code == 0 and '"phase": "none"' in result.output
+    assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dualshift%'").fetchone()[0] == 0
