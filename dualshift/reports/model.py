@@ -162,7 +162,7 @@ def build_model(calls: list[CallSite], plan: Plan | None = None) -> ReportModel:
         for path, ops in sorted(per_file.items())
     ]
     summary = {
-        "calls": len(calls),
+        "calls": len({(c.file, c.start_byte) for c in calls}),  # call sites: a helper's two tables count once
         "tables": len(rows),
         "files": len(files),
         "flows": 0,
