@@ -518,10 +518,9 @@ PUBLICATIONS = """
 SELECT p.pubname, pt.schemaname, pt.tablename,
   EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr WHERE pr.prpubid = p.oid
           AND pr.prrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', pt.schemaname, pt.tablename))),
-  pt.rowfilter IS NULL AND pt.attnames = ARRAY(
-    SELECT a.attname FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', pt.schemaname, pt.tablename))
-      AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum),
+  NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr WHERE pr.prpubid = p.oid
+          AND pr.prrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', pt.schemaname, pt.tablename))
+          AND (pr.prattrs IS NOT NULL OR pr.prqual IS NOT NULL)),
   p.puballtables OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_namespace pn
           WHERE pn.pnpubid = p.oid AND pn.pnnspid = pg_catalog.to_regnamespace(%(target)s)::oid)
 FROM pg_catalog.pg_publication p JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname
