@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import psycopg
-import pytest
 
 from dualshift.executor import changes
 from dualshift.executor.backfill import BackfillOptions
@@ -13,26 +12,12 @@ from dualshift.executor.connection import connect
 from dualshift.executor.phases import Executor
 from dualshift.plan import load_plan, parse_plan
 
+from . import test_verify_bisection
 from .conftest import PLAN
 from .test_phases import migrate
-from .test_verify_bisection import ONE_SOURCE, ROWS
+from .test_verify_bisection import ROWS
 
-
-@pytest.fixture
-def queue(dsn: str, db: psycopg.Connection) -> Executor:
-    db.execute(
-        "CREATE TABLE queue_old (id bigserial PRIMARY KEY, decision_id uuid UNIQUE NOT NULL, content text NOT NULL,"
-        " topic text, quality_score numeric(5,4))"
-    )
-    db.execute(
-        "INSERT INTO queue_old (decision_id, content, topic, quality_score) SELECT md5('q' || i)::uuid,"
-        " 'post ' || i, 'topic ' || i %% 40, round(((i %% 97) / 100.0)::numeric, 4) FROM generate_series(1, %s) i",
-        (ROWS,),
-    )
-    ex = Executor(connect(dsn), parse_plan(ONE_SOURCE, "one.toml"), dsn)
-    ex.create()
-    ex.backfill(BackfillOptions(batch_size=5000))
-    return ex
+queue = test_verify_bisection.queue  # the fixture: one source of ROWS rows, backfilled
 
 
 def _scans(ex: Executor, db: psycopg.Connection) -> dict[str, tuple[int, int]]:
