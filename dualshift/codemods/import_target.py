@@ -109,8 +109,8 @@ def _compiler_paths(tsconfig: Path) -> tuple[Path, dict[str, list[str]]]:
     """(the folder `paths` are relative to, the merged `paths`), following `extends` to relative files."""
     try:
         data = json5.loads(tsconfig.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return tsconfig.parent, {}
+    except (OSError, ValueError) as exc:  # a broken tsconfig is named, never read as "no paths"
+        raise UnresolvableImport(f"{tsconfig}: cannot read its compilerOptions.paths: {exc}") from exc
     options = data.get("compilerOptions") or {}
     parent_base, parent_paths = tsconfig.parent, {}
     extends = data.get("extends")

@@ -172,6 +172,21 @@ def run_pg_dump(command: list[str], env: dict[str, str], target: Path) -> None:
         raise
 
 
+def schema_moves(plan: Plan, back: bool) -> list[sql.Composable]:
+    """Cleanup's move (old tables to the archive, new ones to the target schema) or, `back`, its undoing."""
+    moves: list[tuple[str, str, str]] = []  # (schema now, table, schema after)
+    for table in plan.tables:
+        moves += [(s.schema, s.table, plan.archive_schema) for s in table.sources]
+        if plan.new_schema != plan.target_schema:
+            moves.append((plan.new_schema, table.name, plan.target_schema))
+    if back:
+        moves = [(after, name, now) for now, name, after in moves]
+    return [
+        sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(now, name), sql.Identifier(after))
+        for now, name, after in moves
+    ]
+
+
 def backup(conn: psycopg.Connection, plan: Plan, dsn: str, backup_dir: Path, sink: Sink) -> Backup:
     """The old tables saved before anything moves, while the sync triggers still run."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -406,19 +421,8 @@ def move(
     sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.archive_schema)))
     if plan.new_schema != plan.target_schema:
         sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.target_schema)))
-    for table in plan.tables:
-        for source in table.sources:
-            sink.run(
-                sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
-                    sql.Identifier(source.schema, source.table), sql.Identifier(plan.archive_schema)
-                )
-            )
-        if plan.new_schema != plan.target_schema:
-            sink.run(
-                sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
-                    sql.Identifier(plan.new_schema, table.name), sql.Identifier(plan.target_schema)
-                )
-            )
+    for statement in schema_moves(plan, back=False):
+        sink.run(statement)
     if sink.dry_run:  # what follows is read from the moved tables, which a dry run does not move
         sink.statements.append(
             "-- then: the compatibility views under the old names, the dependents carried over, and a reverse-sync"
@@ -533,19 +537,8 @@ def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, obj
     for table in plan.tables:
         for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
             sink.run(statement)
-    for table in plan.tables:
-        for source in table.sources:
-            sink.run(
-                sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
-                    sql.Identifier(plan.archive_schema, source.table), sql.Identifier(source.schema)
-                )
-            )
-        if plan.new_schema != plan.target_schema:
-            sink.run(
-                sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
-                    sql.Identifier(plan.target_schema, table.name), sql.Identifier(plan.new_schema)
-                )
-            )
+    for statement in schema_moves(plan, back=True):
+        sink.run(statement)
     for statement in undo.after_restore:
         sink.run(statement)
     return {"restored": [f"{s.schema}.{s.table}" for t in plan.tables for s in t.sources]}

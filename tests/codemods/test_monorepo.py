@@ -60,3 +60,9 @@ def test_wrap_a_monorepo_then_tsc_b_builds_every_package(monorepo: Path) -> None
     assert (monorepo / "apps/worker/src/metrics.ts").read_bytes() == worker_before  # refused: untouched
     build = subprocess.run([str(TSC), "-b"], cwd=monorepo, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout
+
+
+def test_a_broken_tsconfig_is_named_not_read_as_no_paths(monorepo: Path) -> None:
+    (monorepo / "apps/web/tsconfig.json").write_text('{ "compilerOptions": { "paths": ')
+    with pytest.raises(UnresolvableImport, match=r"apps/web/tsconfig.json: cannot read its compilerOptions.paths"):
+        ImportTarget(monorepo, "packages/db/src/dualWrite.ts").specifier_for("apps/web/src/publish.ts")
