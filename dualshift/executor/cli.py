@@ -384,12 +384,7 @@ def switch_reads_command(
     """Set the read-from-new percentage the wrapper reads (within seconds, no restart). Above 0 only after a
     passing verify, and, with --code, only when every write that can reach an old table is dual-written
     or mirrored by the sync triggers; 0 is the instant rollback."""
-
-    def switch(executor) -> dict[str, Any]:
-        executor.force_unready = force
-        return executor.switch_reads(percent, table)
-
-    _print(_perform(context, switch), context.obj["dry_run"])
+    _print(_perform(context, lambda e: _forced(e, force).switch_reads(percent, table)), context.obj["dry_run"])
 
 
 @migrate_app.command(
@@ -439,10 +434,17 @@ def _flag_assignment(item: str) -> tuple[str, str, Any]:
 def cleanup_command(
     context: typer.Context,
     backup_dir: Path = typer.Option(Path("dualshift-backups"), "--backup-dir", help="Where pg_dump writes the backup."),
+    force: bool = typer.Option(False, "--force", help="Pass the readiness gate anyway (audited with its findings)."),
 ) -> None:
     """Back up the old tables, then in one transaction move them to the archive schema, promote the new
     tables, leave compatibility views under the old names and keep the archive in sync until finalize."""
-    _print(_perform(context, lambda e: e.cleanup(backup_dir)), context.obj["dry_run"])
+    _print(_perform(context, lambda e: _forced(e, force).cleanup(backup_dir)), context.obj["dry_run"])
+
+
+def _forced(executor, force: bool):
+    """The executor with the readiness gate's --force set (switch-reads and cleanup)."""
+    executor.force_unready = force
+    return executor
 
 
 @migrate_app.command(

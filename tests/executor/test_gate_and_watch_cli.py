@@ -87,3 +87,14 @@ def test_status_on_a_database_never_migrated_changes_nothing(dsn: str, db: psyco
     result = _migrate(dsn, "status")
     assert result.exit_code == 0 and '"phase": "none"' in result.output
     assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dualshift%'").fetchone()[0] == 0
+
+
+def test_cleanup_is_gated_like_switch_reads(dsn: str, tmp_path) -> None:
+    code = _code(tmp_path)
+    for args in (("create",), ("backfill",), ("verify",)):
+        assert _migrate(dsn, *args).exit_code == 0
+    backups = str(tmp_path / "backups")
+    refused = _migrate(dsn, "--code", str(code), "cleanup", "--backup-dir", backups)
+    assert refused.exit_code == 2 and refused.output.startswith("dualshift: cleanup refused: ")
+    forced = _migrate(dsn, "--code", str(code), "cleanup", "--backup-dir", backups, "--force")
+    assert forced.exit_code == 0, forced.output
