@@ -23,7 +23,7 @@ from typing import Any
 
 from dualshift import __version__
 
-FORMAT = 2
+FORMAT = 3
 
 
 def default_cache_dir() -> Path:

@@ -404,7 +404,7 @@ class _Module:
         for index, value in enumerate(_positional(node)):
             literal = self.text.string(value)
             if literal is not None:
-                self.facts.call_arguments.append(CallArgument(callee, index, literal))
+                self.facts.call_arguments.append(CallArgument(callee, index, literal, literal=True))
                 continue
             ref_path = self.text.path(value)
             if ref_path is None:

@@ -38,6 +38,20 @@ class Filter:
 
 
 @dataclass(frozen=True)
+class CallerArgument:
+    """Where a caller passes a helper its table (table_kind "callers"): what unwrap rewrites."""
+
+    file: str
+    start_byte: int  # the argument's bytes in that file; -1 where unknown (a Python caller)
+    end_byte: int
+    table: str | None
+    literal: bool  # a string literal in the source; False for a constant or an imported name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class CallSite:
     """One query-builder chain that reaches a table: `client.from('t')...op(...)`."""
 
@@ -73,6 +87,7 @@ class CallSite:
     # PostgREST embeds through a foreign-key column (`team:team_id(*)`, `user:invited_by(*)`): the
     # related table is named only by the database's foreign key, so these are hints, not table reads.
     foreign_key_embeds: tuple[str, ...] = ()
+    caller_arguments: tuple[CallerArgument, ...] = ()  # for table_kind "callers": every caller's argument
 
     @property
     def is_write(self) -> bool:
@@ -90,6 +105,7 @@ class CallSite:
             if isinstance(value, tuple):
                 data[name] = list(value)
         data["filters"] = [f.to_dict() for f in self.filters]
+        data["caller_arguments"] = [a.to_dict() for a in self.caller_arguments]
         return data
 
     @classmethod
@@ -97,6 +113,7 @@ class CallSite:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["filters"] = tuple(Filter(**f) for f in values.get("filters", ()))
+        values["caller_arguments"] = tuple(CallerArgument(**a) for a in values.get("caller_arguments", ()))
         for name in _SEQUENCE_FIELDS:
             values[name] = tuple(values.get(name, ()))
         return cls(**values)
@@ -104,7 +121,7 @@ class CallSite:
 
 _CALL_FIELDS = tuple(f.name for f in fields(CallSite))
 _call_values = attrgetter(*_CALL_FIELDS)
-# The tuple fields besides `filters`: lists in the dict form.
+# The tuple fields besides `filters` and `caller_arguments`: lists in the dict form.
 _SEQUENCE_FIELDS = (
     "chain",
     "columns",

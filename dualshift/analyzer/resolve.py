@@ -11,7 +11,7 @@ import posixpath
 from collections import defaultdict
 from dataclasses import replace
 
-from dualshift.analyzer.records import CallSite
+from dualshift.analyzer.records import CallerArgument, CallSite
 from dualshift.analyzer.typescript import CallArgument, ModuleFacts, Reference, lookup
 
 _MODULE_SUFFIXES = (".ts", ".tsx", ".mts", ".cts", ".js", ".jsx", ".mjs", ".cjs", ".py")
@@ -130,6 +130,15 @@ def _from_callers(call: CallSite, reference: Reference, arguments: list[tuple[st
         f"parameter {parameter} of {reference.name}; {len(callers)} call(s) in "
         f"{', '.join(files)} pass {', '.join(tables)}"
     )
+    passed = tuple(
+        sorted(
+            {CallerArgument(p, a.start_byte, a.end_byte, a.value, a.literal) for p, a in callers},
+            key=lambda a: (a.file, a.start_byte, a.table or ""),
+        )
+    )
     return [
-        replace(call, table=table, table_kind="callers", resolution=how, resolved_tables=tables) for table in tables
+        replace(
+            call, table=table, table_kind="callers", resolution=how, resolved_tables=tables, caller_arguments=passed
+        )
+        for table in tables
     ]

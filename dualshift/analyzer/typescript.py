@@ -105,6 +105,9 @@ class CallArgument:
     index: int
     value: str | None  # the literal, or None when the argument is a reference
     reference: Reference | None = None
+    start_byte: int = -1  # the argument's bytes, for unwrap to retarget it; -1 where not kept
+    end_byte: int = -1
+    literal: bool = False  # written as a string literal (not a constant, an import or an expression)
 
 
 @dataclass
@@ -984,7 +987,7 @@ def _collect_call_arguments(facts: ModuleFacts, matches: list[dict[str, list[ts.
     seen: set[CallArgument] = set()
 
     def add(argument: CallArgument) -> None:
-        if argument not in seen:  # a file calls the same helper the same way many times: keep one
+        if argument not in seen:
             seen.add(argument)
             facts.call_arguments.append(argument)
 
@@ -994,19 +997,20 @@ def _collect_call_arguments(facts: ModuleFacts, matches: list[dict[str, list[ts.
             continue
         arguments = [a for a in captures["args"][0].named_children if a.type != "comment"]
         for index, arg in enumerate(arguments):
+            span = {"start_byte": arg.start_byte, "end_byte": arg.end_byte}
             value = string_value(arg)
             if value is not None:
-                add(CallArgument(callee, index, value))
+                add(CallArgument(callee, index, value, literal=True, **span))
                 continue
             path = _member_path(arg)
             resolved = lookup(facts.symbols, path)[0] if path is not None else None
             if path is not None and resolved is None and path[0] in facts.imports:
                 module, imported = facts.imports[path[0]]
                 reference = Reference("import", path[0], path[1:], module, imported)
-                add(CallArgument(callee, index, None, reference))
+                add(CallArgument(callee, index, None, reference, **span))
             elif resolved is not None or _could_name_a_table(arg):
                 # None: a value known only at run time, which keeps the helper's table dynamic.
-                add(CallArgument(callee, index, resolved))
+                add(CallArgument(callee, index, resolved, **span))
 
 
 # ---------------------------------------------------------------------------------------------

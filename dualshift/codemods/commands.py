@@ -14,8 +14,8 @@ from rich.table import Table
 from dualshift.codemods.import_target import ImportTarget
 from dualshift.codemods.result import FileOutcome
 from dualshift.codemods.runner import RunOptions, revert, run_codemod
-from dualshift.codemods.unwrap import unwrap_typescript
-from dualshift.codemods.wrap import is_wrapped, wrap_typescript
+from dualshift.codemods.unwrap import CallerRetargets, plan_caller_retargets, unwrap_typescript
+from dualshift.codemods.wrap import WRAPPER_NAME, is_wrapped, wrap_typescript
 from dualshift.console import examples, fail, on_terminal, output_console
 
 codemod_app = typer.Typer(
@@ -52,7 +52,9 @@ PY_WRAPPER = typer.Option(
 )
 
 
-def _transform(kind: str, plan, target: ImportTarget, reads: bool, python_wrapper: str = "dual_write.py"):
+def _transform(
+    kind: str, plan, target: ImportTarget, reads: bool, python_wrapper: str = "dual_write.py", retargets=None
+):
     def typescript_or_python(source: str, rel: str, calls):
         if rel.endswith(".py"):
             from dualshift.codemods import python_rewrite
@@ -63,10 +65,11 @@ def _transform(kind: str, plan, target: ImportTarget, reads: bool, python_wrappe
                     source, rel, plan, wrapper_module=module, reads=reads, calls=calls
                 )
             return python_rewrite.unwrap_python_source(source, rel, plan, calls=calls, wrapper_module=module)
-        wrapper, specifier = target.wrapper_for(rel), target.specifier_for(rel)  # refuses a cross-package import
-        if kind == "wrap":
-            return wrap_typescript(source, rel, calls, plan, wrapper, reads, specifier)
-        return unwrap_typescript(source, rel, calls, plan, wrapper, specifier)
+        wrapper = target.wrapper_for(rel)
+        if kind == "wrap":  # refuses a cross-package import
+            return wrap_typescript(source, rel, calls, plan, wrapper, reads, target.specifier_for(rel))
+        specifier = target.specifier_for(rel) if WRAPPER_NAME in source else None  # a caller may import nothing
+        return unwrap_typescript(source, rel, calls, plan, wrapper, specifier, retargets)
 
     return typescript_or_python
 
@@ -148,14 +151,20 @@ def _run(
     decide = partial(_ask, console, state) if interactive and apply else None
     wrapper_rel = Path(wrapper).as_posix()
     target = ImportTarget(root.resolve(), wrapper_rel, import_specifier or None, per_package)
+    retargets = CallerRetargets()
+
+    def prepare(calls, in_scope) -> list[frozenset[str]]:
+        return plan_caller_retargets(calls, loaded, root.resolve(), in_scope, retargets).groups
+
     try:
         outcomes = run_codemod(
             kind,
             root,
-            _transform(kind, loaded, target, reads, python_wrapper),
+            _transform(kind, loaded, target, reads, python_wrapper, retargets),
             RunOptions(apply=apply, force=force, patch_dir=patch_dir, files=tuple(files)),
             decide,
             skip=lambda rel: rel in (target.wrapper_for(rel), python_wrapper),
+            prepare=prepare if kind == "unwrap" else None,
         )
     except ValueError as exc:
         raise fail(str(exc)) from exc

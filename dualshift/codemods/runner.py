@@ -89,6 +89,11 @@ def _calls_by_file(root: Path) -> tuple[dict[str, list[CallSite]], dict[str, str
     return by_file, failures, files
 
 
+# Whole-tree decisions before any file is rewritten: (every call, whether a file is in scope) → groups of
+# files that must be written together (a helper and the callers whose arguments it needs changed).
+Prepare = Callable[[list[CallSite], Callable[[str], bool]], list[frozenset[str]]]
+
+
 def run_codemod(
     name: str,
     root: Path,
@@ -96,43 +101,120 @@ def run_codemod(
     options: RunOptions,
     decide: Decide | None = None,
     skip: Callable[[str], bool] = lambda rel: False,
+    prepare: Prepare | None = None,
 ) -> list[FileOutcome]:
     root = root.resolve()
     ledger = Ledger.load(root)
-    outcomes: list[FileOutcome] = []
-    quit_requested = False
     calls_by_file, failures, files = _calls_by_file(root)
-    for rel in options.files or files:
-        rel = Path(rel).as_posix()
+    chosen = {Path(rel).as_posix() for rel in options.files}
+    groups: list[frozenset[str]] = []
+    if prepare is not None:
+        every_call = [call for calls in calls_by_file.values() for call in calls]
+        groups = prepare(every_call, lambda rel: not chosen or rel in chosen)
+        files = sorted(set(files).union(*groups))
+    targets = [Path(rel).as_posix() for rel in options.files] or files
+    computed = {
+        rel: _one_file(root / rel, rel, transform, skip, calls_by_file.get(rel, []), failures.get(rel))
+        for rel in targets
+    }
+    _fail_broken_groups(computed, groups)
+    handled: dict[str, FileOutcome] = {}
+    quit_requested = False
+    for rel in targets:
+        if rel in handled:
+            continue
         if quit_requested:
-            outcomes.append(FileOutcome(rel, "skipped", "quit before this file"))
+            handled[rel] = FileOutcome(rel, "skipped", "quit before this file")
             continue
-        outcome, new_text, old_text = _one_file(
-            root / rel, rel, transform, skip, calls_by_file.get(rel, []), failures.get(rel)
-        )
-        if outcome.status != "changed":
-            outcomes.append(outcome)
-            continue
+        together = next((sorted(g) for g in groups if rel in g and computed[rel][0].status == "changed"), [rel])
+        quit_requested = _handle(name, root, together, computed, options, ledger, decide, handled)
+    ledger.save()
+    return [handled[rel] for rel in targets]
+
+
+def _fail_broken_groups(computed: dict[str, tuple[FileOutcome, str, str]], groups: list[frozenset[str]]) -> None:
+    """A group is rewritten whole or not at all: one member that cannot be rewritten fails the others."""
+    for group in groups:
+        broken = sorted(rel for rel in group if rel in computed and computed[rel][0].status != "changed")
+        for rel in group:
+            if rel in computed and computed[rel][0].status == "changed" and broken:
+                outcome = computed[rel][0]
+                reason = f"rewritten together with {', '.join(broken)}, which cannot be: left untouched"
+                computed[rel] = (FileOutcome(rel, "failed", reason, outcome.diff, outcome.skipped_sites), "", "")
+
+
+def _handle(name, root, together, computed, options: RunOptions, ledger: Ledger, decide, handled) -> bool:
+    """Preview, ask about and write one file, or a group of files that goes together; True when the user
+    quits. A group is written only when every member is accepted and passes the checks."""
+    changed = [rel for rel in together if computed[rel][0].status == "changed"]
+    for rel in together:
+        if rel not in changed:
+            handled[rel] = computed[rel][0]
+    for rel in changed:
+        outcome = computed[rel][0]
         if options.patch_dir is not None:
             patch = options.patch_dir / (rel.replace("/", "__") + ".patch")
             patch.parent.mkdir(parents=True, exist_ok=True)
             patch.write_text(outcome.diff, encoding="utf-8")
-        if not options.apply:
-            ledger.preview(rel, name, old_text)
-            outcomes.append(outcome)
-            continue
-        if decide is not None:
-            answer = decide(outcome)
-            if answer is None:
-                quit_requested = True
-                outcomes.append(FileOutcome(rel, "skipped", "quit", outcome.diff, outcome.skipped_sites))
-                continue
-            if not answer:
-                outcomes.append(FileOutcome(rel, "skipped", "declined", outcome.diff, outcome.skipped_sites))
-                continue
-        outcomes.append(_apply(name, root, rel, old_text, new_text, outcome, ledger, options.force))
-    ledger.save()
-    return outcomes
+    if not options.apply:
+        for rel in changed:
+            ledger.preview(rel, name, computed[rel][2])
+            handled[rel] = computed[rel][0]
+        return False
+    refused: str | None = None
+    broken: dict[str, str] = {}
+    for rel in changed:
+        answer = True if decide is None else decide(computed[rel][0])
+        if answer is None or not answer:
+            refused = "quit" if answer is None else "declined"
+            break
+    if refused is None:
+        problems = {rel: _refusal(root, rel, computed[rel][2], ledger, options.force) for rel in changed}
+        broken = {rel: p for rel, p in problems.items() if p is not None}
+    if refused is not None or broken:
+        for rel in changed:
+            outcome = computed[rel][0]
+            if refused is not None:
+                reason = refused if len(changed) == 1 else f"{refused} (rewritten together with {', '.join(changed)})"
+                handled[rel] = FileOutcome(rel, "skipped", reason, outcome.diff, outcome.skipped_sites)
+            else:
+                reason = broken.get(rel) or f"rewritten together with {', '.join(sorted(broken))}, which cannot be"
+                handled[rel] = FileOutcome(rel, "failed", reason, outcome.diff)
+        return refused == "quit"
+    _write_group(name, root, changed, computed, ledger, handled)
+    return False
+
+
+def _refusal(root: Path, rel: str, old_text: str, ledger: Ledger, force: bool) -> str | None:
+    path = root / rel
+    previewed = ledger.previews.get(rel)
+    current = path.read_text(encoding="utf-8")
+    if current != old_text or (previewed and previewed["sha"] != digest(current)):
+        return "changed on disk since the dry run; run the dry run again"
+    if not force and git_dirty(root, path):
+        return "has uncommitted changes in git (commit them, or use --force)"
+    return None
+
+
+def _write_group(name, root: Path, changed: list[str], computed, ledger: Ledger, handled) -> None:
+    """Write every file; should one write fail, put back those already written."""
+    written: list[str] = []
+    for rel in changed:
+        outcome, new_text, old_text = computed[rel]
+        try:
+            write_atomically(root / rel, new_text)
+        except OSError as exc:
+            for done in written:
+                write_atomically(root / done, computed[done][2])
+            for other in changed:
+                why = f"cannot write: {exc.strerror}" if other == rel else f"not written: {rel} could not be"
+                handled[other] = FileOutcome(other, "failed", why, computed[other][0].diff)
+            return
+        written.append(rel)
+    for rel in changed:
+        outcome, new_text, old_text = computed[rel]
+        ledger.record(rel, name, old_text, new_text)
+        handled[rel] = outcome
 
 
 def _one_file(
@@ -160,22 +242,6 @@ def _one_file(
         return FileOutcome(rel, "failed", "the rewritten file does not parse; left untouched"), "", old_text
     diff = unified_diff(rel, old_text, rewrite.new_source)
     return FileOutcome(rel, "changed", None, diff, rewrite.skipped_sites), rewrite.new_source, old_text
-
-
-def _apply(name, root, rel, old_text, new_text, outcome, ledger: Ledger, force: bool) -> FileOutcome:
-    path = root / rel
-    previewed = ledger.previews.get(rel)
-    current = path.read_text(encoding="utf-8")
-    if current != old_text or (previewed and previewed["sha"] != digest(current)):
-        return FileOutcome(rel, "failed", "changed on disk since the dry run; run the dry run again", outcome.diff)
-    if not force and git_dirty(root, path):
-        return FileOutcome(rel, "failed", "has uncommitted changes in git (commit them, or use --force)", outcome.diff)
-    try:
-        write_atomically(path, new_text)
-    except OSError as exc:
-        return FileOutcome(rel, "failed", f"cannot write: {exc.strerror}", outcome.diff)
-    ledger.record(rel, name, old_text, new_text)
-    return outcome
 
 
 def revert(root: Path, files: Iterable[str], force: bool) -> list[FileOutcome]:

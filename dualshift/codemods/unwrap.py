@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import PurePosixPath
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from dualshift.analyzer import typescript
 from dualshift.analyzer.postgrest import map_column_list, map_filter_column, map_filter_expression, map_select_list
@@ -35,8 +38,9 @@ def _quoted(text: str, quote: str) -> str:
 
 
 class _SiteMapper:
-    def __init__(self, table: NewTable, source: Source, quote: str) -> None:
+    def __init__(self, table: NewTable, source: Source, quote: str, rows_elsewhere: bool = False) -> None:
         self.table, self.source, self.quote = table, source, quote
+        self.rows_elsewhere = rows_elsewhere  # a helper's rows come from its callers
         self.mapping = table.column_mapping(source.table)
         self.edits: list[Edit] = []
 
@@ -63,8 +67,9 @@ class _SiteMapper:
         if node.type != "object":
             if add_constants and self.source.constants:
                 raise CannotMap("rows built elsewhere: add the constant columns by hand")
-            if node.type != "object":
-                raise CannotMap("rows built elsewhere cannot have their columns renamed here")
+            if self.rows_elsewhere and not self.source.rename:
+                return  # the new table names every column of this source as it does: nothing to rename
+            raise CannotMap("rows built elsewhere cannot have their columns renamed here")
         present = set()
         for name, key, value in typescript.object_pairs(node):
             new = self.column(name)
@@ -100,12 +105,7 @@ class _SiteMapper:
         return map_column_list(text, self.column)
 
 
-def _unwrap_site(call: CallSite, chain, plan: Plan, quote: str, raw: bytes) -> list[Edit]:
-    new_table = plan.new_table_for(call.table or "")
-    if new_table is None:
-        raise CannotMap(f"{call.table} is not an old table of the plan")
-    source = new_table.source(call.table)
-    mapper = _SiteMapper(new_table, source, quote)
+def _column_edits(chain, mapper: _SiteMapper) -> list[Edit]:
     for method, node in chain.steps:
         args = chain.arguments(node)
         first = args[0] if args else None
@@ -126,17 +126,181 @@ def _unwrap_site(call: CallSite, chain, plan: Plan, quote: str, raw: bytes) -> l
             mapper.string_arg(first, mapper.filter_expression)
         elif method in FILTER_METHODS and first is not None:
             mapper.string_arg(first, lambda text: map_filter_column(text, mapper.column))
-    # The receiver `dualWrite(x)` becomes `x`; the table argument the new table's name.
-    receiver = raw[call.receiver_start : call.receiver_end].decode("utf-8")
-    inner = receiver[receiver.index("(") + 1 : receiver.rindex(")")]
-    mapper.edits.append(Edit(call.receiver_start, call.receiver_end, inner))
-    mapper.edits.append(Edit(call.table_arg_start, call.table_arg_end, _quoted(new_table.name, quote)))
     return mapper.edits
 
 
+def _receiver_edit(call: CallSite, raw: bytes) -> Edit:
+    """The receiver `dualWrite(x)` becomes `x`."""
+    receiver = raw[call.receiver_start : call.receiver_end].decode("utf-8")
+    inner = receiver[receiver.index("(") + 1 : receiver.rindex(")")]
+    return Edit(call.receiver_start, call.receiver_end, inner)
+
+
+def _unwrap_site(call: CallSite, chain, plan: Plan, quote: str, raw: bytes) -> list[Edit]:
+    new_table = plan.new_table_for(call.table or "")
+    if new_table is None:
+        raise CannotMap(f"{call.table} is not an old table of the plan")
+    edits = _column_edits(chain, _SiteMapper(new_table, new_table.source(call.table), quote))
+    edits.append(_receiver_edit(call, raw))
+    edits.append(Edit(call.table_arg_start, call.table_arg_end, _quoted(new_table.name, quote)))
+    return edits
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers whose table is a parameter: their callers' arguments are retargeted, not the helper
+
+
+@dataclass
+class CallerRetargets:
+    """The whole tree's decisions, made before any file is rewritten: sites whose table the callers pass
+    are unwrapped only together with every caller's argument, so each such group of files is written
+    together (`groups`) or not at all."""
+
+    edits: dict[str, list[Edit]] = field(default_factory=dict)  # file → edits of the accepted groups
+    accepted: set[tuple[str, int]] = field(default_factory=set)  # (file, receiver_start) of unwrapped sites
+    reasons: dict[tuple[str, int], str] = field(default_factory=dict)  # sites left as they are, and why
+    groups: list[frozenset[str]] = field(default_factory=list)
+    arguments: Counter[str] = field(default_factory=Counter)  # file → callers' arguments retargeted
+
+
+def _refusal(call: CallSite, plan: Plan, in_scope: Callable[[str], bool]) -> str | None:
+    passed = call.caller_arguments
+    unplanned = sorted({f"{a.table} ({a.file})" for a in passed if a.table not in plan.table_mapping})
+    if unplanned:
+        return f"{callers_reason(call, plan)}; not in the plan: {', '.join(unplanned)}"
+    targets = {plan.table_mapping[a.table] for a in passed if a.table is not None}
+    if len(targets) > 1:
+        return f"{callers_reason(call, plan)}: more than one new table ({', '.join(sorted(targets))})"
+    unplaced = sorted({a.file for a in passed if a.start_byte < 0})
+    if unplaced:
+        return f"{callers_reason(call, plan)}; callers in {', '.join(unplaced)} cannot be rewritten from here"
+    not_literal = sorted({a.file for a in passed if not a.literal})
+    if not_literal:
+        return (
+            f"callers in {', '.join(not_literal)} pass the table as a constant or an expression, not a string"
+            " literal: change them to the new table by hand, then remove the wrapper"
+        )
+    outside = sorted({a.file for a in passed if not in_scope(a.file)})
+    if outside:
+        return f"its callers in {', '.join(outside)} are not among the files to rewrite: include them too"
+    return None
+
+
+def _site_edits(call: CallSite, plan: Plan, raw: bytes, suffix: str) -> tuple[Edit, ...]:
+    """A site's column edits, the same for every table its callers pass, and its receiver when wrapped."""
+    tree = typescript.parse(raw, suffix)
+    symbols = typescript.module_symbols(tree, raw, suffix)
+    chain = typescript.chain_at(tree, call.table_arg_start, call.table_arg_end, symbols)
+    if chain is None:
+        raise CannotMap("the chain could not be found again")
+    quote = detect_style(raw.decode("utf-8")).quote
+    new_table = plan.new_table_for(call.resolved_tables[0])
+    assert new_table is not None  # _refusal has checked every table
+    found = {
+        tuple(_column_edits(chain, _SiteMapper(new_table, new_table.source(old), quote, rows_elsewhere=True)))
+        for old in call.resolved_tables
+    }
+    if len(found) > 1:
+        raise CannotMap(
+            f"{', '.join(call.resolved_tables)} name their columns differently in {new_table.name}: the helper"
+            " cannot serve them all; split it or change it by hand"
+        )
+    edits = found.pop()
+    return (*edits, _receiver_edit(call, raw)) if is_wrapped(call) else edits
+
+
+def _parameter_groups(calls: list[CallSite]) -> dict[frozenset, list[CallSite]]:
+    """The sites that take their table from the same callers' arguments (one record per site): retargeting
+    those arguments moves every one of them, wrapped or not."""
+    groups: dict[frozenset, list[CallSite]] = {}
+    seen: set[tuple[str, int]] = set()
+    for call in calls:
+        if call.table_kind != "callers" or (call.file, call.receiver_start) in seen:
+            continue
+        seen.add((call.file, call.receiver_start))
+        key = frozenset((a.file, a.start_byte, a.end_byte) for a in call.caller_arguments)
+        groups.setdefault(key, []).append(call)
+    return groups
+
+
+def _group_edits(
+    sites: list[CallSite], plan: Plan, root: Path, in_scope: Callable[[str], bool], shared: bool
+) -> tuple[dict[str, list[Edit]], str | None]:
+    """The edits of one group (its sites and its callers' arguments) by file, or why it stays as it is."""
+    if shared:
+        return {}, "a caller's argument also reaches another helper: change the callers by hand"
+    if any(site.language == "python" for site in sites):
+        return {}, callers_reason(sites[0], plan)
+    reason = _refusal(sites[0], plan, in_scope)
+    if reason is None:
+        outside = sorted({site.file for site in sites if not in_scope(site.file)})
+        if outside:
+            reason = f"the same table parameter is used in {', '.join(outside)}, not among the files to rewrite"
+    if reason is not None:
+        return {}, reason
+    edits: dict[str, list[Edit]] = {}
+    new_table = plan.table_mapping[sites[0].resolved_tables[0]]
+    try:
+        for site in sites:
+            raw = (root / site.file).read_bytes()
+            edits.setdefault(site.file, []).extend(_site_edits(site, plan, raw, PurePosixPath(site.file).suffix))
+        for argument in sites[0].caller_arguments:
+            written = (root / argument.file).read_bytes()[argument.start_byte : argument.end_byte].decode("utf-8")
+            if written[:1] not in ("'", '"', "`") or written[1:-1] != argument.table:
+                return {}, f"{argument.file} changed since the scan: scan again"
+            quoted = _quoted(new_table, written[0])
+            edits.setdefault(argument.file, []).append(Edit(argument.start_byte, argument.end_byte, quoted))
+    except CannotMap as exc:
+        return {}, str(exc)
+    except OSError as exc:
+        return {}, f"cannot read {exc.filename}: {exc.strerror}"
+    return edits, None
+
+
+def plan_caller_retargets(
+    calls: list[CallSite],
+    plan: Plan,
+    root: Path,
+    in_scope: Callable[[str], bool],
+    decided: CallerRetargets | None = None,
+) -> CallerRetargets:
+    """Decide, for the whole tree, every group of wrapped sites whose table the callers pass (TypeScript);
+    into `decided` when given (the one the transform reads)."""
+    decided = decided if decided is not None else CallerRetargets()
+    groups = {k: v for k, v in _parameter_groups(calls).items() if any(is_wrapped(s) for s in v)}
+    owners: dict[tuple[str, int, int], int] = {}
+    for key in groups:
+        for argument in key:
+            owners[argument] = owners.get(argument, 0) + 1
+    for key, sites in groups.items():
+        if not any(in_scope(site.file) for site in sites if is_wrapped(site)):
+            continue
+        shared = any(owners[argument] > 1 for argument in key)
+        edits, reason = _group_edits(sites, plan, root, in_scope, shared)
+        wrapped = [(site.file, site.receiver_start) for site in sites if is_wrapped(site)]
+        if reason is not None:
+            decided.reasons.update(dict.fromkeys(wrapped, reason))
+            continue
+        decided.accepted.update(wrapped)
+        for file, file_edits in edits.items():
+            decided.edits.setdefault(file, []).extend(file_edits)
+        decided.groups.append(frozenset(edits))
+        decided.arguments.update(a.file for a in sites[0].caller_arguments)
+    return decided
+
+
 def unwrap_typescript(
-    source: str, rel_path: str, calls: list[CallSite], plan: Plan, wrapper_path: str, specifier: str | None = None
+    source: str,
+    rel_path: str,
+    calls: list[CallSite],
+    plan: Plan,
+    wrapper_path: str,
+    specifier: str | None = None,
+    retargets: CallerRetargets | None = None,
 ) -> Rewrite:
+    """`retargets`: the whole tree's decisions on helpers whose callers pass the table (plan_caller_retargets);
+    without them every such helper is left as it is."""
+    retargets = retargets or CallerRetargets()
     raw = source.encode("utf-8")
     suffix = PurePosixPath(rel_path).suffix
     tree = typescript.parse(raw, suffix)
@@ -151,7 +315,14 @@ def unwrap_typescript(
             continue
         seen.add(call.receiver_start)
         if call.table_kind == "callers":
-            skipped.append(SkippedSite(call.line, call.table, callers_reason(call, plan)))
+            if (rel_path, call.receiver_start) in retargets.accepted:
+                done += 1
+                continue
+            reason = retargets.reasons.get((rel_path, call.receiver_start)) or callers_reason(call, plan)
+            skipped.append(SkippedSite(call.line, ", ".join(call.resolved_tables), reason))
+            continue
+        if call.table is None and call.resolution:
+            skipped.append(SkippedSite(call.line, None, f"{call.resolution}: remove dualWrite( ) by hand"))
             continue
         if call.table is None or call.table not in plan.table_mapping:
             skipped.append(
@@ -167,6 +338,8 @@ def unwrap_typescript(
             done += 1
         except CannotMap as exc:
             skipped.append(SkippedSite(call.line, call.table, str(exc)))
+    edits.extend(retargets.edits.get(rel_path, []))
+    done += retargets.arguments[rel_path]
     if not edits:
         return Rewrite(source, 0, tuple(skipped))
     rewritten = apply_edits(raw, edits).decode("utf-8")

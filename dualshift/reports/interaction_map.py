@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dualshift import __version__
-from dualshift.analyzer.records import CallSite, Filter, ParseFailure, SideCall
+from dualshift.analyzer.records import CallerArgument, CallSite, Filter, ParseFailure, SideCall
 
 MAP_FORMAT = 1
 DEFAULT_NAME = "DATABASE_INTERACTION_MAP.json"
@@ -136,14 +136,14 @@ _RECORD_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 _encode_string = json.encoder.encode_basestring  # how that encoder writes a string
 
 
-def _filter_record(value: object) -> dict[str, str | None]:
-    if isinstance(value, Filter):
+def _filter_record(value: object) -> dict[str, Any]:
+    if isinstance(value, Filter | CallerArgument):
         return value.to_dict()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-# A call's field values (tuples, Filter records) encode to the same text as its `to_dict()`: the encoder
-# writes tuples as arrays, and turns each Filter into the dict `to_dict` would hold.
+# A call's field values (tuples, Filter and CallerArgument records) encode to the same text as its `to_dict()`: the encoder
+# writes tuples as arrays, and turns each record into the dict `to_dict` would hold.
 _CALL_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False, default=_filter_record)
 
 

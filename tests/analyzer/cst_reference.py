@@ -195,7 +195,7 @@ class _Visitor(cst.CSTVisitor):
         for index, arg in enumerate(a for a in node.args if a.keyword is None):
             value = _string(arg.value)
             if value is not None:
-                self.facts.call_arguments.append(CallArgument(callee, index, value))
+                self.facts.call_arguments.append(CallArgument(callee, index, value, literal=True))
                 continue
             ref_path = _path(arg.value)
             if ref_path is None:
