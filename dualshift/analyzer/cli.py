@@ -172,9 +172,13 @@ def _print_summary(console: Console, result: ScanResult, out: Path) -> None:
         f" on {_count(summary['totalTables'], 'table')}"
         f" in {_count(summary['totalFiles'], 'file')}"
         f" · {summary['dynamic']} dynamic · {summary['storageCalls']} storage · {summary['rpcCalls']} rpc"
-        f" · {summary['failedFiles']} failed files → {out}",
+        f" · {summary['failedFiles']} failed files{_gaps(summary['grammarGaps'])} → {out}",
         highlight=False,
     )
+
+
+def _gaps(count: int) -> str:
+    return f" ({_count(count, 'more file')} read in part: gaps in tree-sitter's grammar)" if count else ""
 
 
 def _count(number: int, noun: str) -> str:

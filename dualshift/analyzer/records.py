@@ -157,10 +157,23 @@ class SideCall:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+# "syntax": the file does not parse (Python's parser, or tree-sitter and the TypeScript compiler agree);
+# "grammar": the TypeScript compiler parses it and tree-sitter does not (a gap in the grammar: the calls
+# outside the unreadable part are kept, and the file does not count as failed); "input": the file could
+# not be read as source at all (binary, not UTF-8, too large, a broken link, nesting too deep).
+FailureKind = Literal["syntax", "grammar", "input"]
+
+
 @dataclass(frozen=True)
 class ParseFailure:
     file: str
     reason: str
+    kind: FailureKind = "input"
+    note: str | None = None  # e.g. why the TypeScript compiler could not be asked
+
+    @property
+    def counts_as_failed(self) -> bool:
+        return self.kind != "grammar"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

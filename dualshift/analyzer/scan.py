@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +19,7 @@ from typing import Any
 
 import pathspec
 
-from dualshift.analyzer import typescript
+from dualshift.analyzer import tscheck, typescript
 from dualshift.analyzer.cache import ScanCache, content_hash, default_cache_dir, tree_key
 from dualshift.analyzer.records import CallSite, FileResult, ParseFailure, SideCall
 from dualshift.analyzer.resolve import resolve
@@ -176,13 +177,56 @@ def analyze_source(rel: str, source: bytes, suffix: str) -> tuple[typescript.Mod
         from dualshift.analyzer import python as python_analyzer  # imported only for Python files
 
         facts = python_analyzer.analyze_module(rel, source)
-        failure = ParseFailure(rel, facts.syntax_error) if facts.syntax_error else None
+        failure = ParseFailure(rel, facts.syntax_error, "syntax") if facts.syntax_error else None
         return facts, failure
     facts = typescript.analyze(rel, source, suffix, with_arguments=False)
     failure = None
     if facts.syntax_error_line is not None:
-        failure = ParseFailure(rel, f"syntax error at line {facts.syntax_error_line}; calls outside it were kept")
+        reason = SYNTAX_ERROR.format(line=facts.syntax_error_line)
+        failure = ParseFailure(rel, reason, "syntax", NOT_YET_ASKED)  # see settle_syntax_errors
     return facts, failure
+
+
+SYNTAX_ERROR = "syntax error at line {line}; calls outside it were kept"
+GRAMMAR_GAP = (
+    "tree-sitter cannot parse line {line}, which the TypeScript compiler parses (a gap in the grammar, not a"
+    " syntax error); calls outside it were kept"
+)
+NOT_YET_ASKED = "not yet checked with the TypeScript compiler"
+NOT_ASKED = "the TypeScript compiler could not be asked ({why}): this may be a gap in tree-sitter's grammar"
+
+
+def settle_syntax_errors(root: Path, result: ScanResult, cache: ScanCache | None) -> None:
+    """Ask the TypeScript compiler, in one node process, about every TypeScript/JavaScript file tree-sitter
+    could not parse whole (and not asked before): where the compiler sees no syntax error the failure is a
+    grammar gap. The answer is cached with the file's analysis."""
+    pending = [
+        index
+        for index, f in enumerate(result.failures)
+        if f.kind == "syntax" and f.note is not None and os.path.splitext(f.file)[1] in typescript.SUFFIXES
+    ]
+    if not pending:
+        return
+    paths = [str(root / result.failures[i].file) for i in pending]
+    answer = tscheck.compiler_syntax_errors(paths, [root, Path.cwd(), Path(__file__).resolve().parents[2]])
+    for index, path in zip(pending, paths, strict=True):
+        failure = result.failures[index]
+        line = answer if isinstance(answer, str) else answer[path]
+        if line == tscheck.UNREAD:
+            continue
+        if isinstance(line, str):
+            settled = replace(failure, note=NOT_ASKED.format(why=line))
+        elif line is None:
+            found = re.search(r"at line (\d+)", failure.reason)
+            settled = replace(
+                failure, reason=GRAMMAR_GAP.format(line=found.group(1) if found else "?"), kind="grammar", note=None
+            )
+        else:
+            settled = replace(failure, note=None)
+        result.failures[index] = settled
+        entry = cache.files.get(failure.file) if cache is not None else None
+        if entry is not None and not isinstance(line, str):
+            cache.put(failure.file, entry[0], entry[1], entry[2], (entry[3][0], settled))
 
 
 Job = tuple[str, str, int, bool]  # (path, rel, max bytes, whether to hash the content for the cache)
@@ -309,6 +353,7 @@ def scan_tree(
         if cache is not None:
             cache.save()  # the files analyzed so far: the next scan starts from them
         raise
+    settle_syntax_errors(root, result, cache)
     _add_helper_callers(root, modules)
     calls = separate_foreign_key_embeds(resolve(modules))
     result.calls = sorted(calls, key=lambda c: (c.file, c.start_byte, c.line, c.column, c.table or ""))

@@ -72,7 +72,8 @@ def _tally(result: Any) -> tuple[dict[str, int], dict[str, list[dict[str, Any]]]
         "dynamic": sum(1 for c in calls if c.table is None),
         "storageCalls": sum(1 for c in result.side_calls if c.kind == "storage"),
         "rpcCalls": sum(1 for c in result.side_calls if c.kind == "rpc"),
-        "failedFiles": len(result.failures),
+        "failedFiles": sum(1 for f in result.failures if f.counts_as_failed),
+        "grammarGaps": sum(1 for f in result.failures if not f.counts_as_failed),
     }
     return summary, interactions, per_table, per_file
 
