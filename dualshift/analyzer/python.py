@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import replace
 from functools import cached_property
 
@@ -45,9 +46,14 @@ def analyze_python(rel_path: str, source: bytes) -> FileResult:
 
 class _PythonFacts(ModuleFacts):
     syntax_error: str | None = None
+    arguments_read: bool = True  # False: call_arguments were left out (see analyze_module)
 
 
-def analyze_module(rel_path: str, source: bytes) -> _PythonFacts:
+def analyze_module(rel_path: str, source: bytes, with_arguments: bool = True) -> _PythonFacts:
+    """`with_arguments=False`, for a file whose bytes name no `table`/`from_`/`rpc`: only the module's
+    constants and imports are read (its statements, not its expressions); the arguments of its calls
+    matter only if it calls a helper that takes a table name, and the scan reads them then, as it does
+    for TypeScript files."""
     facts = _PythonFacts()
     if source.startswith(BOM):
         source = source[len(BOM) :]  # offsets count from after the mark, as LibCST's do
@@ -57,7 +63,12 @@ def analyze_module(rel_path: str, source: bytes) -> _PythonFacts:
     except (SyntaxError, ValueError) as exc:  # ValueError: not UTF-8, NUL bytes
         facts.syntax_error = _syntax_error(source, exc)
         return facts
-    _Module(rel_path, source, tree, facts).read()
+    module = _Module(rel_path, source, tree, facts)
+    if with_arguments or any(word in source for word in ANCHOR_BYTES):
+        module.read()
+    else:
+        module.read_module_facts()
+        facts.arguments_read = False
     return facts
 
 
@@ -333,6 +344,31 @@ def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tupl
     return found
 
 
+def _module_statements(tree: ast.Module) -> Iterator[ast.Assign | ast.ImportFrom]:
+    """Assignments and `from` imports outside functions, in source order (what `_walk` gives `read` as
+    module facts), found through statements alone."""
+    stack: list[ast.AST] = list(reversed(tree.body))
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is ast.Assign or kind is ast.ImportFrom:
+            yield node  # type: ignore[misc]
+        elif kind is not ast.FunctionDef and kind is not ast.AsyncFunctionDef and kind in BLOCK_FIELDS:
+            inner: list[ast.AST] = []
+            for field in BLOCK_FIELDS[kind]:
+                for child in getattr(node, field):
+                    inner.extend(child.body if type(child) in (ast.ExceptHandler, ast.match_case) else (child,))
+            stack.extend(reversed(inner))
+
+
+# Compound statements: the fields holding their statements (handlers and cases hold bodies), in source order.
+BLOCK_FIELDS: dict[type, tuple[str, ...]] = {
+    kind: tuple(f for f in kind._fields if f in ("body", "orelse", "finalbody", "handlers", "cases"))
+    for kind in vars(ast).values()
+    if isinstance(kind, type) and issubclass(kind, ast.stmt) and {"body", "cases"} & set(kind._fields)
+}
+
+
 class _Module:
     def __init__(self, rel: str, source: bytes, tree: ast.Module, facts: _PythonFacts) -> None:
         self.rel, self.source, self.tree, self.facts = rel, source, tree, facts
@@ -353,6 +389,13 @@ class _Module:
                 self._import(node)
         for anchor, scope in self.anchors:
             self._record(anchor, scope)
+
+    def read_module_facts(self) -> None:
+        for node in _module_statements(self.tree):
+            if type(node) is ast.Assign:
+                self._assign(node)
+            else:
+                self._import(node)
 
     # -- module facts -----------------------------------------------------------------------
 

@@ -176,7 +176,7 @@ def analyze_source(rel: str, source: bytes, suffix: str) -> tuple[typescript.Mod
     if suffix in PYTHON_SUFFIXES:
         from dualshift.analyzer import python as python_analyzer  # imported only for Python files
 
-        facts = python_analyzer.analyze_module(rel, source)
+        facts = python_analyzer.analyze_module(rel, source, with_arguments=False)
         failure = ParseFailure(rel, facts.syntax_error, "syntax") if facts.syntax_error else None
         return facts, failure
     facts = typescript.analyze(rel, source, suffix, with_arguments=False)
@@ -398,15 +398,23 @@ def _add_helper_callers(root: Path, modules: dict[str, typescript.ModuleFacts]) 
     if not helpers:
         return
     needles = [f"{name}(".encode() for name in helpers]
+    names = [name.encode() for name in helpers]  # Python allows `name (` and a line break before `(`
     for rel, facts in modules.items():
         suffix = os.path.splitext(rel)[1]
-        if suffix not in typescript.SUFFIXES:
-            continue  # Python files keep their call arguments from the first pass
+        python = suffix in PYTHON_SUFFIXES
+        if python and getattr(facts, "arguments_read", True):
+            continue  # a Python file that may call tables was read whole the first time
         try:
             data = (root / rel).read_bytes()
         except OSError:
             continue
-        if any(needle in data for needle in needles):
+        if not any(needle in data for needle in (names if python else needles)):
+            continue
+        if python:
+            from dualshift.analyzer import python as python_analyzer
+
+            facts.call_arguments = python_analyzer.analyze_module(rel, data).call_arguments
+        elif suffix in typescript.SUFFIXES:
             facts.call_arguments = typescript.call_arguments(rel, data, suffix)
 
 

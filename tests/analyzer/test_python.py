@@ -412,3 +412,62 @@ def test_ast_reading_gives_the_libcst_facts_on_generated_modules(text: str) -> N
     source = text.encode()
     assert _facts(python, source)["syntax_error"] is None, text
     _assert_same_facts(source)
+
+
+MODULE_FACTS = """
+from . import sibling
+X = 'x'
+if FLAG:
+    Y = {"k": {"n": X}}
+    from .a import b as c
+else:
+    Y = 'other'
+try:
+    import fast as json
+    from .z import w
+except ImportError:
+    W = 'fallback'
+finally:
+    F = 'f'
+for item in items:
+    L = 'loop'
+while cond:
+    M = 'while'
+with ctx():
+    N = 'with'
+match value:
+    case 1:
+        P = 'case'
+class Config:
+    T = 'class level'
+    def method(self):
+        Hidden = 'local'
+def g():
+    Hidden = 'local'
+async def h():
+    from q import r
+X = 'last wins'
+"""
+
+
+@pytest.mark.parametrize("text", [MODULE_FACTS, TRICKY["no_calls"]], ids=["blocks", "no_calls"])
+def test_module_facts_from_statements_alone_are_the_full_readings(text: str) -> None:
+    """A file that names no table call is read through its statements only: the same constants and imports."""
+    source = textwrap.dedent(text).encode()
+    quick = python.analyze_module("pkg/mod.py", source, with_arguments=False)
+    full = python.analyze_module("pkg/mod.py", source)
+    assert not quick.arguments_read and quick.call_arguments == []
+    assert (quick.symbols, quick.imports) == (full.symbols, full.imports)
+    assert list(quick.symbols) == list(full.symbols)
+
+
+def test_a_caller_without_table_calls_still_resolves_the_helper(tmp_path: Path) -> None:
+    """The caller's bytes name no `table`: its call arguments are read when a helper takes the table."""
+    (tmp_path / "db.py").write_text(
+        "def save_row(client, name, row):\n    return client.table(name).insert(row).execute()\n"
+    )
+    (tmp_path / "job.py").write_text(
+        "from db import save_row\n\n\ndef run(c):\n    save_row (c, 'outcomes', {'likes': 1})\n"
+    )
+    (call,) = scan_tree(tmp_path, use_cache=False, jobs=1).calls
+    assert (call.table, call.table_kind) == ("outcomes", "callers")
