@@ -193,6 +193,7 @@ GRAMMAR_GAP = (
     " syntax error); calls outside it were kept"
 )
 NOT_YET_ASKED = "not yet checked with the TypeScript compiler"
+HOME = Path(__file__).resolve().parents[2]  # dualshift's checkout, whose node_modules may hold typescript
 NOT_ASKED = "the TypeScript compiler could not be asked ({why}): this may be a gap in tree-sitter's grammar"
 
 
@@ -208,7 +209,7 @@ def settle_syntax_errors(root: Path, result: ScanResult, cache: ScanCache | None
     if not pending:
         return
     paths = [str(root / result.failures[i].file) for i in pending]
-    answer = tscheck.compiler_syntax_errors(paths, [root, Path.cwd(), Path(__file__).resolve().parents[2]])
+    answer = tscheck.compiler_syntax_errors(paths, [root, Path(os.getcwd() if os.path.isdir(".") else root), HOME])
     for index, path in zip(pending, paths, strict=True):
         failure = result.failures[index]
         line = answer if isinstance(answer, str) else answer[path]
