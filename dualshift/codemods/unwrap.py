@@ -267,12 +267,9 @@ def plan_caller_retargets(
     """Decide, for the whole tree, every group of wrapped sites whose table the callers pass (TypeScript);
     into `decided` when given (the one the transform reads)."""
     decided = decided if decided is not None else CallerRetargets()
-    groups = {k: v for k, v in _parameter_groups(calls).items() if any(is_wrapped(s) for s in v)}
-    owners: dict[tuple[str, int, int], int] = {}
-    for key in groups:
-        for argument in key:
-            owners[argument] = owners.get(argument, 0) + 1
-    for key, sites in groups.items():
+    every_group = _parameter_groups(calls)
+    owners = Counter(argument for key in every_group for argument in key)  # wrapped groups or not
+    for key, sites in every_group.items():
         if not any(in_scope(site.file) for site in sites if is_wrapped(site)):
             continue
         shared = any(owners[argument] > 1 for argument in key)

@@ -175,3 +175,15 @@ def test_wrap_and_unwrap_decide_from_every_table_the_callers_pass(tmp_path: Path
     (site,) = [s for f in report["files"] for s in f["skipped_sites"]]
     assert site["table"] == "a_log, outcomes"
     assert "a_log → not in the plan, outcomes → engagement_metrics" in site["reason"]
+
+
+def test_an_argument_that_may_reach_two_helpers_of_one_name_moves_neither(tmp_path: Path) -> None:
+    """The caller imports from both files that define `saveLikes`: which one it calls is not certain."""
+    other = HELPER.replace("export interface LikeRow", "export const OTHER = 1;\nexport interface LikeRow")
+    both = COLLECT.replace("import { saveLikes }", "import { OTHER } from '../db/other';\nimport { saveLikes }")
+    root = _service(tmp_path, {"src/db/other.ts": other, "src/jobs/collect.ts": both})
+    before = _snapshot(root)
+    code, report = _unwrap(root, "--apply")
+    assert code == 0 and report["counts"].get("changed", 0) == 0
+    assert "a caller's argument also reaches another helper" in " ".join(_skipped(report))
+    assert _snapshot(root) == before
