@@ -92,6 +92,7 @@ def _calls_by_file(root: Path) -> tuple[dict[str, list[CallSite]], dict[str, str
 # Whole-tree decisions before any file is rewritten: (every call, whether a file is in scope) → groups of
 # files that must be written together (a helper and the callers whose arguments it needs changed).
 Prepare = Callable[[list[CallSite], Callable[[str], bool]], list[frozenset[str]]]
+Computed = dict[str, tuple[FileOutcome, str, str]]  # file → (outcome of its dry run, new text, old text)
 
 
 def run_codemod(
@@ -132,7 +133,7 @@ def run_codemod(
     return [handled[rel] for rel in targets]
 
 
-def _fail_broken_groups(computed: dict[str, tuple[FileOutcome, str, str]], groups: list[frozenset[str]]) -> None:
+def _fail_broken_groups(computed: Computed, groups: list[frozenset[str]]) -> None:
     """A group is rewritten whole or not at all: one member that cannot be rewritten fails the others."""
     for group in groups:
         broken = sorted(rel for rel in group if rel in computed and computed[rel][0].status != "changed")
@@ -143,7 +144,16 @@ def _fail_broken_groups(computed: dict[str, tuple[FileOutcome, str, str]], group
                 computed[rel] = (FileOutcome(rel, "failed", reason, outcome.diff, outcome.skipped_sites), "", "")
 
 
-def _handle(name, root, together, computed, options: RunOptions, ledger: Ledger, decide, handled) -> bool:
+def _handle(
+    name: str,
+    root: Path,
+    together: list[str],
+    computed: Computed,
+    options: RunOptions,
+    ledger: Ledger,
+    decide: Decide | None,
+    handled: dict[str, FileOutcome],
+) -> bool:
     """Preview, ask about and write one file, or a group of files that goes together; True when the user
     quits. A group is written only when every member is accepted and passes the checks."""
     changed = [rel for rel in together if computed[rel][0].status == "changed"]
@@ -196,7 +206,9 @@ def _refusal(root: Path, rel: str, old_text: str, ledger: Ledger, force: bool) -
     return None
 
 
-def _write_group(name, root: Path, changed: list[str], computed, ledger: Ledger, handled) -> None:
+def _write_group(
+    name: str, root: Path, changed: list[str], computed: Computed, ledger: Ledger, handled: dict[str, FileOutcome]
+) -> None:
     """Write every file; should one write fail, put back those already written."""
     written: list[str] = []
     for rel in changed:
