@@ -104,3 +104,14 @@ def test_the_compilers_answer_is_cached_with_the_file(tmp_path: Path, monkeypatc
     (root / "src/menu.tsx").write_text(JSX_TEXT)  # same bytes, a new time: the whole-tree entry is gone
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # node is not asked again
     assert scan_tree(root, cache_dir=cache, jobs=1).failures[0].kind == "grammar"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is needed")
+def test_without_the_typescript_package_the_note_says_so(tmp_path: Path, monkeypatch) -> None:
+    from dualshift.analyzer import scan
+
+    root = _tree(tmp_path / "svc", {"src/menu.tsx": JSX_TEXT})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(scan, "HOME", tmp_path)  # nowhere a node_modules/typescript can be found
+    (failure,) = scan_tree(root, use_cache=False, jobs=1).failures
+    assert failure.kind == "syntax" and "(the typescript npm package is not installed)" in (failure.note or "")
