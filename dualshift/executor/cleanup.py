@@ -596,15 +596,118 @@ def restore_sync_triggers(conn: psycopg.Connection, plan: Plan, tables: list[str
 
 
 def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: bool) -> dict[str, object]:
-    """Inside the caller's transaction: the reverse sync stops; the archive goes unless kept."""
-    sink.run(lock_statement(cleaned_relations(plan)))
+    """Inside the caller's transaction: the reverse sync stops; the archive goes unless kept. The views
+    are locked too: none of their defaults may draw from a sequence while it is being replaced."""
+    sink.run(lock_statement(present(conn, cleaned_relations(plan, with_views=True))))
     for table in plan.tables:
         for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
             sink.run(statement)
-    dropped = []
+    dropped: list[str] = []
+    kept: list[str] = []
     if not keep_archive:
         for table in plan.tables:
             for source in table.sources:
-                sink.run(sql.SQL("DROP TABLE {}").format(sql.Identifier(plan.archive_schema, source.table)))
+                archived = sql.Identifier(plan.archive_schema, source.table)
+                for sequence in sequences_in_use(conn, archived):
+                    kept.append(sequence.replacement(source.schema))
+                    for statement in sequence.replace_statements(conn, source.schema):
+                        sink.run(statement)
+                sink.run(sql.SQL("DROP TABLE {}").format(archived))
                 dropped.append(f"{plan.archive_schema}.{source.table}")
-    return {"archive_dropped": dropped, "archive_kept": keep_archive}
+    return {"archive_dropped": dropped, "archive_kept": keep_archive, "sequences_kept": kept}
+
+
+@dataclass(frozen=True)
+class SequenceInUse:
+    """A sequence an archived table owns (serial or identity) that a default elsewhere draws from (a
+    compatibility view's `id`, say): dropping the table would drop it, so finalize puts a copy, at the
+    same value and with the same grants, back where the old table was and points those defaults to it."""
+
+    oid: int
+    name: str
+    qualified: str  # regclass text of the archived sequence
+    defaults: tuple[tuple[str, str, str], ...]  # (relation regclass text, column, default expression)
+
+    def replacement(self, schema: str) -> str:
+        return f"{schema}.{self.name}"
+
+    def replace_statements(self, conn: psycopg.Connection, schema: str) -> list[sql.Composable]:
+        new = sql.Identifier(schema, self.name)
+        if conn.execute("SELECT pg_catalog.to_regclass(%s)", (new.as_string(conn),)).fetchone()[0] is not None:
+            raise ExecutorError(
+                f"{self.qualified} must outlive the archive (defaults draw from it) but {schema}.{self.name}"
+                " already exists; rename it and run finalize again. Nothing was changed"
+            )
+        type_, increment, low, high, cache, cycle, owner = conn.execute(
+            "SELECT pg_catalog.format_type(q.seqtypid, NULL), q.seqincrement, q.seqmin, q.seqmax, q.seqcache,"
+            " q.seqcycle, pg_catalog.pg_get_userbyid(c.relowner) FROM pg_catalog.pg_sequence q"
+            " JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid WHERE q.seqrelid = %s",
+            (self.oid,),
+        ).fetchone()
+        last, called = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(self.qualified))
+        ).fetchone()
+        statements: list[sql.Composable] = [
+            sql.SQL("CREATE SEQUENCE {} AS {} INCREMENT {} MINVALUE {} MAXVALUE {} CACHE {} {}").format(
+                new,
+                sql.SQL(type_),
+                sql.Literal(increment),
+                sql.Literal(low),
+                sql.Literal(high),
+                sql.Literal(cache),
+                sql.SQL("CYCLE" if cycle else "NO CYCLE"),
+            ),
+            sql.SQL("SELECT pg_catalog.setval({}, {}, {})").format(
+                sql.Literal(new.as_string(conn)), sql.Literal(last), sql.Literal(called)
+            ),
+            sql.SQL("ALTER SEQUENCE {} OWNER TO {}").format(new, sql.Identifier(owner)),
+        ]
+        grants = conn.execute(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END, a.privilege_type"
+            " FROM pg_catalog.pg_class c CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a"
+            " LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee WHERE c.oid = %s ORDER BY 1, 2",
+            (self.oid,),
+        ).fetchall()
+        statements += [
+            sql.SQL("GRANT {} ON SEQUENCE {} TO {}").format(sql.SQL(privilege), new, sql.SQL(grantee))
+            for grantee, privilege in grants
+        ]
+        drawing = f"nextval('{self.qualified}'::regclass)"
+        for relation, column, expression in self.defaults:
+            if expression != drawing:
+                raise ExecutorError(
+                    f"the default of {relation}.{column} ({expression}) uses {self.qualified}, which finalize would"
+                    f" drop with the archive; make it nextval('{self.qualified}'::regclass) or drop it. Nothing was"
+                    " changed"
+                )
+            statements.append(
+                sql.SQL(
+                    "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT pg_catalog.nextval({}::pg_catalog.regclass)"
+                ).format(sql.SQL(relation), sql.Identifier(column), sql.Literal(new.as_string(conn)))
+            )
+        return statements
+
+
+def sequences_in_use(conn: psycopg.Connection, archived: sql.Identifier) -> list[SequenceInUse]:
+    """The sequences the archived table owns that a default of another relation draws from."""
+    rows = conn.execute(
+        "SELECT s.oid, s.relname, s.oid::pg_catalog.regclass::pg_catalog.text,"
+        " ad.adrelid::pg_catalog.regclass::pg_catalog.text, a.attname, pg_catalog.pg_get_expr(ad.adbin, ad.adrelid)"
+        " FROM pg_catalog.pg_depend owned"
+        " JOIN pg_catalog.pg_class s ON s.oid = owned.objid AND s.relkind = 'S'"
+        " JOIN pg_catalog.pg_depend used ON used.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+        "  AND used.refobjid = s.oid AND used.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass"
+        " JOIN pg_catalog.pg_attrdef ad ON ad.oid = used.objid"
+        " JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum"
+        " WHERE owned.classid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+        " AND owned.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+        " AND owned.refobjid = pg_catalog.to_regclass(%s) AND owned.deptype IN ('a', 'i')"
+        " AND ad.adrelid <> owned.refobjid ORDER BY 3, 4, 5",
+        (archived.as_string(conn),),
+    ).fetchall()
+    found: dict[int, SequenceInUse] = {}
+    for oid, name, qualified, relation, column, expression in rows:
+        known = found.get(oid)
+        defaults = (known.defaults if known else ()) + ((relation, column, expression),)
+        found[oid] = SequenceInUse(oid, name, qualified, defaults)
+    return list(found.values())

@@ -147,3 +147,36 @@ def test_twins_after_cleanup_share_one_row(dsn: str, db: psycopg.Connection, tmp
     ex.rollback()
     assert ex.verify()["passed"]
     ex.conn.close()
+
+
+def test_finalize_keeps_a_sequence_of_the_archive_that_a_view_default_draws_from(
+    dsn: str, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """A default under an old name drawing ids from the archived table's sequence keeps working after
+    finalize drops the archive: the sequence comes back where the old table was, at the same value."""
+    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
+    ex.create()
+    ex.backfill(BackfillOptions(), sync_triggers=True)
+    assert ex.verify()["passed"]
+    ex.switch_reads(100)
+    ex.cleanup(tmp_path)
+    db.execute("GRANT USAGE ON SEQUENCE archive_xbot.content_metadata_id_seq TO PUBLIC")
+    db.execute(
+        "ALTER VIEW public.content_metadata ALTER COLUMN id"
+        " SET DEFAULT nextval('archive_xbot.content_metadata_id_seq'::regclass)"
+    )
+    issued = db.execute("SELECT nextval('archive_xbot.content_metadata_id_seq')").fetchone()[0]
+    result = ex.finalize()
+    assert result["sequences_kept"] == ["public.content_metadata_id_seq"]
+    assert db.execute("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'archive_xbot'").fetchone()[0] == 0
+    default = db.execute(
+        "SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) FROM pg_catalog.pg_attrdef d"
+        " JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
+        " WHERE d.adrelid = 'public.content_metadata'::regclass AND a.attname = 'id'"
+    ).fetchone()[0]
+    assert default == "nextval('content_metadata_id_seq'::regclass)"
+    assert db.execute("SELECT nextval('public.content_metadata_id_seq')").fetchone()[0] == issued + 1
+    assert db.execute("SELECT has_sequence_privilege('public', 'public.content_metadata_id_seq', 'USAGE')").fetchone()[
+        0
+    ]
+    ex.conn.close()
