@@ -10,7 +10,8 @@ cleanup, with no window:
    nothing of it; only the backup file stays.
 
 Until `finalize`, the reverse-sync triggers keep the archived tables equal to what the new tables
-hold, so the rollback of cleanup is one transaction that moves everything back, with no carry-back.
+hold, so the rollback of cleanup is one transaction that moves everything back, with no carry-back,
+and turns back on the sync triggers cleanup removed (the run records which).
 `finalize` drops the reverse-sync triggers and (unless kept) the archive.
 """
 
@@ -33,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from dualshift.executor import dependents, names, reverse_sync, sync, views
-from dualshift.executor.catalog import SourceMapping, table_exists
+from dualshift.executor.catalog import SourceMapping, table_exists, validate
 from dualshift.executor.connection import ExecutorError, Sink, Timeouts
 from dualshift.plan import NewTable, Plan, Source
 
@@ -217,8 +218,16 @@ def backup(conn: psycopg.Connection, plan: Plan, dsn: str, backup_dir: Path, sin
     return Backup("copies", plan.archive_schema)
 
 
-def record_run(conn: psycopg.Connection, plan: Plan, taken: Backup, captured: dict | None, sink: Sink) -> None:
-    """Inside cleanup's transaction: where its backup is (for finalize) and what it re-pointed (for rollback)."""
+def record_run(
+    conn: psycopg.Connection,
+    plan: Plan,
+    taken: Backup,
+    captured: dict | None,
+    sink: Sink,
+    sync_triggers: list[str] | None = None,
+) -> None:
+    """Inside cleanup's transaction: where its backup is (for finalize), what it re-pointed and which old
+    tables had sync triggers (both for rollback)."""
     sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.PRIVATE_SCHEMA)))
     sink.run(
         sql.SQL(
@@ -227,24 +236,35 @@ def record_run(conn: psycopg.Connection, plan: Plan, taken: Backup, captured: di
             " dependents jsonb)"
         ).format(RUNS)
     )
+    sink.run(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS sync_triggers text[]").format(RUNS))
     sink.run(
-        sql.SQL("INSERT INTO {} (plan, backup_kind, backup_location, dependents) VALUES ({}, {}, {}, {})").format(
+        sql.SQL(
+            "INSERT INTO {} (plan, backup_kind, backup_location, dependents, sync_triggers) VALUES ({}, {}, {}, {}, {})"
+        ).format(
             RUNS,
             sql.Literal(plan.name),
             sql.Literal(taken.kind),
             sql.Literal(taken.location),
             sql.Literal(None if captured is None else Jsonb(captured)),
+            sql.Literal(sorted(sync_triggers or [])),
         )
     )
 
 
 def _last_run(conn: psycopg.Connection, plan: Plan) -> tuple | None:
+    """(backup kind, backup location, dependents, old tables that had sync triggers) of the last cleanup."""
     if not table_exists(conn, names.PRIVATE_SCHEMA, "cleanup_runs"):
         return None
+    had_sync = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(%s)"
+        " AND attname = 'sync_triggers' AND NOT attisdropped",
+        (RUNS.as_string(conn),),
+    ).fetchone()
+    column = sql.SQL("sync_triggers") if had_sync else sql.SQL("CAST(NULL AS text[])")  # a run of an older dualshift
     return conn.execute(
         sql.SQL(
-            "SELECT backup_kind, backup_location, dependents FROM {} WHERE plan = %s ORDER BY id DESC LIMIT 1"
-        ).format(RUNS),
+            "SELECT backup_kind, backup_location, dependents, {} FROM {} WHERE plan = %s ORDER BY id DESC LIMIT 1"
+        ).format(column, RUNS),
         (plan.name,),
     ).fetchone()
 
@@ -417,6 +437,7 @@ def move(
     caught_up: dict[str, int] | str = "none possible: every source kept its sync trigger and no mirror failed"
     if sink.dry_run or not delta_impossible(conn, plan):
         caught_up = catch_up_all(conn, plan, mappings, sink)
+    had_sync = sorted(sync.covered_tables(conn, plan))  # a rollback of cleanup turns them back on
     sync.remove(conn, plan, sink)
     sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.archive_schema)))
     if plan.new_schema != plan.target_schema:
@@ -434,6 +455,7 @@ def move(
     return {
         "views": made_views,
         "rows_caught_up_under_lock": caught_up,
+        "sync_triggers_removed": had_sync,
         "dependents": None if captured is None else captured.to_json(),
         "needs_decision": [] if captured is None else captured.needs_decision,
     }
@@ -541,19 +563,151 @@ def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, obj
         sink.run(statement)
     for statement in undo.after_restore:
         sink.run(statement)
-    return {"restored": [f"{s.schema}.{s.table}" for t in plan.tables for s in t.sources]}
+    return {
+        "restored": [f"{s.schema}.{s.table}" for t in plan.tables for s in t.sources],
+        "sync_triggers_restored": restore_sync_triggers(conn, plan, list(run[3] or []) if run else [], sink),
+    }
+
+
+def restore_sync_triggers(conn: psycopg.Connection, plan: Plan, tables: list[str], sink: Sink) -> list[str]:
+    """Inside the rollback's transaction, with the old tables back in place: the sync triggers cleanup
+    removed from `tables`, with their role, grants and functions, so that the migration is back at a
+    phase where every write to an old table reaches the new one, with no moment in between."""
+    if not tables:
+        return []
+    if sink.dry_run:  # the moves above did not run: there is nothing in place to read the mappings from
+        sink.statements.append(f"-- then: the sync triggers back on {', '.join(tables)}")
+        return tables
+    mappings = validate(conn, plan)
+    role = sync.role_name(conn, plan)
+    restored = []
+    for table in plan.tables:
+        table_mappings = [mappings[(table.name, s.table)] for s in table.sources]
+        covered = [m for m in table_mappings if m.source.table in tables]
+        if not covered:
+            continue
+        for statement in sync.prepare_statements(conn, plan, role, table_mappings):
+            sink.run(statement)
+        for mapping in covered:
+            for statement in sync.trigger_statements(conn, role, mapping):
+                sink.run(statement)
+            restored.append(f"{mapping.source.schema}.{mapping.source.table}")
+    return restored
 
 
 def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: bool) -> dict[str, object]:
-    """Inside the caller's transaction: the reverse sync stops; the archive goes unless kept."""
-    sink.run(lock_statement(cleaned_relations(plan)))
+    """Inside the caller's transaction: the reverse sync stops; the archive goes unless kept. The views
+    are locked too: none of their defaults may draw from a sequence while it is being replaced."""
+    sink.run(lock_statement(present(conn, cleaned_relations(plan, with_views=True))))
     for table in plan.tables:
         for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
             sink.run(statement)
-    dropped = []
+    dropped: list[str] = []
+    kept: list[str] = []
     if not keep_archive:
         for table in plan.tables:
             for source in table.sources:
-                sink.run(sql.SQL("DROP TABLE {}").format(sql.Identifier(plan.archive_schema, source.table)))
+                archived = sql.Identifier(plan.archive_schema, source.table)
+                for sequence in sequences_in_use(conn, archived):
+                    kept.append(sequence.replacement(source.schema))
+                    for statement in sequence.replace_statements(conn, source.schema):
+                        sink.run(statement)
+                sink.run(sql.SQL("DROP TABLE {}").format(archived))
                 dropped.append(f"{plan.archive_schema}.{source.table}")
-    return {"archive_dropped": dropped, "archive_kept": keep_archive}
+    return {"archive_dropped": dropped, "archive_kept": keep_archive, "sequences_kept": kept}
+
+
+@dataclass(frozen=True)
+class SequenceInUse:
+    """A sequence an archived table owns (serial or identity) that a default elsewhere draws from (a
+    compatibility view's `id`, say): dropping the table would drop it, so finalize puts a copy, at the
+    same value and with the same grants, back where the old table was and points those defaults to it."""
+
+    oid: int
+    name: str
+    qualified: str  # regclass text of the archived sequence
+    defaults: tuple[tuple[str, str, str], ...]  # (relation regclass text, column, default expression)
+
+    def replacement(self, schema: str) -> str:
+        return f"{schema}.{self.name}"
+
+    def replace_statements(self, conn: psycopg.Connection, schema: str) -> list[sql.Composable]:
+        new = sql.Identifier(schema, self.name)
+        if conn.execute("SELECT pg_catalog.to_regclass(%s)", (new.as_string(conn),)).fetchone()[0] is not None:
+            raise ExecutorError(
+                f"{self.qualified} must outlive the archive (defaults draw from it) but {schema}.{self.name}"
+                " already exists; rename it and run finalize again. Nothing was changed"
+            )
+        type_, increment, low, high, cache, cycle, owner = conn.execute(
+            "SELECT pg_catalog.format_type(q.seqtypid, NULL), q.seqincrement, q.seqmin, q.seqmax, q.seqcache,"
+            " q.seqcycle, pg_catalog.pg_get_userbyid(c.relowner) FROM pg_catalog.pg_sequence q"
+            " JOIN pg_catalog.pg_class c ON c.oid = q.seqrelid WHERE q.seqrelid = %s",
+            (self.oid,),
+        ).fetchone()
+        last, called = conn.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(self.qualified))
+        ).fetchone()
+        statements: list[sql.Composable] = [
+            sql.SQL("CREATE SEQUENCE {} AS {} INCREMENT {} MINVALUE {} MAXVALUE {} CACHE {} {}").format(
+                new,
+                sql.SQL(type_),
+                sql.Literal(increment),
+                sql.Literal(low),
+                sql.Literal(high),
+                sql.Literal(cache),
+                sql.SQL("CYCLE" if cycle else "NO CYCLE"),
+            ),
+            sql.SQL("SELECT pg_catalog.setval({}, {}, {})").format(
+                sql.Literal(new.as_string(conn)), sql.Literal(last), sql.Literal(called)
+            ),
+            sql.SQL("ALTER SEQUENCE {} OWNER TO {}").format(new, sql.Identifier(owner)),
+        ]
+        grants = conn.execute(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END, a.privilege_type"
+            " FROM pg_catalog.pg_class c CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a"
+            " LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee WHERE c.oid = %s ORDER BY 1, 2",
+            (self.oid,),
+        ).fetchall()
+        statements += [
+            sql.SQL("GRANT {} ON SEQUENCE {} TO {}").format(sql.SQL(privilege), new, sql.SQL(grantee))
+            for grantee, privilege in grants
+        ]
+        drawing = f"nextval('{self.qualified}'::regclass)"
+        for relation, column, expression in self.defaults:
+            if expression != drawing:
+                raise ExecutorError(
+                    f"the default of {relation}.{column} ({expression}) uses {self.qualified}, which finalize would"
+                    f" drop with the archive; make it nextval('{self.qualified}'::regclass) or drop it. Nothing was"
+                    " changed"
+                )
+            statements.append(
+                sql.SQL(
+                    "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT pg_catalog.nextval({}::pg_catalog.regclass)"
+                ).format(sql.SQL(relation), sql.Identifier(column), sql.Literal(new.as_string(conn)))
+            )
+        return statements
+
+
+def sequences_in_use(conn: psycopg.Connection, archived: sql.Identifier) -> list[SequenceInUse]:
+    """The sequences the archived table owns that a default of another relation draws from."""
+    rows = conn.execute(
+        "SELECT s.oid, s.relname, s.oid::pg_catalog.regclass::pg_catalog.text,"
+        " ad.adrelid::pg_catalog.regclass::pg_catalog.text, a.attname, pg_catalog.pg_get_expr(ad.adbin, ad.adrelid)"
+        " FROM pg_catalog.pg_depend owned"
+        " JOIN pg_catalog.pg_class s ON s.oid = owned.objid AND s.relkind = 'S'"
+        " JOIN pg_catalog.pg_depend used ON used.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+        "  AND used.refobjid = s.oid AND used.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass"
+        " JOIN pg_catalog.pg_attrdef ad ON ad.oid = used.objid"
+        " JOIN pg_catalog.pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum"
+        " WHERE owned.classid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+        " AND owned.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+        " AND owned.refobjid = pg_catalog.to_regclass(%s) AND owned.deptype IN ('a', 'i')"
+        " AND ad.adrelid <> owned.refobjid ORDER BY 3, 4, 5",
+        (archived.as_string(conn),),
+    ).fetchall()
+    found: dict[int, SequenceInUse] = {}
+    for oid, name, qualified, relation, column, expression in rows:
+        known = found.get(oid)
+        defaults = (known.defaults if known else ()) + ((relation, column, expression),)
+        found[oid] = SequenceInUse(oid, name, qualified, defaults)
+    return list(found.values())

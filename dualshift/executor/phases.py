@@ -365,7 +365,9 @@ class Executor:
                 result["backup"] = taken.location
                 result["readiness"] = gate
                 if not self.dry_run:
-                    cleanup.record_run(self.conn, self.plan, taken, result["dependents"], sink)
+                    cleanup.record_run(
+                        self.conn, self.plan, taken, result["dependents"], sink, result["sync_triggers_removed"]
+                    )
                     set_flag(self.conn, "dual_write", False)
                     set_phase(self.conn, self.key, "cleaned")
                 cleanup.notify_postgrest(sink)

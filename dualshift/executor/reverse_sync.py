@@ -7,7 +7,10 @@ cast back to the old column types, matched on the source's key:
 
 - partitions: the source whose `partition_predicate` selects the row owns it; a row that moves from
   one partition to another is deleted from the first and written to the second;
-- twins: an update or delete reaches every source that holds the key; an insert goes to the first.
+- twins (one entity, one shared row per key): an update or delete reaches every twin that holds the key,
+  an update with only the columns whose value it changed in the shared row (a twin's own values stay
+  where the write did not change them); an insert goes to the twin a compatibility view wrote through
+  (names.VIA_SETTING), or to the first when written to the new table itself.
 
 Old columns the new table does not feed keep their value on update and get their default on insert;
 identity columns are written with OVERRIDING SYSTEM VALUE; generated columns are never written. A
@@ -99,17 +102,30 @@ def _via() -> sql.Composable:
 
 
 def _owns(table: NewTable, source: Source, row: str) -> sql.Composable:
+    """Whether the source's archived row follows an update or delete of the new row: for partitions the
+    source whose predicate selects it; for twins every twin (the UPDATE or DELETE matches where held)."""
     predicate = table.partition_predicate(source.table)
-    if predicate is None:  # twins: every twin, or only the one a compatibility view wrote through
-        return sql.SQL("({} IN ('', {}))").format(_via(), sql.Literal(f"{source.schema}.{source.table}"))
+    if predicate is None:
+        return sql.SQL("true")
     return sql.SQL("coalesce((SELECT ({}) FROM (SELECT {}.*) AS r), false)").format(
         sql.SQL(predicate), sql.Identifier(row)
     )
 
 
+def _changed_only(side: _SourceSide, old: str, new: str) -> sql.Composable:
+    """A twin's column takes the new value only where the write changed it in the shared row."""
+    return sql.SQL("CASE WHEN old.{n} IS DISTINCT FROM new.{n} THEN {v} ELSE o.{o} END").format(
+        n=sql.Identifier(new), v=_value(side, "new", old, new), o=sql.Identifier(old)
+    )
+
+
 def _update(side: _SourceSide, table: NewTable) -> sql.Composable:
+    twins = table.sources_are != "partitions"
     assignments = sql.SQL(", ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(old), _value(side, "new", old, new)) for old, new in side.settable
+        sql.SQL("{} = {}").format(
+            sql.Identifier(old), _changed_only(side, old, new) if twins else _value(side, "new", old, new)
+        )
+        for old, new in side.settable
     )
     return sql.SQL("UPDATE {} AS o SET {} WHERE {}").format(side.relation, assignments, _key_match(side, table, "old"))
 
@@ -150,6 +166,25 @@ def _insert_owner(table: NewTable, side: _SourceSide, position: int, twins: bool
     return sql.SQL("({} = {})").format(_via(), name)
 
 
+def _merged_insert(sides: list[_SourceSide], table: NewTable) -> sql.Composable:
+    """Twins: an insert through a twin's view of a key the shared row already holds reaches the new table
+    as an UPDATE (the view merges it, names.VIA_INSERT_SETTING says so); the twin written through gets
+    the row, as its un-migrated table would have."""
+    branches = [
+        sql.SQL("      {}IF {} = {} THEN {}\n        {}\n        _ds_written := true;\n").format(
+            sql.SQL("") if i == 0 else sql.SQL("ELS"),
+            _via(),
+            sql.Literal(f"{s.source.schema}.{s.source.table}"),
+            _label(s),
+            _upsert(s, table),
+        )
+        for i, s in enumerate(sides)
+    ]
+    return sql.SQL(
+        "    IF pg_catalog.current_setting({}, true) = 'insert' THEN\n{}      END IF;\n    END IF;\n"
+    ).format(sql.Literal(names.VIA_INSERT_SETTING), sql.SQL("").join(branches))
+
+
 def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
     sides = [_side(conn, plan, table, source) for source in table.sources]
     twins = table.sources_are != "partitions"
@@ -188,6 +223,7 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
         for i, s in enumerate(sides)
     ]
     insert_new = sql.SQL("{}    END IF;").format(sql.SQL("").join(inserts))
+    merged_insert = _merged_insert(sides, table) if twins else sql.SQL("")
     body = sql.SQL(
         "#variable_conflict use_column\n"
         "DECLARE\n"
@@ -196,7 +232,7 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
         "BEGIN\n"
         "  BEGIN\n"
         "    IF TG_OP = 'DELETE' THEN\n{on_delete}\n"
-        "    ELSIF TG_OP = 'UPDATE' THEN\n{on_update}\n"
+        "    ELSIF TG_OP = 'UPDATE' THEN\n{on_update}\n{merged_insert}"
         "      IF NOT _ds_written AND {may_insert} THEN\n{insert_new}\n      END IF;\n"
         "    ELSE\n{insert_new}\n"
         "    END IF;\n"
@@ -211,6 +247,7 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
     ).format(
         on_delete=sql.SQL("\n").join(on_delete),
         on_update=sql.SQL("\n").join(on_update),
+        merged_insert=merged_insert,
         # An update through a twin's old name of a key that twin never held changed nothing there before
         # cleanup: it creates nothing there now either. A direct write to the new table still does.
         may_insert=sql.SQL("{} = ''").format(_via()) if twins else sql.SQL("true"),

@@ -13,6 +13,12 @@ database, with plain SQL, where every committed row is and what it holds:
 - visible rows: what each role sees through each old name (SET ROLE and request.jwt.claims), compared
   with a reference database that received the same writes and was never migrated.
 
+One departure from the un-migrated database is modelled, and only where the twins' shared row makes
+the un-migrated outcome impossible (README section 6, "twins after cleanup"): while the old names are
+views over the new table, an update or delete through a twin's view reaches every twin holding the key,
+an update with only the columns whose value it changed in the shared row (the row of the first twin
+that holds the key). Each writer learns, inside its transaction, whether it wrote through a view.
+
 `SUPABASE` describes the old tables of fixtures/supabase the way a person reading its plan would:
 which columns the application owns, which new table each one feeds, renames and constants.
 """
@@ -51,6 +57,10 @@ class OldTable:
     owns_values: bool = True  # False for a lower-precedence twin: the new table holds the winner's values
     derived: dict[str, Callable[[dict], Any]] = field(default_factory=dict)  # generated columns
     dropped: tuple[str, ...] = ()  # compared columns the plan drops: not compared through the views
+    twin: bool = False  # one of the twins of its new table (listed in their precedence order)
+
+    def new_name(self, column: str) -> str:
+        return self.rename.get(column, column)
 
 
 SUPABASE: tuple[OldTable, ...] = (
@@ -73,6 +83,7 @@ SUPABASE: tuple[OldTable, ...] = (
         "content_queue",
         derived={"content_length": lambda row: len(row["content"])},
         dropped=("content_length",),
+        twin=True,
     ),
     OldTable(
         "content_generation_metadata_comprehensive",
@@ -81,6 +92,7 @@ SUPABASE: tuple[OldTable, ...] = (
         "content_queue",
         rename={"topic": "raw_topic"},
         owns_values=False,
+        twin=True,
     ),
     OldTable(
         "posted_decisions",
@@ -142,6 +154,7 @@ class Write:
     op: str  # insert | update | delete
     key: dict[str, Any]
     values: dict[str, Any]  # the columns written (insert, update)
+    through_view: bool = False  # the old name was a view over the new table when it committed
 
 
 @dataclass
@@ -161,9 +174,16 @@ class Ledger:
         self.during = "before the migration"  # set by the test as it moves from step to step
         self._lock = threading.Lock()
 
-    def committed(self, table: str, op: str, key: dict[str, Any], values: dict[str, Any] | None = None) -> None:
+    def committed(
+        self,
+        table: str,
+        op: str,
+        key: dict[str, Any],
+        values: dict[str, Any] | None = None,
+        through_view: bool = False,
+    ) -> None:
         with self._lock:
-            self.writes.append(Write(len(self.writes), table, op, dict(key), dict(values or {})))
+            self.writes.append(Write(len(self.writes), table, op, dict(key), dict(values or {}), through_view))
 
     def failed(self, table: str, op: str, error: str) -> None:
         with self._lock:
@@ -199,6 +219,7 @@ class Writer(threading.Thread):
         self.crashed: BaseException | None = None
         self.step = 0
         self.conn: psycopg.Connection | None = None
+        self.through_view = False  # whether the last committed transaction wrote through a view
 
     def run(self) -> None:
         try:
@@ -231,7 +252,8 @@ class Writer(threading.Thread):
         may_miss: int = 0,
     ) -> list[Any] | None:
         """Run the statements in one transaction as the role; return each one's first row (or rowcount).
-        A statement that changes no row fails the write, except the last `may_miss` ones."""
+        A statement that changes no row fails the write, except the last `may_miss` ones. Before the commit,
+        `through_view` is read: the locks the write holds keep the old name what it was when written."""
         conn = self.conn
         assert conn is not None
         results: list[Any] = []
@@ -245,12 +267,17 @@ class Writer(threading.Thread):
                 if cursor.rowcount == 0 and number < len(statements) - may_miss:
                     raise LookupError(f"{op} on {table} changed no row")
                 results.append(cursor.fetchone() if cursor.description else cursor.rowcount)
+            through_view = conn.execute(
+                "SELECT c.relkind = 'v' FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)",
+                (f"public.{table}",),
+            ).fetchone()
             conn.commit()
         except (psycopg.Error, LookupError) as exc:
             with suppress(psycopg.Error):
                 conn.rollback()
             self.ledger.failed(table, op, f"{type(exc).__name__}: {exc}")
             return None
+        self.through_view = bool(through_view and through_view[0])
         return results
 
 
@@ -320,8 +347,8 @@ class ContentWriter(Writer):
         )
         if done is None:
             return
-        self.ledger.committed("content_metadata", "insert", {"decision_id": key}, main)
-        self.ledger.committed(TWIN, "insert", {"decision_id": key}, twin)
+        self.ledger.committed("content_metadata", "insert", {"decision_id": key}, main, self.through_view)
+        self.ledger.committed(TWIN, "insert", {"decision_id": key}, twin, self.through_view)
         if done[0] is None or done[0][0] is None:
             self.ledger.failed("content_metadata", "insert", "RETURNING id gave no id")
         self.mine.append(key)
@@ -339,8 +366,8 @@ class ContentWriter(Writer):
             role="authenticated",
             sub=self.owner,
         ):
-            self.ledger.committed("content_metadata", "update", {"decision_id": key}, main)
-            self.ledger.committed(TWIN, "update", {"decision_id": key}, twin)
+            self.ledger.committed("content_metadata", "update", {"decision_id": key}, main, self.through_view)
+            self.ledger.committed(TWIN, "update", {"decision_id": key}, twin, self.through_view)
 
     def _update_seed(self, step: int) -> None:
         if not self.seed:
@@ -353,7 +380,7 @@ class ContentWriter(Writer):
             [_update_sql("content_metadata", values, {"decision_id": key})],
             "service_role",
         ):
-            self.ledger.committed("content_metadata", "update", {"decision_id": key}, values)
+            self.ledger.committed("content_metadata", "update", {"decision_id": key}, values, self.through_view)
 
     def _remove(self, key: uuid.UUID) -> None:
         if self.transaction(
@@ -364,8 +391,8 @@ class ContentWriter(Writer):
             sub=self.owner,
             may_miss=1,  # through the views, the twins' one row is gone after the first delete
         ):
-            self.ledger.committed("content_metadata", "delete", {"decision_id": key})
-            self.ledger.committed(TWIN, "delete", {"decision_id": key})
+            self.ledger.committed("content_metadata", "delete", {"decision_id": key}, through_view=self.through_view)
+            self.ledger.committed(TWIN, "delete", {"decision_id": key}, through_view=self.through_view)
 
 
 TWIN = "content_generation_metadata_comprehensive"
@@ -630,21 +657,52 @@ class Checker:
             }
 
     def expected(self, table: OldTable) -> dict[Key, dict[str, Any]]:
-        rows = {key: dict(values) for key, values in self.initial[table.name].items()}
+        """The rows `table` must hold: the snapshot with every committed write applied in commit order."""
+        group = self.twins_of(table)
+        rows = {t.name: {key: dict(values) for key, values in self.initial[t.name].items()} for t in group}
         for write in list(self.ledger.writes):
-            if write.table != table.name:
+            written = next((t for t in group if t.name == write.table), None)
+            if written is None:
                 continue
-            key = tuple(_norm(write.key[k]) for k in table.key)
-            if write.op == "delete":
-                rows.pop(key, None)
-            elif write.op == "insert":
-                rows[key] = {c: write.values.get(c) for c in table.columns}
-            elif key in rows:
-                rows[key].update({c: v for c, v in write.values.items() if c in table.columns})
-            for column, rule in table.derived.items():
-                if key in rows:
-                    rows[key][column] = rule(rows[key])
-        return rows
+            key = tuple(_norm(write.key[k]) for k in written.key)
+            if write.through_view and write.op != "insert" and len(group) > 1:
+                self._through_twin_view(group, rows, written, write, key)
+            else:
+                _apply(written, rows[written.name], write, key)
+            for twin in group:
+                _derive(twin, rows[twin.name], key)
+        return rows[table.name]
+
+    def twins_of(self, table: OldTable) -> list[OldTable]:
+        """The twins of `table`'s new table in precedence order (`table` alone when it is no twin)."""
+        if not table.twin:
+            return [table]
+        return [t for t in self.tables if t.twin and t.new_table == table.new_table]
+
+    @staticmethod
+    def _through_twin_view(
+        group: list[OldTable], rows: dict[str, dict[Key, dict[str, Any]]], written: OldTable, write: Write, key: Key
+    ) -> None:
+        """An update or delete through a twin's view acts on the twins' one shared row (the first twin
+        holding the key): every twin holding the key follows it, an update with the columns it changed."""
+        if write.op == "delete":
+            for twin in group:
+                rows[twin.name].pop(key, None)
+            return
+        holder = next((t for t in group if key in rows[t.name]), None)
+        if holder is None:
+            return  # the view shows no such row: the update changed nothing
+        shared = {holder.new_name(c): v for c, v in rows[holder.name][key].items()}
+        changed = {
+            written.new_name(c): v
+            for c, v in write.values.items()
+            if written.new_name(c) not in shared or shared[written.new_name(c)] != v
+        }
+        for twin in group:
+            if key in rows[twin.name]:
+                rows[twin.name][key].update(
+                    {c: changed[twin.new_name(c)] for c in twin.columns if twin.new_name(c) in changed}
+                )
 
     def old_names(
         self, conn: psycopg.Connection, schema: str = "public", through_views: bool = False
@@ -707,6 +765,22 @@ class Checker:
             for key in actual.keys() - claimed:
                 finding.add("extra", f"{new_table} {key}")
         return found
+
+
+def _apply(table: OldTable, rows: dict[Key, dict[str, Any]], write: Write, key: Key) -> None:
+    """A write as an un-migrated table receives it."""
+    if write.op == "delete":
+        rows.pop(key, None)
+    elif write.op == "insert":
+        rows[key] = {c: write.values.get(c) for c in table.columns}
+    elif key in rows:
+        rows[key].update({c: v for c, v in write.values.items() if c in table.columns})
+
+
+def _derive(table: OldTable, rows: dict[Key, dict[str, Any]], key: Key) -> None:
+    for column, rule in table.derived.items():
+        if key in rows:
+            rows[key][column] = rule(rows[key])
 
 
 def _diff(columns: list[str], row: dict[str, Any], expected: dict[str, Any]) -> str:

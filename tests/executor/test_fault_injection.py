@@ -175,22 +175,13 @@ UNREACHABLE_HERE = {"reconcile.committed"}
 CASES = [(point, "resume") for point in faults.POINTS if point not in UNREACHABLE_HERE] + [
     ("cleanup.committed", "rollback")
 ]
-# Twins after cleanup share one row per key: once a write through one old name deletes it, the other
-# twin's old row is out of sight through its view, so that twin's later delete cannot reach it; after
-# rollback it is still there (README, "Known limits"). Whether a run hits that order depends on the writer.
-TWIN_DIVERGENCE = "twins share one row after cleanup: a delete through the second twin can no longer reach it"
-FAILING_ON_MAIN: frozenset[tuple[str, str]] = frozenset({("cleanup.committed", "rollback")})
 
 
-def _case(point: str, recovery: str) -> object:
-    if (point, recovery) not in FAILING_ON_MAIN:
-        return pytest.param(point, recovery)
-    return pytest.param(point, recovery, marks=pytest.mark.xfail(strict=False, reason=TWIN_DIVERGENCE))
-
-
+# The rollback of cleanup is walked all the way back: the twins' updates and deletes made through the
+# views after cleanup follow the rule of README section 6 ("twins after cleanup"), which the ledger models.
 @pytest.mark.parametrize(
     ("point", "recovery"),
-    [_case(p, r) for p, r in CASES],
+    CASES,
     ids=[f"{p}-{r}" for p, r in CASES],
 )
 def test_crash_at_commit_boundary_loses_nothing(
@@ -209,5 +200,4 @@ def test_every_fault_point_has_a_case() -> None:
     """A new commit boundary added to POINTS gets its crash test without anyone writing one."""
     assert {p for p, _ in CASES} | UNREACHABLE_HERE == set(faults.POINTS)
     assert set(REPEATED) <= set(faults.POINTS)
-    assert set(CASES) >= FAILING_ON_MAIN
     assert all(p.split(".", 1)[0] in BEFORE for p in set(faults.POINTS) - UNREACHABLE_HERE)

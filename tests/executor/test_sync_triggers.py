@@ -50,5 +50,8 @@ def test_triggers_mirror_old_table_writes_and_go_away(dsn: str, db: psycopg.Conn
     ex.switch_reads(0)
     ex.cleanup(tmp_path)
     assert _triggers(db) == 0
+    assert ex.rollback()["to"] == "verified"
+    assert _triggers(db) == 9  # back with the old tables: the migration is where it was before cleanup
     ex.rollback()
+    ex.rollback()  # backfilled → created: the triggers go
     assert _triggers(db) == 0
