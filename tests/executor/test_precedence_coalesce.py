@@ -467,3 +467,44 @@ def test_preflight_counts_only_conflicting_non_null_values_under_coalesce(twins)
     assert "conflicting" in coalesced.message
     [first] = _set_aside(dsn, twins_plan("first"))
     assert first.count == 6  # under first every differing row loses (a NULL content or owner differs too)
+
+
+def test_plan_check_reports_the_rule_and_the_values_set_aside(twins, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from dualshift.cli import app
+
+    dsn, db = twins
+    key = uuid.UUID(int=1)
+    db.execute("INSERT INTO content_metadata (decision_id, content, owner_id) VALUES (%s, 'a', NULL)", (key,))
+    db.execute(
+        "INSERT INTO content_generation_metadata_comprehensive (decision_id, content, owner_id, status, created_at)"
+        " SELECT decision_id, 'b', %s, 'queued', created_at FROM content_metadata",
+        (uuid.UUID(int=9),),
+    )
+    plan = tmp_path / "twins.toml"
+    plan.write_text(PLAN.format(name="twins", precedence="coalesce"))
+    result = CliRunner().invoke(app, ["plan", "check", "--plan", str(plan), "--dsn", dsn, "--json"])
+    report = json.loads(result.stdout)
+    assert report["precedence"] == {"content_queue": {"rule": "coalesce", "columns": {"status": "first"}}}
+    [set_aside] = [f for f in report["findings"] if f["check"] == "set-aside"]
+    assert set_aside["count"] == 1 and set_aside["samples"] == [[str(key)]]  # content 'b' loses to 'a'
+    text = CliRunner().invoke(app, ["plan", "check", "--plan", str(plan), "--dsn", dsn])
+    assert "precedence: content_queue coalesce (status: first)" in text.stdout
+
+
+def test_incremental_verify_under_coalesce_checks_the_merged_row_of_each_changed_key(twins) -> None:
+    dsn, db = twins
+    keys = _seed(db, 20)
+    ex = _with_triggers(dsn)
+    assert ex.verify()["passed"]
+    db.execute("UPDATE content_metadata SET owner_id = NULL WHERE decision_id = %s", (keys[1],))
+    db.execute(
+        "UPDATE content_generation_metadata_comprehensive SET topic = 'edited' WHERE decision_id = %s", (keys[2],)
+    )
+    report = ex.verify(incremental=True)
+    assert report["passed"], report["tables"][0]["samples"]
+    assert report["tables"][0]["incremental"] == {"keys": 2}
+    db.execute("UPDATE content_queue SET features = '{}' WHERE decision_id = %s", (keys[2],))
+    report = ex.verify(incremental=True)
+    assert not report["passed"] and report["tables"][0]["mismatched_rows"] == 1
