@@ -465,8 +465,8 @@ def _precedence_lines(sources: list[TableInfo], feeds: Mapping[str, list[tuple[T
         f"{name}: {', '.join(columns[:3])}{', …' if len(columns) > 3 else ''}" for name, columns in lacking.items()
     )
     return [
-        "# Each source holds columns another lacks (" + held + "): under coalesce a key several hold",
-        "# takes, column by column, the first non-NULL value in source order instead of the first source's row.",
+        f"# Each source holds columns another lacks ({held}).",
+        "# So a key several hold takes, column by column, the first non-NULL value in source order:",
         'precedence = "coalesce"',
     ]
 
