@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import uuid
 from decimal import Decimal
 
@@ -345,6 +346,42 @@ def test_deleting_the_first_twin_row_while_the_other_changes_leaves_the_other_va
     assert actual(db) == expected(db)
 
 
+def test_rekeying_the_first_twin_row_merges_it_under_the_new_key_and_unmerges_the_old(twins) -> None:
+    dsn, db = twins
+    old_key, new_key = uuid.UUID(int=1), uuid.UUID(int=2)
+    db.execute(
+        "INSERT INTO content_metadata (decision_id, content, generator_name) VALUES (%s, 'first', 'claude')", (old_key,)
+    )
+    db.execute(
+        "INSERT INTO content_generation_metadata_comprehensive (decision_id, content, topic, owner_id)"
+        " VALUES (%s, 'twin at 1', 'ai', %s), (%s, 'twin at 2', 'growth', NULL)",
+        (old_key, uuid.UUID(int=7), new_key),
+    )
+    _with_triggers(dsn)
+    holder = psycopg.connect(dsn)
+    holder.execute("UPDATE content_metadata SET decision_id = %s WHERE decision_id = %s", (new_key, old_key))
+    later = Writer(
+        dsn,
+        lambda c: c.execute(
+            "UPDATE content_generation_metadata_comprehensive SET owner_id = %s WHERE decision_id = %s",
+            (uuid.UUID(int=8), new_key),
+        ),
+    )
+    later.start()
+    assert wait_until_blocked(db, later.pid)
+    holder.commit()
+    later.finish()
+    holder.close()
+    rows = {k: dict(zip(COLUMNS, v, strict=True)) for k, v in actual(db).items()}
+    assert (rows[old_key]["content"], rows[old_key]["generator_name"]) == ("twin at 1", None)
+    assert (rows[new_key]["content"], rows[new_key]["generator_name"], rows[new_key]["owner_id"]) == (
+        "first",
+        "claude",
+        uuid.UUID(int=8),
+    )
+    assert actual(db) == expected(db)
+
+
 def test_a_backfill_batch_that_waited_on_a_first_twin_insert_merges_it(twins) -> None:
     dsn, db = twins
     keys = [uuid.UUID(int=i) for i in range(1, 51)]
@@ -385,6 +422,7 @@ def test_racing_writers_on_both_twins_and_a_backfill_end_with_every_column_merge
     plan = ex.plan
     stop = threading.Event()
     failures: list[str] = []
+    committed = [0]
 
     def write(conn: psycopg.Connection, seed: int) -> None:
         rng = random.Random(seed)
@@ -420,18 +458,23 @@ def test_racing_writers_on_both_twins_and_a_backfill_end_with_every_column_merge
                     conn.execute(statement, params)
                     if rng.random() < 0.3:
                         conn.execute("SELECT pg_sleep(0.005)")
+                committed[0] += 1
             except psycopg.Error as exc:
                 failures.append(str(exc))
 
     writers = [Writer(dsn, lambda c, seed=seed: write(c, seed)) for seed in range(4)]
     for writer in writers:
         writer.start()
-    for _ in range(3):
+    started = time.monotonic()
+    passes = 0
+    while passes < 3 or time.monotonic() - started < 2:
         executor(dsn, plan).backfill(BackfillOptions(batch_size=5))
+        passes += 1
     stop.set()
     for writer in writers:
         writer.finish()
     assert failures == []
+    assert committed[0] > 100
     assert db.execute("SELECT count(*) FROM dualshift.failed_writes").fetchone()[0] == 0
     assert actual(db) == expected(db)
     assert _verify(dsn, plan)["passed"]
