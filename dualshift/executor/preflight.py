@@ -10,7 +10,8 @@ to ten sample keys (in key order) of each finding:
   that is not a uuid, an enum label or JSON; numbers out of range); rows that would violate the new
   table's NOT NULL or one of its checks (evaluated over the mapped row, defaults included);
 - warnings: rows that precedence sets aside (the key is held by an earlier source, and a column
-  both feed differs): they stay only in the archive.
+  both feed differs; under `precedence = "coalesce"`, holds another non-NULL value): they stay only
+  in the archive.
 
 PostgreSQL 15 has no pg_input_is_valid, so each (old type, new type) pair gets two small plpgsql
 functions in pg_temp, created before the read-only transaction (which may not create anything) and

@@ -4,7 +4,8 @@ dual-write wrapper. Removed by `rollback` and `cleanup`.
 
 The rule is the backfill's (see backfill.py): after a write to an old table, the trigger takes the
 advisory lock of each new-table key the write touched (the old and the new key of an update), then
-re-reads, in precedence order, which source holds the key and copies that source's row, or deletes the
+re-reads, in precedence order, which source holds the key and copies that source's row (under
+`precedence = "coalesce"`, the merged row of every source holding it: merge.py), or deletes the
 new row when no source holds it. So deleting or re-keying the winning source's row hands the key to
 the next source that holds it, and a write that waited on another never acts on what it read before.
 

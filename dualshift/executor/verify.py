@@ -1,7 +1,8 @@
 """Phase `verify`: parity of every new table with its sources, computed inside the database.
 
 The expected content of a new table is, for every key, the row of the highest-precedence source that
-holds it, mapped. Both sides are reduced in the database to (key, 64-bit hash of the compared values):
+holds it, mapped; under `precedence = "coalesce"` each column's first non-NULL value among the sources
+holding the key (computed here with window functions, independently of merge.py's statements). Both sides are reduced in the database to (key, 64-bit hash of the compared values):
 `hash_record_extended` hashes each value with its type's own hash function, so the verdict follows the
 new column types' equality and never a session's text rendering (time zone, float digits, date style).
 First one scan over both sides compares their row counts and hash sums; when they agree the table
