@@ -3,8 +3,8 @@
 The rule, here and in the sync triggers: a new-table row holds the mapped row of the first source
 (in precedence order) that holds its key, and no row when no source does (where the plan sets
 `precedence = "coalesce"` on the table or a column, the first source holding a key copies it with the
-later sources' rows for the key read alongside, each column merged by its rule: merge.py). Under concurrent writers
-the rule is kept with one transaction-level advisory lock per new-table key (`lock_key`): whoever
+later sources' rows for the key read alongside, each column merged by its rule: merge.py). Under
+concurrent writers the rule is kept with one transaction-level advisory lock per new-table key (`lock_key`): whoever
 writes a new-table row (a backfill batch, a sync trigger) first takes the locks of its keys, and only
 then, in a new statement (so with a snapshot that sees every write committed before the lock was
 granted), reads which source wins. The last to take a key's lock is the last to write its row, and it
