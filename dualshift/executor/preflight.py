@@ -562,7 +562,13 @@ class _SourceChecks:
                 "warning",
                 "set-aside",
                 f"{self.qualified}: {count} row(s) are set aside by precedence: their key is held by an earlier "
-                f"source ({names}) with other values, so they stay only in the archive",
+                f"source ({names}) with other values, so they stay only in the archive"
+                + (
+                    ' (where a later source fills columns an earlier one leaves NULL, precedence = "coalesce"'
+                    " keeps each column's first non-NULL value)"
+                    if self.table.sources_are == "twins"
+                    else ""
+                ),
                 conditions,
                 count,
                 line=self.line(),
