@@ -125,7 +125,7 @@ class NewTable:
     precedence: str = "first"  # the default of its columns' `precedence` (PRECEDENCES)
 
     def column_precedence(self, column: str) -> str:
-        """ "first" or "coalesce": how this column's value is chosen when several sources hold a key.
+        """The rule ("first" or "coalesce") that chooses this column's value when several sources hold a key.
 
         The one rule the backfill, the sync triggers, verify, preflight and the compatibility views
         apply. A key column is always "first" (every source holding the key has the same value)."""
