@@ -1,7 +1,8 @@
 """The migration plan (`dualshift.toml`): the one contract shared by codemods, wrapper and executor.
 
 A plan declares each new table (its columns, key, indexes and checks) and the old tables it
-replaces, in precedence order: when two sources hold the same key, the earlier one wins.
+replaces, in precedence order: when two sources hold the same key, the earlier one wins (or, under
+`precedence = "coalesce"` for the table or a column, each column takes the first non-NULL value).
 Each source says how its rows map onto the new table: the key columns, renames (old → new)
 and constant values for new columns. Columns not renamed keep their name when the new table
 has a column of that name; any other old column is dropped (and must be listed in `drop`
@@ -24,6 +25,10 @@ from typing import Any
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 PLAN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 SOURCES_ARE = ("twins", "partitions")
+# How a column's value is chosen when several sources hold a key: "first" takes the value of the first
+# source (in precedence order) that holds the key and feeds the column, NULL included; "coalesce"
+# takes the first non-NULL value among them.
+PRECEDENCES = ("first", "coalesce")
 VIEW_WRITES = ("allow", "refuse")
 # A column type as SQL spells it: a name of one or more words (double precision), optionally
 # schema-qualified, where a quoted name keeps its case ("reportTypes", public."reportTypes");
@@ -65,6 +70,7 @@ class Column:
     default: str | None = None  # an SQL expression
     unique: bool = False
     references: str | None = None  # "table(column)" among the plan's new tables
+    precedence: str | None = None  # "first" or "coalesce": overrides the table's `precedence`
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,22 @@ class NewTable:
     # "twins": every source holds the same entity, each old name shows every row;
     # "partitions": each source owns the rows of its partition (its constants or `partition`).
     sources_are: str = "twins"
+    precedence: str = "first"  # the default of its columns' `precedence` (PRECEDENCES)
+
+    def column_precedence(self, column: str) -> str:
+        """The rule ("first" or "coalesce") that chooses this column's value when several sources hold a key.
+
+        The one rule the backfill, the sync triggers, verify, preflight and the compatibility views
+        apply. A key column is always "first" (every source holding the key has the same value)."""
+        if column in self.key:
+            return "first"
+        found = self.column(column)
+        return (found.precedence if found and found.precedence else None) or self.precedence
+
+    @property
+    def merges_sources(self) -> bool:
+        """Some column takes a value from another source than the first one holding the key."""
+        return any(self.column_precedence(c) == "coalesce" for c in self.column_names)
 
     def partition_predicate(self, old_table: str) -> str | None:
         """SQL over the new table's columns selecting the rows of one source; None for twins.
@@ -420,7 +442,17 @@ class _PlanReader:
             indexes=indexes,
             checks=checks,
             sources_are=sources_are,
+            precedence=self.precedence(raw.get("precedence", "first"), f"table {name}", where, "precedence ="),
         )
+
+    def precedence(self, value: Any, owner: str, *needles: str) -> str:
+        if value not in PRECEDENCES:
+            raise self.fail(
+                f'precedence of {owner} is {value!r}; it must be "first" (the first source holding a key gives'
+                ' every column) or "coalesce" (each column takes the first non-NULL value in source order)',
+                *needles,
+            )
+        return value
 
     def column(self, raw: Any, table: str) -> Column:
         if not isinstance(raw, Mapping):
@@ -435,6 +467,11 @@ class _PlanReader:
         references = raw.get("references")
         if references is not None and not re.match(r"^[A-Za-z_]\w*\([A-Za-z_]\w*\)$", str(references)):
             raise self.fail(f"references of {table}.{name} must look like table(column)", f'"{name}"')
+        precedence = raw.get("precedence")
+        if precedence is not None:
+            precedence = self.precedence(
+                precedence, f"column {table}.{name}", f'name = "{table}"', f'name = "{name}"', "precedence"
+            )
         return Column(
             name=name,
             type=column_type.strip(),
@@ -442,6 +479,7 @@ class _PlanReader:
             default=default,
             unique=bool(raw.get("unique", False)),
             references=references,
+            precedence=precedence,
         )
 
     def source(self, raw: Mapping[str, Any], table: str, new_columns: list[str], key_size: int) -> Source:

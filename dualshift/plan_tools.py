@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -41,7 +42,7 @@ def draft_plan(calls: Iterable[CallSite]) -> str:
     lines = [
         "# Draft written by `dualshift plan init` from the overlap clusters of the code.",
         "# Check every TODO: the new table names, the column types, the key, and the renames.",
-        "# Sources are in precedence order: on a key conflict the first source wins.",
+        "# Sources are in precedence order: on a key conflict the first source wins (or its first non-NULL value).",
         "version = 1",
         'name = "consolidation"  # TODO: the migration\'s id; the executor keys its state by it',
         "",
@@ -211,9 +212,34 @@ def read_plan_text(path: Path) -> str:
 # the report: a table for people, JSON for tools
 
 
-def report_json(plan_path: str, findings: list[Finding]) -> str:
+def precedence_summary(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Per new table with more than one source: its precedence rule and the columns that override it."""
+    summary: dict[str, dict[str, Any]] = {}
+    for table in plan.tables:
+        if len(table.sources) < 2:
+            continue
+        overrides = {
+            c: table.column_precedence(c)
+            for c in table.column_names
+            if c not in table.key and table.column_precedence(c) != table.precedence
+        }
+        summary[table.name] = {"rule": table.precedence, "columns": overrides}
+    return summary
+
+
+def precedence_text(plan: Plan) -> str:
+    """One line per table, e.g. `precedence: content_queue coalesce (status: first)`."""
+    lines = []
+    for name, rule in precedence_summary(plan).items():
+        overrides = ", ".join(f"{c}: {r}" for c, r in rule["columns"].items())
+        lines.append(f"precedence: {name} {rule['rule']}" + (f" ({overrides})" if overrides else ""))
+    return "\n".join(lines)
+
+
+def report_json(plan_path: str, findings: list[Finding], plan: Plan | None = None) -> str:
     """`{"plan", "passed", "errors", "warnings", "findings": [{severity, check, message, table, source,
-    column, line, count, samples}]}`, findings in the order they were found."""
+    column, line, count, samples}], "precedence": {new table: {"rule", "columns": {column: rule}}}}`,
+    findings in the order they were found."""
     errors = sum(f.is_error for f in findings)
     return json.dumps(
         {
@@ -222,6 +248,7 @@ def report_json(plan_path: str, findings: list[Finding]) -> str:
             "errors": errors,
             "warnings": len(findings) - errors,
             "findings": [f.as_dict() for f in findings],
+            "precedence": precedence_summary(plan) if plan is not None else {},
         },
         indent=2,
         default=str,
@@ -328,7 +355,7 @@ def draft_plan_from_database(
     lines = [
         "# Draft written by `dualshift plan init --dsn` from the live catalog and the code's clusters.",
         "# Types, keys, nullability, defaults and checks are the database's; TODO marks what needs a human.",
-        "# Sources are in precedence order: on a key conflict the first source wins.",
+        "# Sources are in precedence order: on a key conflict the first source wins (or its first non-NULL value).",
         "version = 1",
         'name = "consolidation"  # TODO: the migration\'s id; the executor keys its state by it',
     ]
@@ -378,6 +405,7 @@ def _draft_table(sources: list[TableInfo], sharing: Mapping[str, tuple[str, ...]
         "[[tables]]",
         f"name = {_toml(_new_name(first.name))}  # TODO: the new table's name",
         f"key = {_toml(list(key_names))}",
+        *_precedence_lines(sources, feeds),
         "columns = [",
     ]
     for new, fed in feeds.items():
@@ -403,7 +431,9 @@ def _draft_table(sources: list[TableInfo], sharing: Mapping[str, tuple[str, ...]
     for position, table in enumerate(sources):
         lines += ["", "  [[tables.sources]]", f"  table = {_toml(table.name)}"]
         if position == 0 and len(sources) > 1:
-            lines[-1] += "  # TODO: precedence: the first source listed wins a key both hold"
+            lines[-1] += "  # TODO: precedence: the first source listed wins a key both hold" + (
+                " (column by column, under coalesce)" if _lacking(sources, feeds) else ""
+            )
         if table.schema != "public":
             lines.append(f"  schema = {_toml(table.schema)}")
         lines.append(f"  key = {_toml(list(sharing[table.name]))}")
@@ -414,6 +444,31 @@ def _draft_table(sources: list[TableInfo], sharing: Mapping[str, tuple[str, ...]
             lines.append(f"  drop = {_toml(drops[table.name])}  # serial/identity counters and generated columns")
         lines += _access_notes(table)
     return lines
+
+
+def _lacking(sources: list[TableInfo], feeds: Mapping[str, list[tuple[TableInfo, str]]]) -> dict[str, list[str]] | None:
+    """Per source, the columns it feeds that another source lacks; None unless every source has some."""
+    lacking = {
+        table.name: [new for new, fed in feeds.items() if any(t is table for t, _ in fed) and len(fed) < len(sources)]
+        for table in sources
+    }
+    return lacking if len(sources) > 1 and all(lacking.values()) else None
+
+
+def _precedence_lines(sources: list[TableInfo], feeds: Mapping[str, list[tuple[TableInfo, str]]]) -> list[str]:
+    """`precedence = "coalesce"` for sources that each hold columns another lacks: under "first" a key both
+    hold would take the first source's row and lose the other's columns (left NULL)."""
+    lacking = _lacking(sources, feeds)
+    if lacking is None:
+        return []
+    held = "; ".join(
+        f"{name}: {', '.join(columns[:3])}{', …' if len(columns) > 3 else ''}" for name, columns in lacking.items()
+    )
+    return [
+        f"# Each source holds columns another lacks ({held}).",
+        "# So a key several hold takes, column by column, the first non-NULL value in source order:",
+        'precedence = "coalesce"',
+    ]
 
 
 def _common_indexes(

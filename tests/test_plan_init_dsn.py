@@ -49,6 +49,13 @@ def test_a_draft_from_the_code_and_the_catalog_passes_check_and_runs(dsn: str, t
     content = by_sources[("content_metadata", "content_generation_metadata_comprehensive")]
     assert content.column("quality_score").type == "numeric(5,4)"
     assert content.column("status").default == "'queued'::text" and not content.column("status").nullable
+    # Each twin holds columns the other lacks: the draft merges them column by column, and says why.
+    assert content.precedence == "coalesce" and content.merges_sources
+    lines = text.splitlines()
+    why = next(
+        i for i, line in enumerate(lines) if line.startswith("# Each source holds columns another lacks (content_")
+    )
+    assert lines[why + 2] == 'precedence = "coalesce"'
     assert all(s.drop == ("id",) for t in plan.tables for s in t.sources)
 
     checked = run("plan", "check", "--plan", str(out), "--dsn", dsn, "--json")
@@ -65,12 +72,6 @@ def test_a_draft_from_the_code_and_the_catalog_passes_check_and_runs(dsn: str, t
         assert result.exit_code == 0, (phase, result.output)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="verify.py (_expected) selects an untyped NULL for a column the first source does not feed and a "
-    "later one does (outcomes has no like_count): 'UNION types text and integer cannot be matched'; "
-    "CAST(NULL AS <column type>) is the fix, in the verify helper's file",
-)
 def test_a_draft_from_the_code_and_the_catalog_verifies(dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "draft.toml"
     draft(dsn, out, "--map", str(MAP))

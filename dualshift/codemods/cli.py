@@ -116,7 +116,7 @@ def plan_check(
     the plan against the catalog, then the preflight's read-only data checks (NULL key parts, duplicate
     keys, lossy casts, NOT NULL and check violations, rows set aside by precedence). Exit 1 on errors."""
     from dualshift.findings import summary
-    from dualshift.plan_tools import check_plan, report_json, report_table, todo_findings
+    from dualshift.plan_tools import check_plan, precedence_text, report_json, report_table, todo_findings
 
     if map_file is None and dsn is None:
         raise fail("plan check: give --map (check against the code), --dsn (against the database), or both")
@@ -127,9 +127,11 @@ def plan_check(
         findings += check_plan(loaded, plan.read_text(encoding="utf-8"), read_calls(map_file), database_columns)
     findings += database_findings
     if as_json:
-        typer.echo(report_json(str(plan), findings))
+        typer.echo(report_json(str(plan), findings, loaded))
     else:
         report_table(str(plan), findings, output_console())
+        if precedence_text(loaded):
+            typer.echo(precedence_text(loaded))
         typer.echo(summary(findings))
     if any(f.is_error for f in findings):
         raise typer.Exit(1)

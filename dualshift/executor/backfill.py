@@ -1,8 +1,10 @@
 """Phase `backfill`: copy old → new inside the database, in keyset-paginated, checkpointed batches.
 
 The rule, here and in the sync triggers: a new-table row holds the mapped row of the first source
-(in precedence order) that holds its key, and no row when no source does. Under concurrent writers
-the rule is kept with one transaction-level advisory lock per new-table key (`lock_key`): whoever
+(in precedence order) that holds its key, and no row when no source does (where the plan sets
+`precedence = "coalesce"` on the table or a column, the first source holding a key copies it with the
+later sources' rows for the key read alongside, each column merged by its rule: merge.py). Under
+concurrent writers the rule is kept with one transaction-level advisory lock per new-table key (`lock_key`): whoever
 writes a new-table row (a backfill batch, a sync trigger) first takes the locks of its keys, and only
 then, in a new statement (so with a snapshot that sees every write committed before the lock was
 granted), reads which source wins. The last to take a key's lock is the last to write its row, and it
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import faults
+from dualshift.executor import faults, merge
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import ExecutorError, Sink
 from dualshift.executor.names import PRIVATE_SCHEMA
@@ -198,6 +200,8 @@ def copy_statement(
         else sql.SQL("")
     )
     key_exprs = sql.SQL(", ").join(mapping.key_exprs())
+    if table.merges_sources:
+        return _merged_copy_statement(plan, mapping, all_mappings, after, last, upsert, locking)
     return sql.SQL(
         "INSERT INTO {new} ({columns}) SELECT {columns} FROM ("
         "SELECT DISTINCT ON ({key_exprs}) {select} FROM {old} o"
@@ -216,6 +220,46 @@ def copy_statement(
         old_keys=_keys(source.key),
         earlier=held_by_earlier(plan, mapping, all_mappings, "b"),
         on_conflict=on_conflict,
+    )
+
+
+def _batch_rows(mapping: SourceMapping, after: list | None, last: list | None, locking: bool) -> sql.Composable:
+    """The batch's rows, mapped: one per new key, the first in the source's key order."""
+    key_exprs = sql.SQL(", ").join(mapping.key_exprs())
+    return sql.SQL(
+        "SELECT DISTINCT ON ({key_exprs}) {select} FROM {old} o WHERE {range}{locked}"
+        " ORDER BY {key_exprs}, {old_keys}, o.ctid"
+    ).format(
+        key_exprs=key_exprs,
+        select=mapping.select_list(),
+        old=sql.Identifier(mapping.source.schema, mapping.source.table),
+        range=_range(mapping, after, last),
+        locked=sql.SQL(" AND {} = ANY(%(locks)s::pg_catalog.int8[])").format(mapped_lock_key(mapping))
+        if locking
+        else sql.SQL(""),
+        old_keys=_keys(mapping.source.key),
+    )
+
+
+def _merged_copy_statement(
+    plan: Plan,
+    mapping: SourceMapping,
+    all_mappings: list[SourceMapping],
+    after: list | None,
+    last: list | None,
+    upsert: bool,
+    locking: bool,
+) -> sql.Composable:
+    """Under `precedence = "coalesce"`: the batch's keys that no earlier source holds, each with the
+    merged row of every source holding it (this one and the later ones, read for the key)."""
+    later = tuple(all_mappings[mapping.precedence + 1 :])
+    upsert_rows = merge.MergedUpsert(plan, mapping.table, mapping, later)
+    base = sql.SQL("({}) {}").format(_batch_rows(mapping, after, last, locking), sql.Identifier(merge.BASE))
+    return upsert_rows.statement(
+        base,
+        None,
+        sql.SQL("NOT ({})").format(held_by_earlier(plan, mapping, all_mappings, merge.BASE)),
+        upsert,
     )
 
 

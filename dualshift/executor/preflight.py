@@ -10,7 +10,8 @@ to ten sample keys (in key order) of each finding:
   that is not a uuid, an enum label or JSON; numbers out of range); rows that would violate the new
   table's NOT NULL or one of its checks (evaluated over the mapped row, defaults included);
 - warnings: rows that precedence sets aside (the key is held by an earlier source, and a column
-  both feed differs): they stay only in the archive.
+  both feed differs; under `precedence = "coalesce"`, holds another non-NULL value): they stay only
+  in the archive.
 
 PostgreSQL 15 has no pg_input_is_valid, so each (old type, new type) pair gets two small plpgsql
 functions in pg_temp, created before the read-only transaction (which may not create anything) and
@@ -539,6 +540,9 @@ class _SourceChecks:
         earlier = [m for m in table_mappings if m.precedence < self.mapping.precedence]
         if not earlier:
             return
+        if self.table.merges_sources:
+            self.set_aside_merged(earlier)
+            return
         conditions = []
         for index, winner in enumerate(earlier):
             held = [self.holds(m) for m in earlier[:index]]
@@ -558,11 +562,65 @@ class _SourceChecks:
                 "warning",
                 "set-aside",
                 f"{self.qualified}: {count} row(s) are set aside by precedence: their key is held by an earlier "
-                f"source ({names}) with other values, so they stay only in the archive",
+                f"source ({names}) with other values, so they stay only in the archive"
+                + (
+                    ' (where a later source fills columns an earlier one leaves NULL, precedence = "coalesce"'
+                    " keeps each column's first non-NULL value)"
+                    if self.table.sources_are == "twins"
+                    else ""
+                ),
                 conditions,
                 count,
                 line=self.line(),
             )
+
+    def set_aside_merged(self, earlier: list[SourceMapping]) -> None:
+        """Under `precedence = "coalesce"`: rows of this source holding a value that an earlier source
+        holding the key outranks in the same column: another non-NULL value in a "coalesce" column,
+        another value in a "first" one. A NULL filled from another source loses nothing."""
+        conditions = [c for c in (self.conflicts(m) for m in earlier) if c is not None]
+        if not conditions:
+            return
+        condition = sql.SQL(" OR ").join(sql.SQL("({})").format(c) for c in conditions)
+        count = self.conn.execute(sql.SQL("SELECT count(*) FROM {} o WHERE {}").format(self.relation, condition))
+        count = count.fetchone()[0]
+        if count:
+            names = ", ".join(f"{m.source.schema}.{m.source.table}" for m in earlier)
+            self.report(
+                "warning",
+                "set-aside",
+                f"{self.qualified}: {count} row(s) hold values that precedence sets aside: an earlier source"
+                f" ({names}) holds their key with conflicting non-NULL values in the same column (or another"
+                ' value in a column under precedence "first"), so those values stay only in the archive',
+                condition,
+                count,
+                line=self.line(),
+            )
+
+    def common_columns(self, other: SourceMapping) -> list[str]:
+        """Non-key columns this source and the other both feed from their rows."""
+        ours = self.fed()
+        other_columns = self.columns(other)
+        theirs = {new for old, new in self.table.column_mapping(other.source.table).items() if old in other_columns}
+        return [c for c in self.table.column_names if c in ours and c in theirs and c not in self.table.key]
+
+    def conflicts(self, other: SourceMapping) -> sql.Composable | None:
+        """The other source holds the key with a value that outranks one of ours (see set_aside_merged)."""
+        common = self.common_columns(other)
+        if not common:
+            return None
+        clauses = []
+        for column in common:
+            theirs, ours = self.safe_value(column, "h", other), self.safe_value(column)
+            if self.table.column_precedence(column) == "coalesce":
+                clauses.append(sql.SQL("({0} IS NOT NULL AND {1} IS NOT NULL AND {0} <> {1})").format(theirs, ours))
+            else:
+                clauses.append(sql.SQL("{} IS DISTINCT FROM {}").format(theirs, ours))
+        return sql.SQL("EXISTS (SELECT 1 FROM {} h WHERE {} AND ({}))").format(
+            sql.Identifier(other.source.schema, other.source.table),
+            self.key_match(other),
+            sql.SQL(" OR ").join(clauses),
+        )
 
     def key_match(self, other: SourceMapping) -> sql.Composable:
         return sql.SQL(" AND ").join(

@@ -4,7 +4,8 @@ dual-write wrapper. Removed by `rollback` and `cleanup`.
 
 The rule is the backfill's (see backfill.py): after a write to an old table, the trigger takes the
 advisory lock of each new-table key the write touched (the old and the new key of an update), then
-re-reads, in precedence order, which source holds the key and copies that source's row, or deletes the
+re-reads, in precedence order, which source holds the key and copies that source's row (under
+`precedence = "coalesce"`, the merged row of every source holding it: merge.py), or deletes the
 new row when no source holds it. So deleting or re-keying the winning source's row hands the key to
 the next source that holds it, and a write that waited on another never acts on what it read before.
 
@@ -29,7 +30,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import faults
+from dualshift.executor import faults, merge
 from dualshift.executor.backfill import (
     FAILED_WRITES,
     MAX_LOCKED_KEYS,
@@ -87,6 +88,8 @@ def _function(
 def resync_statement(conn: psycopg.Connection, plan: Plan, mappings: list[SourceMapping]) -> sql.Composable:
     """`resync_<table>(key…)`: give one key the row of the first source holding it, or no row."""
     table = mappings[0].table
+    if table.merges_sources:
+        return _merged_resync_statement(conn, plan, mappings)
     new = sql.Identifier(plan.new_schema, table.name)
     values = [sql.SQL(f"${i + 1}") for i in range(len(table.key))]
     steps = []
@@ -115,6 +118,47 @@ def resync_statement(conn: psycopg.Connection, plan: Plan, mappings: list[Source
         ),
     )
     body = sql.SQL("BEGIN\n{}{}END").format(sql.SQL("").join(steps), delete).as_string(conn)
+    arguments = sql.SQL(", ").join(sql.SQL(table.column(k).type) for k in table.key)
+    return _function(conn, plan, resync_function(table), arguments, "void", body)
+
+
+def _delete_key(plan: Plan, table: NewTable, values: list[sql.Composable]) -> sql.Composable:
+    return sql.SQL("DELETE FROM {} n WHERE {};").format(
+        sql.Identifier(plan.new_schema, table.name),
+        sql.SQL(" AND ").join(
+            sql.SQL("n.{} = {}").format(sql.Identifier(k), v) for k, v in zip(table.key, values, strict=True)
+        ),
+    )
+
+
+def _merged_resync_statement(conn: psycopg.Connection, plan: Plan, mappings: list[SourceMapping]) -> sql.Composable:
+    """`resync_<table>(key…)` under `precedence = "coalesce"`: the key's merged row of every source
+    holding it (merge.py, as the backfill writes it), or no row."""
+    table = mappings[0].table
+    values = [sql.SQL(f"${i + 1}") for i in range(len(table.key))]
+    held = {m.precedence: sql.Identifier(f"_ds_held_{m.precedence}") for m in mappings}
+    checks = sql.SQL("").join(
+        sql.SQL("  {} := EXISTS (SELECT 1 FROM {} o WHERE {});\n").format(
+            held[m.precedence], sql.Identifier(m.source.schema, m.source.table), m.key_match(values)
+        )
+        for m in mappings
+    )
+    any_held = sql.SQL(" OR ").join(held.values())
+    upsert = merge.MergedUpsert(plan, table, None, tuple(mappings)).statement(None, values, any_held)
+    body = (
+        sql.SQL(
+            "DECLARE\n{declare}BEGIN\n{checks}  IF NOT ({any_held}) THEN\n    {delete}\n    RETURN;\n  END IF;\n"
+            "  {upsert};\nEND"
+        )
+        .format(
+            declare=sql.SQL("").join(sql.SQL("  {} boolean;\n").format(h) for h in held.values()),
+            checks=checks,
+            any_held=any_held,
+            delete=_delete_key(plan, table, values),
+            upsert=upsert,
+        )
+        .as_string(conn)
+    )
     arguments = sql.SQL(", ").join(sql.SQL(table.column(k).type) for k in table.key)
     return _function(conn, plan, resync_function(table), arguments, "void", body)
 

@@ -1,7 +1,8 @@
 """Phase `verify`: parity of every new table with its sources, computed inside the database.
 
 The expected content of a new table is, for every key, the row of the highest-precedence source that
-holds it, mapped. Both sides are reduced in the database to (key, 64-bit hash of the compared values):
+holds it, mapped; under `precedence = "coalesce"` each column's first non-NULL value among the sources
+holding the key (computed here with window functions, independently of merge.py's statements). Both sides are reduced in the database to (key, 64-bit hash of the compared values):
 `hash_record_extended` hashes each value with its type's own hash function, so the verdict follows the
 new column types' equality and never a session's text rendering (time zone, float digits, date style).
 First one scan over both sides compares their row counts and hash sums; when they agree the table
@@ -219,6 +220,23 @@ class Sides:
 
     def __post_init__(self) -> None:
         self.partial = any(len(feeding) < len(self.mappings) for feeding in self.fed_by.values())
+        self.merged = self.table.merges_sources and len(self.mappings) > 1
+
+    def who(self, alias: str) -> sql.Composable:
+        """What decides which columns of a row count: the winning source's precedence, or, where the
+        sources are merged, every source holding the key (`_ds_holders`, an array)."""
+        return _ident(alias, "_ds_holders" if self.merged else "_ds_precedence")
+
+    def _fed(self, column: str, who: sql.Composable) -> sql.Composable:
+        if self.merged:
+            return sql.SQL("{} && CAST({} AS integer[])").format(who, sql.Literal(self.fed_by[column]))
+        return sql.SQL("{} = ANY({})").format(who, sql.Literal(self.fed_by[column]))
+
+    def feeds(self, column: str, row: dict[str, Any]) -> bool:
+        """The row's winner (or one of its holders) feeds the column: the same test as `_fed`, in Python."""
+        if self.merged:
+            return bool(set(row.get("_ds_holders") or ()) & set(self.fed_by[column]))
+        return row.get("_ds_precedence") in self.fed_by[column]
 
     @property
     def key(self) -> list[str]:
@@ -246,7 +264,11 @@ class Sides:
         if self.safe and cast is not None:
             fn = _ident("pg_temp", f"{PREFIX}cast_{cast.helper}")
             return sql.SQL("{}({})").format(fn, _ident("o", cast.old_column))
-        return dict(mapping.pairs).get(column, sql.SQL("NULL"))
+        # A column this source does not feed: NULL of the column's type, so that the UNION of the
+        # sources' branches can match it with a later source's typed value.
+        return dict(mapping.pairs).get(
+            column, sql.SQL("CAST(NULL AS {})").format(sql.SQL(self.table.column(column).type))
+        )
 
     def _lost(self, casts: dict[str, Cast]) -> sql.Composable:
         """NULL, or {new column: old value as text} for the values that do not survive their cast."""
@@ -278,9 +300,40 @@ class Sides:
         if len(branches) == 1:
             return branches[0]  # one source: its rows are the expected rows, no precedence to sort out
         keys = _list([_ident("_ds_u", k) for k in self.key])
+        if self.merged:
+            return self._merged(keys, sql.SQL(" UNION ALL ").join(branches))
         return sql.SQL(
             "SELECT DISTINCT ON ({keys}) * FROM ({union}) _ds_u ORDER BY {keys}, _ds_u._ds_precedence"
         ).format(keys=keys, union=sql.SQL(" UNION ALL ").join(branches))
+
+    def _merged(self, keys: sql.Composable, union: sql.Composable) -> sql.Composable:
+        """Per key, each column's value by its precedence rule over the sources holding the key: "first"
+        takes the first of them that feeds the column, "coalesce" the first non-NULL value."""
+
+        def first_by(order: sql.Composable, value: sql.Composable) -> sql.Composable:
+            return sql.SQL(
+                "pg_catalog.first_value({}) OVER (PARTITION BY {} ORDER BY {}, _ds_u._ds_precedence)"
+            ).format(value, keys, order)
+
+        values = []
+        for column in self.compared:
+            value = _ident("_ds_u", column)
+            if self.table.column_precedence(column) == "coalesce":
+                order = sql.SQL("{} IS NULL").format(value)
+            else:
+                order = sql.SQL("_ds_u._ds_precedence <> ALL({})").format(sql.Literal(self.fed_by[column]))
+            values.append(sql.SQL("{} AS {}").format(first_by(order, value), _ident(column)))
+        return sql.SQL(
+            "SELECT DISTINCT ON ({keys}) _ds_u._ds_precedence,"
+            " pg_catalog.array_agg(_ds_u._ds_precedence) OVER (PARTITION BY {keys}) AS _ds_holders,"
+            " {lost} AS _ds_lost, {key_columns}{values} FROM ({union}) _ds_u ORDER BY {keys}, _ds_u._ds_precedence"
+        ).format(
+            keys=keys,
+            lost=first_by(sql.SQL("_ds_u._ds_lost IS NULL"), _ident("_ds_u", "_ds_lost")),
+            key_columns=keys,
+            values=sql.SQL("").join(sql.SQL(", {}").format(v) for v in values),
+            union=union,
+        )
 
     def winners(self) -> sql.Composable:
         """SELECT _ds_precedence, key… : which source wins each key."""
@@ -294,6 +347,11 @@ class Sides:
                 )
             )
         keys = _list([_ident("_ds_u", k) for k in self.key])
+        if self.merged:
+            return sql.SQL(
+                "SELECT pg_catalog.array_agg(_ds_u._ds_precedence) AS _ds_holders, {keys}"
+                " FROM ({union}) _ds_u GROUP BY {keys}"
+            ).format(keys=keys, union=sql.SQL(" UNION ALL ").join(branches))
         return sql.SQL(
             "SELECT DISTINCT ON ({keys}) * FROM ({union}) _ds_u ORDER BY {keys}, _ds_u._ds_precedence"
         ).format(keys=keys, union=sql.SQL(" UNION ALL ").join(branches))
@@ -313,9 +371,7 @@ class Sides:
         for column in self.compared:
             value = self._value(alias, column)
             if winner is not None and len(self.fed_by[column]) < len(self.mappings):
-                value = sql.SQL("CASE WHEN {} = ANY({}) THEN {} END").format(
-                    winner, sql.Literal(self.fed_by[column]), value
-                )
+                value = sql.SQL("CASE WHEN {} THEN {} END").format(self._fed(column, winner), value)
             values.append(value)
         return values
 
@@ -335,7 +391,7 @@ class Sides:
         """SELECT _ds_k0…, _ds_h of the expected rows."""
         return sql.SQL("SELECT {}, {} AS _ds_h FROM ({}) _ds_e").format(
             self._generated_keys("_ds_e"),
-            self.row_hash("_ds_e", _ident("_ds_e", "_ds_precedence"), _ident("_ds_e", "_ds_lost")),
+            self.row_hash("_ds_e", self.who("_ds_e"), _ident("_ds_e", "_ds_lost")),
             self.expected(),
         )
 
@@ -351,7 +407,7 @@ class Sides:
         )
         return sql.SQL("SELECT {}, {} AS _ds_h FROM {} _ds_n LEFT JOIN ({}) _ds_w ON {}").format(
             self._generated_keys("_ds_n"),
-            self.row_hash("_ds_n", _ident("_ds_w", "_ds_precedence"), None),
+            self.row_hash("_ds_n", self.who("_ds_w"), None),
             self.new,
             self.winners(),
             match,
@@ -566,7 +622,7 @@ def _joined(
 ) -> sql.Composable:
     """The expected rows (_ds_e) fully joined with the new table (_ds_n) by key, with each side's row hash;
     the winner of a key masks the columns its source does not feed on both sides."""
-    winner = _ident("_ds_e", "_ds_precedence")
+    winner = sides.who("_ds_e")
     match = sql.SQL(" AND ").join(sql.SQL("{} = {}").format(_ident("_ds_e", k), _ident("_ds_n", k)) for k in sides.key)
     return sql.SQL(
         "SELECT pg_catalog.to_jsonb(_ds_e) AS _ds_e_row, pg_catalog.to_jsonb(_ds_n) AS _ds_n_row,"
@@ -633,12 +689,11 @@ def _samples(conn: psycopg.Connection, sides: Sides, joined: sql.Composable) -> 
 
 
 def _differing_sample(sides: Sides, key: dict, old_row: dict, new_row: dict) -> dict[str, Any]:
-    winner = old_row.get("_ds_precedence")
     lost = old_row.get("_ds_lost") or {}
     columns: dict[str, Any] = {
         c: {"expected": old_row.get(c), "new": new_row.get(c)}
         for c in sides.compared
-        if winner in sides.fed_by[c] and old_row.get(c) != new_row.get(c)
+        if sides.feeds(c, old_row) and old_row.get(c) != new_row.get(c)
     }
     for column, old_value in lost.items():
         columns[column] = {"old": old_value, "expected": old_row.get(column), "new": new_row.get(column)}
