@@ -81,51 +81,210 @@ def test_an_app_role_that_may_insert_into_tweets_only_still_can_and_is_mirrored(
     assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (sync_role,)).fetchone()[0] == 0
 
 
-HOSTILE_FUNCTIONS = """
-CREATE TABLE public.hostile_calls (fn text, caller text DEFAULT current_user);
+# Planted by a role with CREATE on public. Each logs (and tries to make that role superuser) only when
+# called from inside a function of dualshift's (or the control below), so the application's own
+# statements may call them freely. Two kinds: better matches than pg_catalog's (they win under the
+# default search_path) and exact copies of pg_catalog's (they win where `public` comes first, as in the
+# application sessions below, whose writes fire dualshift's triggers).
+HOSTILE_LOG = """
+CREATE TABLE public.hostile_calls (fn text, caller text, context text);
 GRANT INSERT ON public.hostile_calls TO PUBLIC;
-CREATE FUNCTION public.hostile(fn text) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION public.hostile(fn text) RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE
+  stack text;
 BEGIN
-  INSERT INTO public.hostile_calls (fn) VALUES (fn);
-  BEGIN EXECUTE format('ALTER ROLE %I SUPERUSER', '{role}'); EXCEPTION WHEN others THEN NULL; END;
+  GET DIAGNOSTICS stack = PG_CONTEXT;
+  IF stack LIKE '%function dualshift%' OR stack LIKE '%hostile_control%' THEN
+    INSERT INTO public.hostile_calls VALUES (fn, current_user, stack);
+    BEGIN EXECUTE format('ALTER ROLE %I SUPERUSER', '{role}'); EXCEPTION WHEN others THEN NULL; END;
+  END IF;
 END $$;
-CREATE FUNCTION public.json_build_array(uuid) RETURNS json LANGUAGE sql
-  AS $$ SELECT public.hostile('json_build_array(uuid)'); SELECT pg_catalog.json_build_array($1) $$;
-CREATE FUNCTION public.json_build_array(text, timestamptz) RETURNS json LANGUAGE sql
-  AS $$ SELECT public.hostile('json_build_array(text, timestamptz)'); SELECT pg_catalog.json_build_array($1, $2) $$;
-CREATE FUNCTION public.to_jsonb(public.content_metadata) RETURNS jsonb LANGUAGE sql
-  AS $$ SELECT public.hostile('to_jsonb(content_metadata)'); SELECT pg_catalog.to_jsonb($1) $$;
-CREATE FUNCTION public.lower(character varying) RETURNS text LANGUAGE sql
-  AS $$ SELECT public.hostile('lower(varchar)'); SELECT pg_catalog.lower($1) $$;
-CREATE FUNCTION public.timezone(text, timestamp) RETURNS timestamptz LANGUAGE sql
-  AS $$ SELECT public.hostile('timezone'); SELECT pg_catalog.timezone('UTC', $2) $$;
 """
+# (what it shadows, its arguments, what it returns, the real thing it then does, an expression calling it)
+PLANTED_FUNCTIONS = [
+    ("json_build_array", "a uuid", "json", "pg_catalog.json_build_array(a)", "json_build_array(md5('x')::uuid)"),
+    (
+        "json_build_array",
+        "a text, b timestamptz",
+        "json",
+        "pg_catalog.json_build_array(a, b)",
+        "json_build_array('x'::text, now())",
+    ),
+    (
+        "to_jsonb",
+        "a public.content_metadata",
+        "jsonb",
+        "pg_catalog.to_jsonb(a)",
+        "to_jsonb(NULL::public.content_metadata)",
+    ),
+    ("to_jsonb", "a anyelement", "jsonb", "pg_catalog.to_jsonb(a)", "to_jsonb(1)"),
+    ("lower", "a character varying", "text", "pg_catalog.lower(a)", "lower('X'::varchar)"),
+    ("lower", "a text", "text", "pg_catalog.lower(a)", "lower('X'::text)"),
+    (
+        "timezone",
+        "a text, b timestamp",
+        "timestamptz",
+        "pg_catalog.timezone(a, b)",
+        "timezone('UTC', now()::timestamp)",
+    ),
+    (
+        "current_setting",
+        "a text, b boolean",
+        "text",
+        "pg_catalog.current_setting(a, b)",
+        "current_setting('x.y', true)",
+    ),
+    (
+        "set_config",
+        "a text, b text, c boolean",
+        "text",
+        "pg_catalog.set_config(a, b, c)",
+        "set_config('x.y', '', true)",
+    ),
+    (
+        "pg_advisory_xact_lock",
+        "a bigint",
+        "void",
+        "pg_catalog.pg_advisory_xact_lock(a)",
+        "pg_advisory_xact_lock(1::bigint)",
+    ),
+    (
+        "hash_record_extended",
+        "a record, b bigint",
+        "bigint",
+        "pg_catalog.hash_record_extended(a, b)",
+        "hash_record_extended(ROW(1), 0::bigint)",
+    ),
+    (
+        "jsonb_build_object",
+        "a text, b text",
+        "jsonb",
+        "pg_catalog.jsonb_build_object(a, b)",
+        "jsonb_build_object('a'::text, 'b'::text)",
+    ),
+]
+PLANTED_OPERATORS = [  # (operator, left, right, returns, the real function, an expression using it)
+    ("=", "text", "text", "boolean", "texteq", "'a'::text = 'b'::text"),
+    ("<>", "text", "text", "boolean", "textne", "'a'::text <> 'b'::text"),
+    ("=", "uuid", "uuid", "boolean", "uuid_eq", "md5('a')::uuid = md5('b')::uuid"),
+    ("=", "timestamptz", "timestamptz", "boolean", "timestamptz_eq", "now() = now()"),
+    ("=", "integer", "integer", "boolean", "int4eq", "1 = 2"),
+    (">=", "integer", "integer", "boolean", "int4ge", "1 >= 2"),
+    ("+", "integer", "integer", "integer", "int4pl", "1 + 2"),
+    ("||", "text", "text", "text", "textcat", "'a'::text || 'b'::text"),
+]
+
+
+def _plant(db: psycopg.Connection, role: str) -> set[str]:
+    """As `role`: the log, every planted function and operator, and a control calling each of them from a
+    function whose search_path puts public first. Returns the labels the control must log."""
+    statements = [HOSTILE_LOG.replace("{role}", role)]
+    controls, labels = [], set()
+    for name, arguments, returns, real, call in PLANTED_FUNCTIONS:
+        label = f"{name}({arguments})"
+        body = f"PERFORM public.hostile('{label}'); " + ("PERFORM " if returns == "void" else "RETURN ") + real + ";"
+        statements.append(
+            f"CREATE FUNCTION public.{name}({arguments}) RETURNS {returns} LANGUAGE plpgsql"
+            f" SET search_path = pg_catalog AS $$ BEGIN {body} END $$"
+        )
+        controls.append(call)
+        labels.add(label)
+    for i, (operator, left, right, returns, real, call) in enumerate(PLANTED_OPERATORS):
+        label = f"{operator}({left}, {right})"
+        statements += [
+            f"CREATE FUNCTION public.hostile_op_{i}(a {left}, b {right}) RETURNS {returns} LANGUAGE plpgsql"
+            f" SET search_path = pg_catalog AS $$ BEGIN PERFORM public.hostile('{label}');"
+            f" RETURN pg_catalog.{real}(a, b); END $$",
+            f"CREATE OPERATOR public.{operator} (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = public.hostile_op_{i})",
+        ]
+        controls.append(call)
+        labels.add(label)
+    statements.append(
+        "CREATE FUNCTION public.hostile_control() RETURNS void LANGUAGE plpgsql SET search_path = public, pg_catalog"
+        " AS $$ BEGIN " + " ".join(f"PERFORM {c};" for c in controls) + " END $$"
+    )
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        for statement in statements:
+            db.execute(statement)
+    return labels
+
+
+def _app(dsn: str) -> psycopg.Connection:
+    """An application session that puts public before pg_catalog: every planted object wins in it."""
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute("SET search_path = public, pg_catalog")
+    return conn
+
+
+def _planted_calls(db: psycopg.Connection) -> list[tuple[str, str]]:
+    return db.execute("SELECT fn, caller FROM public.hostile_calls").fetchall()
 
 
 def test_a_role_with_create_on_public_gets_none_of_its_functions_called(
-    own_role: str, dsn: str, db: psycopg.Connection
+    own_role: str, dsn: str, db: psycopg.Connection, tmp_path
 ) -> None:
-    hostile = sql.Identifier(own_role)
-    db.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(hostile))
+    db.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(sql.Identifier(own_role)))
+    db.execute("ALTER TABLE posted_decisions ENABLE ROW LEVEL SECURITY")  # the functions' roles get a policy
+    labels = _plant(db, own_role)
+    # The traps are real: from a function with public first in its path, each planted object is called.
+    _as(db, own_role, "SELECT public.hostile_control()")  # as itself: no superuser to make it one
+    assert {fn for fn, _ in _planted_calls(db)} == labels
+    db.execute("TRUNCATE public.hostile_calls")
     ex = Executor(connect(dsn), load_plan(PLAN), dsn)
     ex.create()
-    with db.transaction():
-        db.execute(sql.SQL("SET LOCAL ROLE {}").format(hostile))
-        db.execute(HOSTILE_FUNCTIONS.replace("{role}", own_role))
-    # The executor and the application both run with the default search_path ("$user", public).
-    ex.backfill(BackfillOptions(batch_size=700), sync_triggers=True)
-    db.execute("INSERT INTO content_metadata (decision_id, content) VALUES (md5('new')::uuid, 'mirrored')")
-    db.execute("UPDATE tweets SET text = 'edited' WHERE decision_id = md5('d3')::uuid")
-    db.execute("INSERT INTO tweet_metrics (decision_id, tweet_id, measured_at) VALUES (md5('d1')::uuid, 't', now())")
-    assert db.execute("SELECT fn, caller FROM public.hostile_calls").fetchall() == []
-    # A mirror the new table rejects runs the trigger's failure path (to_jsonb of the row) too.
-    db.execute("UPDATE content_metadata SET decision_type = 'not a type' WHERE decision_id = md5('new')::uuid")
-    with pytest.raises(ExecutorError, match="violates check constraint"):  # the row the check rejects
-        ex.backfill(BackfillOptions(batch_size=500))
-    assert db.execute("SELECT fn, caller FROM public.hostile_calls").fetchall() == []
+    with _app(dsn) as app:
+        # sync triggers and their resync functions
+        ex.backfill(BackfillOptions(batch_size=700), sync_triggers=True)
+        app.execute("INSERT INTO content_metadata (decision_id, content) VALUES (md5('new')::uuid, 'mirrored')")
+        app.execute("UPDATE tweets SET text = 'edited' WHERE decision_id = md5('d3')::uuid")
+        app.execute(
+            "INSERT INTO tweet_metrics (decision_id, tweet_id, measured_at) VALUES (md5('d1')::uuid, 't', now())"
+        )
+        app.execute("DELETE FROM posts WHERE decision_id = md5('d5')::uuid")
+        # a mirror the new table rejects runs the sync trigger's failure path (to_jsonb of the row) too
+        app.execute("UPDATE content_metadata SET decision_type = 'not a type' WHERE decision_id = md5('new')::uuid")
+        with pytest.raises(ExecutorError, match="violates check constraint"):
+            ex.backfill(BackfillOptions(batch_size=500))
+        app.execute("UPDATE content_metadata SET decision_type = 'single' WHERE decision_id = md5('new')::uuid")
+        ex.backfill(BackfillOptions())  # replays the failed mirror
+        # verify's change capture, on old and new tables
+        assert ex.verify()["passed"]
+        app.execute(
+            "UPDATE content_generation_metadata_comprehensive SET tone = 'dry' WHERE decision_id = md5('d2')::uuid"
+        )
+        app.execute("UPDATE posted_decisions SET content = 'captured' WHERE decision_id = md5('d4')::uuid")
+        assert ex.verify(incremental=True)["passed"]
+        ex.switch_reads(100)
+        # after cleanup: the compatibility views' functions and the reverse sync (success and failure paths)
+        ex.cleanup(tmp_path / "backups")
+        app.execute("UPDATE posted_decisions SET content = 'through the view' WHERE decision_id = md5('d6')::uuid")
+        app.execute(
+            "INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t-view', md5('view')::uuid, 'via tweets')"
+        )
+        app.execute("DELETE FROM content_metadata WHERE decision_id = md5('d7')::uuid")
+        app.execute("UPDATE posted_content SET content = 'direct' WHERE decision_id = md5('d8')::uuid")
+        taken = app.execute("SELECT tweet_id FROM archive_xbot.posted_decisions LIMIT 1").fetchone()[0]
+        app.execute(  # the archived posted_decisions refuses a second row with that tweet_id
+            "INSERT INTO posted_content (decision_id, tweet_id, content, source_table)"
+            " VALUES (md5('clash')::uuid, %s, 'x', 'posted_decisions')",
+            (taken,),
+        )
+    assert _planted_calls(db) == []
     assert not db.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (own_role,)).fetchone()[0]
-    # The failed mirror (the new table's check) was recorded, by a function that called nothing planted.
-    assert db.execute("SELECT count(*) FROM dualshift.failed_writes WHERE call_site = 'trigger'").fetchone()[0] == 1
+    # Both failure paths ran and were recorded, by functions that called nothing planted.
+    assert db.execute("SELECT call_site, count(*) FROM dualshift.failed_writes GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("dualshift reverse sync", 1),
+        ("trigger", 1),
+    ]
+    # The reverse sync reached the archived table behind its row-level security (through its own policy).
+    assert db.execute(
+        "SELECT content FROM archive_xbot.posted_decisions WHERE decision_id = md5('d6')::uuid"
+    ).fetchone() == ("through the view",)
+    db.execute("DELETE FROM posted_content WHERE decision_id = md5('clash')::uuid")
+    db.execute("UPDATE dualshift.failed_writes SET replayed_at = now()")
+    assert ex.rollback()["to"] == "switched"
+    assert _planted_calls(db) == []
 
 
 def test_two_long_source_names_get_two_sync_functions(admin_dsn: str) -> None:
