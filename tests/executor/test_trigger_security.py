@@ -11,7 +11,7 @@ from psycopg import sql
 
 from dualshift.executor.backfill import MAX_LOCKED_KEYS, BackfillOptions
 from dualshift.executor.connection import ExecutorError, connect
-from dualshift.executor.names import PRIVATE_SCHEMA
+from dualshift.executor.names import PRIVATE_SCHEMA, fit
 from dualshift.executor.phases import Executor
 from dualshift.executor.sync import role_name
 from dualshift.plan import load_plan
@@ -385,3 +385,147 @@ def test_a_backfill_killed_while_installing_or_copying_resumes(fault: str, dsn: 
     assert db.execute("SELECT content FROM posted_content WHERE decision_id = md5('d3')::uuid").fetchone()[0] == winner
     verified = subprocess.run([*command, "verify"], capture_output=True, text=True, timeout=300)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+# ── who owns what dualshift creates, after each phase ─────────────────────────────────────────
+
+DEFINERS = """
+SELECT p.oid::regprocedure::text, r.rolname, r.rolsuper OR r.rolcanlogin OR r.rolinherit OR r.rolcreaterole
+       OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls, p.proconfig::text,
+       (SELECT count(*) FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a WHERE a.grantee <> p.proowner)
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_roles r ON r.oid = p.proowner
+WHERE n.nspname IN ('dualshift', 'dualshift_private') AND p.prosecdef
+"""
+# Everything a role holds in this database: privileges, memberships, ownerships, policies naming it.
+HOLDINGS = """
+WITH r AS (SELECT oid FROM pg_roles WHERE rolname = %(role)s)
+SELECT CASE c.relkind WHEN 'S' THEN 'sequence' ELSE 'table' END, n.nspname || '.' || c.relname, a.privilege_type
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a WHERE a.grantee = (SELECT oid FROM r)
+UNION ALL SELECT 'column', c.relname || '.' || t.attname, a.privilege_type
+  FROM pg_attribute t JOIN pg_class c ON c.oid = t.attrelid, aclexplode(t.attacl) a WHERE a.grantee = (SELECT oid FROM r)
+UNION ALL SELECT 'schema', n.nspname, a.privilege_type
+  FROM pg_namespace n, aclexplode(n.nspacl) a WHERE a.grantee = (SELECT oid FROM r)
+UNION ALL SELECT 'function', p.oid::regprocedure::text, a.privilege_type
+  FROM pg_proc p, aclexplode(p.proacl) a WHERE a.grantee = (SELECT oid FROM r) AND p.proowner <> (SELECT oid FROM r)
+UNION ALL SELECT 'database', d.datname, a.privilege_type
+  FROM pg_database d, aclexplode(d.datacl) a WHERE a.grantee = (SELECT oid FROM r)
+UNION ALL SELECT 'type', t.typname, a.privilege_type
+  FROM pg_type t, aclexplode(t.typacl) a WHERE a.grantee = (SELECT oid FROM r)
+UNION ALL SELECT 'member of', g.rolname, '' FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+  WHERE m.member = (SELECT oid FROM r)
+UNION ALL SELECT 'owns', c.oid::regclass::text, '' FROM pg_class c WHERE c.relowner = (SELECT oid FROM r)
+UNION ALL SELECT 'owns', n.nspname, '' FROM pg_namespace n WHERE n.nspowner = (SELECT oid FROM r)
+UNION ALL SELECT 'owns', p.oid::regprocedure::text, '' FROM pg_proc p WHERE p.proowner = (SELECT oid FROM r)
+  AND NOT p.prosecdef
+UNION ALL SELECT 'policy', n.nspname || '.' || c.relname || ' ' || pol.polname, ''
+  FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE (SELECT oid FROM r) = ANY(pol.polroles)
+UNION ALL SELECT 'default privileges', d.defaclobjtype::text, '' FROM pg_default_acl d
+  WHERE d.defaclrole = (SELECT oid FROM r)
+"""
+WRITE = ("DELETE", "INSERT", "SELECT", "UPDATE")
+
+
+def _allowed(kind: str, plan, archive: str) -> set[tuple[str, str, str]]:
+    """What the role of each kind may hold, from the plan (the xbot plan: every old table has a bigserial id,
+    posted_decisions has RLS, and so the new posted_content too)."""
+    sources = [s for t in plan.tables for s in t.sources]
+    failed = {("table", "dualshift.failed_writes", "INSERT"), ("sequence", "dualshift.failed_writes_id_seq", "USAGE")}
+    if kind == "sync":
+        return (
+            failed
+            | {("schema", s, "USAGE") for s in ("public", "dualshift", "dualshift_private")}
+            | {("table", f"public.{t.name}", p) for t in plan.tables for p in WRITE}
+            | {("sequence", f"public.{t.name}_id_seq", "USAGE") for t in plan.tables}  # create's surrogate id
+            | {("table", f"public.{s.table}", "SELECT") for s in sources}
+            | {("member of", "dualshift_sync", ""), ("policy", "public.posted_decisions dualshift_sync", "")}
+            | {("policy", "public.posted_content dualshift_sync", "")}
+        )
+    if kind == "capture":
+        return {
+            ("schema", "dualshift_private", "USAGE"),
+            ("table", "dualshift_private.verify_changes", "INSERT"),
+            ("sequence", "dualshift_private.verify_changes_id_seq", "USAGE"),
+        }
+    assert kind == "reverse_sync", kind
+    return (
+        failed
+        | {("schema", s, "USAGE") for s in (archive, "dualshift")}
+        | {("table", f"{archive}.{s.table}", p) for s in sources for p in WRITE}
+        | {("sequence", f"{archive}.{s.table}_id_seq", "USAGE") for s in sources}
+        | {("policy", f"{archive}.posted_decisions dualshift_reverse_sync", "")}
+    )
+
+
+def _check_definers(db: psycopg.Connection, plan, after: str, kinds: set[str]) -> None:
+    """Every SECURITY DEFINER function in dualshift's schemas: owned by a role of one of `kinds` (the
+    roles this phase leaves), NOLOGIN and without attributes, holding nothing beyond its kind's list;
+    the search_path pinned; PUBLIC may not call it. And no other role of dualshift's is left."""
+    database = db.info.dbname
+    owners: set[str] = set()
+    for function, owner, attributes, config, callers in db.execute(DEFINERS).fetchall():
+        assert not attributes, (after, function, owner)
+        assert "search_path=pg_catalog, pg_temp" in config, (after, function, config)
+        assert callers == 0, (after, function)  # no grant, PUBLIC's default EXECUTE revoked
+        owners.add(owner)
+    expected = {fit(f"dualshift_{kind}", database, plan.name): kind for kind in kinds}
+    assert owners <= set(expected), (after, owners, expected)
+    left = {
+        r for (r,) in db.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (f"dualshift\\_%{database}%",))
+    }
+    assert left == set(expected), (after, left)
+    for role, kind in expected.items():
+        held = set(db.execute(HOLDINGS, {"role": role}).fetchall())
+        assert held <= _allowed(kind, plan, plan.archive_schema), (
+            after,
+            role,
+            held - _allowed(kind, plan, plan.archive_schema),
+        )
+    # nothing of a dropped role is left behind: no policy of dualshift's names no role
+    stray = db.execute(
+        "SELECT polname FROM pg_policy WHERE polname IN ('dualshift_sync', 'dualshift_reverse_sync')"
+        " AND polroles = '{0}'"
+    ).fetchall()
+    assert stray == [], (after, stray)
+
+
+def test_every_security_definer_function_is_owned_by_a_role_holding_only_what_it_needs(
+    dsn: str, db: psycopg.Connection, tmp_path
+) -> None:
+    db.execute("ALTER TABLE posted_decisions ENABLE ROW LEVEL SECURITY")
+    plan = load_plan(PLAN)
+    ex = Executor(connect(dsn), plan, dsn)
+    policies = db.execute("SELECT count(*) FROM pg_policy").fetchone()[0]
+    steps = [  # (step, the kinds of role it leaves)
+        ("create", lambda: ex.create(), set()),
+        ("backfill --sync triggers", lambda: ex.backfill(BackfillOptions(), sync_triggers=True), {"sync"}),
+        ("verify", lambda: ex.verify(), {"sync", "capture"}),
+        ("switch-reads", lambda: ex.switch_reads(100), {"sync", "capture"}),
+        ("cleanup", lambda: ex.cleanup(tmp_path / "first"), {"reverse_sync"}),
+        ("rollback of cleanup", lambda: ex.rollback(), set()),
+        ("rollback to verified", lambda: ex.rollback(), set()),
+        ("backfill --sync triggers again", lambda: ex.backfill(BackfillOptions(), sync_triggers=True), {"sync"}),
+        ("verify again", lambda: ex.verify(), {"sync", "capture"}),
+        ("rollback to backfilled", lambda: ex.rollback(), {"sync", "capture"}),
+        ("rollback to created", lambda: ex.rollback(), set()),
+        ("rollback to none", lambda: ex.rollback(), set()),
+    ]
+    steps += [  # and forward to the end
+        ("create again", lambda: ex.create(), set()),
+        ("backfill --sync triggers", lambda: ex.backfill(BackfillOptions(), sync_triggers=True), {"sync"}),
+        ("verify", lambda: ex.verify(), {"sync", "capture"}),
+        ("cleanup", lambda: ex.cleanup(tmp_path / "second"), {"reverse_sync"}),
+        ("finalize --keep-archive", lambda: ex.finalize(keep_archive=True), set()),
+    ]
+    for step, run, kinds in steps:
+        run()
+        _check_definers(db, plan, step, kinds)
+        # the write path still works for the application, whichever roles own the functions
+        if step.startswith("cleanup"):
+            db.execute("UPDATE posted_content SET content = 'after cleanup' WHERE decision_id = md5('d6')::uuid")
+            assert db.execute(
+                "SELECT content FROM archive_xbot.posted_decisions WHERE decision_id = md5('d6')::uuid"
+            ).fetchone() == ("after cleanup",)
+    assert db.execute("SELECT count(*) FROM dualshift.failed_writes").fetchone()[0] == 0
+    # the archive kept by finalize: exactly the grants and policies the old tables had
+    assert db.execute("SELECT count(*) FROM pg_policy").fetchone()[0] == policies + 2  # posted_content's own
