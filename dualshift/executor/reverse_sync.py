@@ -222,7 +222,7 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
         # cleanup: it creates nothing there now either. A direct write to the new table still does.
         may_insert=sql.SQL("{} = ''").format(_via()) if twins else sql.SQL("true"),
         insert_new=insert_new,
-        failed=FAILED_WRITES,
+        failed=sql.Identifier(names.API_SCHEMA, "failed_writes"),
         new_table=sql.Literal(table.name),  # as the wrapper and the sync triggers name it
         call_site=sql.Literal(CALL_SITE),
     )
