@@ -11,7 +11,9 @@ is invisible to both, so it stays pending for the next run.
 The capture never fails the application's statement: the trigger function catches every error and
 then records a key-less row, which makes the next incremental verify of that table a full one (so does
 a TRUNCATE). Functions live in `dualshift_private`, are SECURITY DEFINER with a pinned search_path and
-pinned session settings, so a key's text is the same whoever writes.
+pinned session settings, so a key's text is the same whoever writes. They are owned by the migration's
+capture role (owners.py), which holds INSERT on `verify_changes` (and its sequence), USAGE on
+`dualshift_private`, and nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
+from dualshift.executor import owners
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import Timeouts, with_lock_retries
 from dualshift.executor.names import PRIVATE_SCHEMA, fit
@@ -94,12 +97,22 @@ def _function(conn: psycopg.Connection, plan: Plan, table: NewTable, name: str, 
         "END"
     ).format(marker=marker, new_rows=from_rows("_ds_new_rows"), old_rows=from_rows("_ds_old_rows"))
     return sql.SQL(
-        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
-        " SET search_path = pg_catalog, pg_temp SET TimeZone = {tz} SET DateStyle = 'ISO, YMD'"
-        " SET IntervalStyle = 'postgres' SET extra_float_digits = 3 AS {body}"
+        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER {settings} AS {body}"
     ).format(
-        name=sql.Identifier(PRIVATE_SCHEMA, name), tz=sql.Literal(plan.timezone), body=sql.Literal(body.as_string(conn))
+        name=sql.Identifier(PRIVATE_SCHEMA, name),
+        settings=owners.settings_clause(plan),
+        body=sql.Literal(body.as_string(conn)),
     )
+
+
+def _role_statements(conn: psycopg.Connection, role: str) -> list[sql.Composable]:
+    """The capture role and its one privilege: recording keys."""
+    return [
+        *owners.role_statements(conn, role),
+        owners.schema_usage(role, {PRIVATE_SCHEMA}),
+        sql.SQL("GRANT INSERT ON {} TO {}").format(CHANGES, sql.Identifier(role)),
+        *owners.sequence_grants(conn, role, [CHANGES]),
+    ]
 
 
 def _triggers(plan: Plan, schema: str, relation: str, function: str) -> list[sql.Composable]:
@@ -122,13 +135,21 @@ def _triggers(plan: Plan, schema: str, relation: str, function: str) -> list[sql
 
 
 def _installed(conn: psycopg.Connection, plan: Plan, schema: str, relation: str, function: str) -> bool:
-    """All four capture triggers are on the relation, calling its function."""
+    """All four capture triggers are on the relation, calling its function, owned by the capture role."""
     found = conn.execute(
         "SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid"
         " JOIN pg_catalog.pg_namespace fs ON fs.oid = p.pronamespace"
         " WHERE t.tgrelid = pg_catalog.to_regclass(pg_catalog.quote_ident(%s) || '.' || pg_catalog.quote_ident(%s))"
-        " AND fs.nspname = %s AND p.proname = %s AND t.tgname = ANY(%s) AND t.tgenabled <> 'D'",
-        (schema, relation, PRIVATE_SCHEMA, function, [_trigger_name(plan, e) for e in EVENTS]),
+        " AND fs.nspname = %s AND p.proname = %s AND t.tgname = ANY(%s) AND t.tgenabled <> 'D'"
+        " AND pg_catalog.pg_get_userbyid(p.proowner) = %s",
+        (
+            schema,
+            relation,
+            PRIVATE_SCHEMA,
+            function,
+            [_trigger_name(plan, e) for e in EVENTS],
+            owners.role_name(conn, plan, owners.CAPTURE),
+        ),
     ).fetchone()[0]
     return found == len(EVENTS)
 
@@ -147,6 +168,10 @@ def install(
     with the application's writes across tables). A table whose capture was (re)started loses its
     watermark: its next incremental verify is a full one."""
     conn.execute(SCHEMA_SQL)
+    role = owners.role_name(conn, plan, owners.CAPTURE)
+    with conn.transaction():
+        for statement in _role_statements(conn, role):
+            conn.execute(statement)
     installed = []
     for table in plan.tables:
         started = False
@@ -156,7 +181,11 @@ def install(
             mapping = (
                 mappings.get((table.name, relation)) if schema != plan.new_schema or relation != table.name else None
             )
-            statements = [_function(conn, plan, table, function, mapping), *_triggers(plan, schema, relation, function)]
+            name = sql.Identifier(PRIVATE_SCHEMA, function)
+            statements = [
+                *owners.owned_functions(role, [(_function(conn, plan, table, function, mapping), name, sql.SQL(""))]),
+                *_triggers(plan, schema, relation, function),
+            ]
 
             def action(statements=statements) -> None:
                 for statement in statements:
@@ -225,11 +254,14 @@ def mark_verified(conn: psycopg.Connection, plan: Plan, table: NewTable) -> None
     )
 
 
-def remove_statements(plan: Plan) -> list[sql.Composable]:
+def remove_statements(conn: psycopg.Connection, plan: Plan) -> list[sql.Composable]:
     """Statements that switch the capture off (for cleanup and rollback to run in their own transaction):
-    dropping each function drops its triggers with it, wherever the tables have moved."""
+    dropping each function drops its triggers with it, wherever the tables have moved; then its role."""
     return [
-        sql.SQL("DROP FUNCTION IF EXISTS {}() CASCADE").format(sql.Identifier(PRIVATE_SCHEMA, function))
-        for table in plan.tables
-        for _, _, function in relations(plan, table)
+        *(
+            sql.SQL("DROP FUNCTION IF EXISTS {}() CASCADE").format(sql.Identifier(PRIVATE_SCHEMA, function))
+            for table in plan.tables
+            for _, _, function in relations(plan, table)
+        ),
+        *owners.drop_statements(conn, owners.role_name(conn, plan, owners.CAPTURE)),
     ]

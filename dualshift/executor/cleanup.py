@@ -559,6 +559,8 @@ def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, obj
     for table in plan.tables:
         for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
             sink.run(statement)
+    for statement in reverse_sync.remove_owner_statements(conn, plan):
+        sink.run(statement)
     for statement in schema_moves(plan, back=True):
         sink.run(statement)
     for statement in undo.after_restore:
@@ -602,6 +604,8 @@ def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: boo
     for table in plan.tables:
         for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
             sink.run(statement)
+    for statement in reverse_sync.remove_owner_statements(conn, plan):
+        sink.run(statement)
     dropped: list[str] = []
     kept: list[str] = []
     if not keep_archive:

@@ -82,8 +82,7 @@ class Executor:
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
             try:
-                current = current_phase(self.conn, self.key)
-                self._check_plan_hash(current)
+                current = self._current()
                 require_phase(current, allowed, phase)
                 self._check_catalog(phase, current)
                 mappings = validate(self.conn, validation_plan or self.plan)  # before any SQL changes anything
@@ -104,6 +103,13 @@ class Executor:
                 audit(self.conn, self.key, phase, phase, "ok", result, sink.statements)
         result["statements"] = sink.statements
         return result
+
+    def _current(self) -> str:
+        """The recorded phase, once the plan is known to be the one the migration runs: every phase's first
+        check under the advisory lock (`_run`, cleanup, finalize and the rollback of cleanup)."""
+        current = current_phase(self.conn, self.key)
+        self._check_plan_hash(current)
+        return current
 
     def _record(self, phase: str) -> None:
         """Write the state row; call it inside the transaction of the phase's last effect."""
@@ -336,7 +342,7 @@ class Executor:
         with advisory_lock(self.conn):
             if not self.dry_run:
                 ensure_schema(self.conn)
-            current = current_phase(self.conn, self.key)
+            current = self._current()
             if current == "cleaned":
                 return {"note": "already cleaned up: nothing to do", "statements": []}
             require_phase(current, ("verified", "switched"), "cleanup")
@@ -359,7 +365,7 @@ class Executor:
 
             def move() -> dict[str, Any]:
                 result = cleanup.move(self.conn, self.plan, mappings, sink)
-                for statement in changes.remove_statements(self.plan):  # verify's change capture: done
+                for statement in changes.remove_statements(self.conn, self.plan):  # verify's change capture: done
                     sink.run(statement)
                 result["rows_caught_up_before_lock"] = before_lock
                 result["backup"] = taken.location
@@ -399,9 +405,10 @@ class Executor:
         """After cleanup, for good: the reverse sync stops and the archive is dropped (or kept, unsynced)."""
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
-            if current_phase(self.conn, self.key) == "finalized":  # a finalize that committed, run again
+            current = self._current()
+            if current == "finalized":  # a finalize that committed, run again
                 return {"note": "already finalized: nothing to do", "statements": []}
-            require_phase(current_phase(self.conn, self.key), ("cleaned",), "finalize")
+            require_phase(current, ("cleaned",), "finalize")
             cleanup.check_cleaned(self.conn, self.plan)
             taken = cleanup.last_backup(self.conn, self.plan)
             if not (keep_archive or no_backup_needed or cleanup.backup_present(self.conn, self.plan, taken)):
@@ -453,7 +460,7 @@ class Executor:
 
         def undo() -> None:
             sync.remove(self.conn, self.plan, sink)
-            for statement in changes.remove_statements(self.plan):  # the next verify must be a full one
+            for statement in changes.remove_statements(self.conn, self.plan):  # the next verify must be a full one
                 sink.run(statement)
             new_tables = [sql.Identifier(self.plan.new_schema, t.name) for t in self.plan.tables]
             sink.run(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(new_tables)))
@@ -490,7 +497,7 @@ class Executor:
         back in new_schema, views and reverse triggers gone; refused if the archive misses a row."""
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
-            current = current_phase(self.conn, self.key)
+            current = self._current()
             if current == "finalized":
                 raise ExecutorError(
                     "cannot roll back: the migration was finalized (the archived old tables were dropped or are no"

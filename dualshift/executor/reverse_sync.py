@@ -17,6 +17,11 @@ identity columns are written with OVERRIDING SYSTEM VALUE; generated columns are
 mirror that fails never fails the application's write: the error is caught and recorded in
 dualshift.failed_writes (call_site 'dualshift reverse sync'), and `rollback` refuses while such a
 record is not repaired.
+
+The functions are owned by the migration's reverse-sync role (owners.py), which holds USAGE on the
+archive and `dualshift` schemas, SELECT, INSERT, UPDATE, DELETE on the archived old tables (USAGE on
+the sequences their defaults draw from, a `dualshift_reverse_sync` policy where RLS is on), INSERT on
+dualshift.failed_writes, and nothing else; `rollback` and `finalize` drop it.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import names
+from dualshift.executor import names, owners
 from dualshift.plan import NewTable, Plan, Source
 
 TRIGGER = "dualshift_reverse_sync"
+POLICY = "dualshift_reverse_sync"
+FAILED_WRITES = sql.Identifier(names.API_SCHEMA, "failed_writes")
 CALL_SITE = "dualshift reverse sync"
 
 
@@ -259,17 +266,44 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
     return body.as_string(conn)
 
 
+def role_name(conn: psycopg.Connection, plan: Plan) -> str:
+    return owners.role_name(conn, plan, owners.REVERSE_SYNC)
+
+
+def _owner_statements(conn: psycopg.Connection, plan: Plan, table: NewTable, role: str) -> list[sql.Composable]:
+    """The role (once per migration) and what one new table's function needs: its archived sources."""
+    who = sql.Identifier(role)
+    archived = [sql.Identifier(plan.archive_schema, s.table) for s in table.sources]
+    statements = [
+        *owners.role_statements(conn, role),
+        owners.schema_usage(role, {plan.archive_schema, names.API_SCHEMA}),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(sql.SQL(", ").join(archived), who),
+        sql.SQL("GRANT INSERT ON {} TO {}").format(FAILED_WRITES, who),
+        *owners.sequence_grants(conn, role, [*archived, FAILED_WRITES]),
+    ]
+    for source in table.sources:
+        statements += owners.policy_statements(conn, POLICY, role, plan.archive_schema, source.table)
+    return statements
+
+
+def remove_owner_statements(conn: psycopg.Connection, plan: Plan) -> list[sql.Composable]:
+    """After every table's `remove_statements`: the role, its grants and its policies."""
+    return owners.drop_statements(conn, role_name(conn, plan))
+
+
 def install_statements(conn: psycopg.Connection, plan: Plan, table: NewTable) -> list[sql.Composable]:
-    """The function and trigger that mirror one new table (in the target schema) into its archived sources."""
+    """The function (owned by the reverse-sync role) and trigger that mirror one new table (in the target
+    schema) into its archived sources."""
     function = function_name(table)
     new = sql.Identifier(plan.target_schema, table.name)
+    role = role_name(conn, plan)
+    create = sql.SQL(
+        "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER {} AS {}"
+    ).format(function, owners.settings_clause(plan), sql.Literal(function_body(conn, plan, table)))
     return [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.PRIVATE_SCHEMA)),
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
-            " SET search_path = pg_catalog, pg_temp AS {}"
-        ).format(function, sql.Literal(function_body(conn, plan, table))),
-        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(function),
+        *_owner_statements(conn, plan, table, role),
+        *owners.owned_functions(role, [(create, function, sql.SQL(""))]),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), new),
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
             sql.Identifier(TRIGGER), new, function

@@ -30,18 +30,17 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import faults, merge
+from dualshift.executor import faults, merge, owners
 from dualshift.executor.backfill import (
     FAILED_WRITES,
     MAX_LOCKED_KEYS,
     SYNC_TRIGGER,
     conflict_action,
     mapped_lock_key,
-    session_settings,
 )
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import Sink, Timeouts, with_lock_retries
-from dualshift.executor.names import PRIVATE_SCHEMA, SYNC_GROUP, ensure_sync_group, fit
+from dualshift.executor.names import API_SCHEMA, PRIVATE_SCHEMA, SYNC_GROUP, ensure_sync_group, fit
 from dualshift.plan import NewTable, Plan, Source
 
 TRIGGER = SYNC_TRIGGER
@@ -52,9 +51,8 @@ LOCK_COUNTER = "dualshift.locked_keys"
 
 
 def role_name(conn: psycopg.Connection, plan: Plan) -> str:
-    """The functions' owner: one role per database and migration (roles are cluster-wide)."""
-    database = conn.execute("SELECT pg_catalog.current_database()").fetchone()[0]
-    return fit("dualshift_sync", database, plan.name)
+    """The functions' owner (owners.py): one role per database and migration."""
+    return owners.role_name(conn, plan, owners.SYNC)
 
 
 def trigger_function(mapping: SourceMapping) -> sql.Identifier:
@@ -65,24 +63,19 @@ def resync_function(table: NewTable) -> sql.Identifier:
     return sql.Identifier(PRIVATE_SCHEMA, fit("resync", table.name))
 
 
-def _settings(plan: Plan) -> sql.Composable:
-    clauses = []
-    for name, value in session_settings(plan):
-        if name == "search_path":  # a list: each schema its own identifier, not one quoted string
-            value_sql = sql.SQL(", ").join(sql.Identifier(s.strip()) for s in value.split(","))
-        else:
-            value_sql = sql.Literal(value)
-        clauses.append(sql.SQL("SET {} = {}").format(sql.Identifier(name), value_sql))
-    return sql.SQL(" ").join(clauses)
-
-
 def _function(
     conn: psycopg.Connection, plan: Plan, name: sql.Identifier, arguments: sql.Composable, returns: str, body: str
 ) -> sql.Composable:
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {name}({arguments}) RETURNS {returns} LANGUAGE plpgsql SECURITY DEFINER {settings}"
         " AS {body}"
-    ).format(name=name, arguments=arguments, returns=sql.SQL(returns), settings=_settings(plan), body=sql.Literal(body))
+    ).format(
+        name=name,
+        arguments=arguments,
+        returns=sql.SQL(returns),
+        settings=owners.settings_clause(plan),
+        body=sql.Literal(body),
+    )
 
 
 def resync_statement(conn: psycopg.Connection, plan: Plan, mappings: list[SourceMapping]) -> sql.Composable:
@@ -240,74 +233,23 @@ def trigger_function_statement(conn: psycopg.Connection, plan: Plan, mapping: So
 # ------------------------------------------------------------------------------------------------
 
 
-def _relation(schema: str, table: str) -> str:
-    return f'"{schema}"."{table}"'
-
-
-def _has_row_security(conn: psycopg.Connection, schema: str, table: str) -> bool:
-    row = conn.execute(
-        "SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)",
-        (_relation(schema, table),),
-    ).fetchone()
-    return bool(row and row[0])
-
-
 def _policy(conn: psycopg.Connection, role: str, schema: str, table: str) -> list[sql.Composable]:
     """Where row-level security is on, a policy that lets the functions' owner (and no one else) through."""
-    if not _has_row_security(conn, schema, table):
-        return []
-    target = sql.Identifier(schema, table)
-    return [
-        sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), target),
-        sql.SQL("CREATE POLICY {} ON {} TO {} USING (true) WITH CHECK (true)").format(
-            sql.Identifier(POLICY), target, sql.Identifier(role)
-        ),
-    ]
-
-
-def _role_statements(conn: psycopg.Connection, role: str) -> list[sql.Composable]:
-    statements: list[sql.Composable] = []
-    exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone()
-    if not exists:
-        statements.append(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(sql.Identifier(role)))
-    statements.append(sql.SQL(ensure_sync_group()))
-    statements.append(sql.SQL("GRANT {} TO {}").format(sql.Identifier(SYNC_GROUP), sql.Identifier(role)))
-    superuser = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0]
-    if not superuser:  # to hand it the functions, the executor's role must be able to act as it
-        statements.append(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))
-    return statements
+    return owners.policy_statements(conn, POLICY, role, schema, table)
 
 
 def _grant_statements(conn: psycopg.Connection, plan: Plan, role: str, mappings: list[SourceMapping]) -> list:
     table = mappings[0].table
     who = sql.Identifier(role)
     new = sql.Identifier(plan.new_schema, table.name)
-    schemas = sorted({plan.new_schema, "dualshift", PRIVATE_SCHEMA, *(m.source.schema for m in mappings)})
-    statements = [
-        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.SQL(", ").join(map(sql.Identifier, schemas)), who),
+    return [
+        owners.schema_usage(role, {plan.new_schema, API_SCHEMA, PRIVATE_SCHEMA, *(m.source.schema for m in mappings)}),
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(new, who),
         sql.SQL("GRANT SELECT ON {} TO {}").format(
             sql.SQL(", ").join(sql.Identifier(m.source.schema, m.source.table) for m in mappings), who
         ),
         sql.SQL("GRANT INSERT ON {} TO {}").format(FAILED_WRITES, who),
-    ]
-    sequences = conn.execute(
-        "SELECT DISTINCT s.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_depend d"
-        " JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
-        " WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')"
-        " AND d.refobjid IN (pg_catalog.to_regclass(%s), pg_catalog.to_regclass('dualshift.failed_writes'))",
-        (_relation(plan.new_schema, table.name),),
-    ).fetchall()
-    for (sequence,) in sequences:
-        statements.append(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(sequence), who))
-    return statements
-
-
-def _own(name: sql.Identifier, arguments: sql.Composable, role: str) -> list[sql.Composable]:
-    who = sql.Identifier(role)
-    return [
-        sql.SQL("ALTER FUNCTION {}({}) OWNER TO {}").format(name, arguments, who),
-        sql.SQL("REVOKE ALL ON FUNCTION {}({}) FROM PUBLIC").format(name, arguments),
+        *owners.sequence_grants(conn, role, [new, FAILED_WRITES]),
     ]
 
 
@@ -316,21 +258,17 @@ def prepare_statements(
 ) -> list[sql.Composable]:
     """One new table's part: the role, its grants, the functions (owned by it), its policy."""
     table = mappings[0].table
-    who = sql.Identifier(role)
-    private = sql.Identifier(PRIVATE_SCHEMA)
     key_types = sql.SQL(", ").join(sql.SQL(table.column(k).type) for k in table.key)
-    statements = [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(private), *_role_statements(conn, role)]
-    statements += _grant_statements(conn, plan, role, mappings)
-    statements.append(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(private, who))  # to own functions there
-    statements += [resync_statement(conn, plan, mappings), *_own(resync_function(table), key_types, role)]
-    for mapping in mappings:
-        statements += [
-            trigger_function_statement(conn, plan, mapping),
-            *_own(trigger_function(mapping), sql.SQL(""), role),
-        ]
-    statements.append(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(private, who))
-    statements += _policy(conn, role, plan.new_schema, table.name)
-    return statements
+    functions = [(resync_statement(conn, plan, mappings), resync_function(table), key_types)]
+    functions += [(trigger_function_statement(conn, plan, m), trigger_function(m), sql.SQL("")) for m in mappings]
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(PRIVATE_SCHEMA)),
+        sql.SQL(ensure_sync_group()),
+        *owners.role_statements(conn, role, (SYNC_GROUP,)),
+        *_grant_statements(conn, plan, role, mappings),
+        *owners.owned_functions(role, functions),
+        *_policy(conn, role, plan.new_schema, table.name),
+    ]
 
 
 def trigger_statements(conn: psycopg.Connection, role: str, mapping: SourceMapping) -> list[sql.Composable]:
@@ -411,7 +349,6 @@ def remove(
     Inside the caller's transaction if it has one; otherwise one short lock-retrying transaction per
     table, as for installing."""
     role = role_name(conn, plan)
-    role_exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone()
     inline = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE or sink.dry_run
     for table in plan.tables:
         relations = [(plan.new_schema, table.name, False)]
@@ -437,9 +374,8 @@ def remove(
             sink.run(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(function))
         key_types = sql.SQL(", ").join(sql.SQL(table.column(k).type) for k in table.key)
         sink.run(sql.SQL("DROP FUNCTION IF EXISTS {}({})").format(resync_function(table), key_types))
-    if role_exists:
-        sink.run(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        sink.run(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    for statement in owners.drop_statements(conn, role):
+        sink.run(statement)
 
 
 def _removal_statements(conn: psycopg.Connection, schema: str, name: str, is_source: bool) -> list[sql.Composable]:
@@ -447,7 +383,7 @@ def _removal_statements(conn: psycopg.Connection, schema: str, name: str, is_sou
     statements: list[sql.Composable] = []
     if is_source and _has_trigger(conn, schema, name):
         statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), target))
-    if _has_policy(conn, schema, name):
+    if owners.has_policy(conn, POLICY, schema, name):
         statements.append(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), target))
     return statements
 
@@ -461,17 +397,7 @@ def _has_trigger(conn: psycopg.Connection, schema: str, table: str) -> bool:
     return (
         conn.execute(
             "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgname = %s AND tgrelid = pg_catalog.to_regclass(%s)",
-            (TRIGGER, _relation(schema, table)),
-        ).fetchone()
-        is not None
-    )
-
-
-def _has_policy(conn: psycopg.Connection, schema: str, table: str) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM pg_catalog.pg_policy WHERE polname = %s AND polrelid = pg_catalog.to_regclass(%s)",
-            (POLICY, _relation(schema, table)),
+            (TRIGGER, sql.Identifier(schema, table).as_string(conn)),
         ).fetchone()
         is not None
     )

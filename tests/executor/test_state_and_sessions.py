@@ -238,6 +238,46 @@ def test_a_plan_changed_under_a_running_migration_is_refused_unless_accepted(
     assert migrate(dsn, "verify", plan=plan).exit_code == 0  # the new content is the migration's now
 
 
+# cleanup, finalize and the rollback of cleanup run outside `_run`: each checks the plan's hash as it does.
+AFTER_CLEANUP_COMMANDS = {  # command → (steps before it, the phase it finds, the phase it leaves)
+    "cleanup": ((), "verified", "cleaned"),
+    "finalize": (("cleanup",), "cleaned", "finalized"),
+    "rollback": (("cleanup",), "cleaned", "verified"),
+}
+
+
+@pytest.mark.parametrize("command", list(AFTER_CLEANUP_COMMANDS))
+def test_a_plan_changed_under_cleanup_finalize_or_their_rollback_is_refused_unless_accepted(
+    command: str, dsn: str, db: psycopg.Connection, tmp_path
+) -> None:
+    before, found, left = AFTER_CLEANUP_COMMANDS[command]
+    plan = tmp_path / "dualshift.toml"
+    plan.write_text(PLAN.read_text())
+    ex = executor(dsn, plan)
+    ex.create()
+    ex.backfill(BackfillOptions())
+    assert ex.verify()["passed"]
+    arguments = {"cleanup": ["cleanup", "--backup-dir", str(tmp_path / "backups")], "finalize": ["finalize"]}
+    for step in before:
+        assert migrate(dsn, *arguments[step], plan=plan).exit_code == 0
+    plan.write_text(PLAN.read_text().replace("max_missing_rows = 0", "max_missing_rows = 5"))
+    refused = migrate(dsn, *arguments.get(command, [command]), plan=plan)
+    assert refused.exit_code == 2
+    line = refused.stderr.strip()
+    assert f"plan xbot-9-to-3 changed since the migration reached '{found}'" in line and "\n" not in line, line
+    assert "--accept-plan-change" in line
+    assert state(db) == found
+    accepted = CliRunner().invoke(
+        app, ["migrate", "--dsn", dsn, "--plan", str(plan), "--accept-plan-change", *arguments.get(command, [command])]
+    )
+    assert accepted.exit_code == 0, accepted.stderr
+    assert state(db) == left
+    assert (
+        db.execute("SELECT count(*) FROM dualshift_private.audit WHERE action = 'accept plan change'").fetchone()[0]
+        == 1
+    )
+
+
 # ── the private and API schemas ─────────────────────────────────────────────────────────────
 
 SUPABASE_ROLES = """

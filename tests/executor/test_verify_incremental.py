@@ -77,7 +77,7 @@ def test_incremental_falls_back_to_a_full_verify_without_capture(queue: Executor
     first = queue.verify(incremental=True)  # no watermark yet
     assert first["passed"] and "fallback" in first["tables"][0]["incremental"]
     assert first["tables"][0]["expected_rows"] == ROWS
-    for statement in changes.remove_statements(queue.plan):
+    for statement in changes.remove_statements(db, queue.plan):
         db.execute(statement)
     assert db.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'dualshift_capture%'").fetchone()[0] == 0
     db.execute("UPDATE queue SET raw_topic = 'unseen' WHERE decision_id = md5('q9')::uuid")  # nobody captured it

@@ -1,0 +1,147 @@
+"""The roles that own dualshift's SECURITY DEFINER functions.
+
+Each kind of function (the sync triggers, verify's change capture, the reverse sync) of each migration
+in each database is owned by its own role, `dualshift_<kind>_<database>_<plan>`: NOLOGIN, NOINHERIT,
+no attribute, holding exactly the privileges its functions need, granted by the module that makes
+them. The functions pin their settings (`search_path = pg_catalog, pg_temp` first) and PUBLIC may not
+call them. A role is created with its functions and dropped with them: `DROP OWNED BY` takes back its
+grants and policies, so a finished or rolled-back migration leaves no role and no privilege behind.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from dualshift.executor.backfill import session_settings
+from dualshift.executor.names import PRIVATE_SCHEMA, fit
+from dualshift.plan import Plan
+
+SYNC = "sync"
+CAPTURE = "capture"
+REVERSE_SYNC = "reverse_sync"
+
+
+def role_name(conn: psycopg.Connection, plan: Plan, kind: str) -> str:
+    """One role per database and migration (roles are cluster-wide) and kind of function."""
+    database = conn.execute("SELECT pg_catalog.current_database()").fetchone()[0]
+    return fit(f"dualshift_{kind}", database, plan.name)
+
+
+def role_exists(conn: psycopg.Connection, role: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+
+
+def settings_clause(plan: Plan) -> sql.Composable:
+    """`SET search_path = pg_catalog, pg_temp SET TimeZone = …`: what every function dualshift creates pins."""
+    clauses = []
+    for name, value in session_settings(plan):
+        if name == "search_path":  # a list: each schema its own identifier, not one quoted string
+            value_sql = sql.SQL(", ").join(sql.Identifier(s.strip()) for s in value.split(","))
+        else:
+            value_sql = sql.Literal(value)
+        clauses.append(sql.SQL("SET {} = {}").format(sql.Identifier(name), value_sql))
+    return sql.SQL(" ").join(clauses)
+
+
+def role_statements(conn: psycopg.Connection, role: str, groups: tuple[str, ...] = ()) -> list[sql.Composable]:
+    """The role (if missing), its groups, and, for an executor that is not superuser, the membership it
+    needs to hand the role its functions."""
+    who = sql.Identifier(role)
+    statements: list[sql.Composable] = []
+    if not role_exists(conn, role):
+        statements.append(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(who))
+    statements += [sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), who) for group in groups]
+    superuser = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0]
+    if not superuser:
+        statements.append(sql.SQL("GRANT {} TO CURRENT_USER").format(who))
+    return statements
+
+
+def schema_usage(role: str, schemas: set[str]) -> sql.Composable:
+    return sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, sorted(schemas))), sql.Identifier(role)
+    )
+
+
+def sequence_grants(conn: psycopg.Connection, role: str, relations: list[sql.Identifier]) -> list[sql.Composable]:
+    """USAGE on the sequences that fill the relations' columns on INSERT (serial, identity, nextval defaults)."""
+    sequences = conn.execute(
+        "WITH r AS (SELECT pg_catalog.to_regclass(name) AS oid FROM pg_catalog.unnest(%s::text[]) AS name)"
+        " SELECT d.objid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_depend d"
+        " JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+        " WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')"
+        " AND d.refobjid IN (SELECT oid FROM r)"
+        " UNION SELECT d.refobjid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_attrdef ad"
+        " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid"
+        " JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'"
+        " WHERE ad.adrelid IN (SELECT oid FROM r) ORDER BY 1",
+        ([r.as_string(conn) for r in relations],),
+    ).fetchall()
+    return [
+        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(sequence), sql.Identifier(role))
+        for (sequence,) in sequences
+    ]
+
+
+def _relation(conn: psycopg.Connection, schema: str, table: str) -> str:
+    return sql.Identifier(schema, table).as_string(conn)
+
+
+def has_row_security(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    row = conn.execute(
+        "SELECT c.relrowsecurity FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(%s)",
+        (_relation(conn, schema, table),),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def has_policy(conn: psycopg.Connection, policy: str, schema: str, table: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_policy WHERE polname = %s AND polrelid = pg_catalog.to_regclass(%s)",
+            (policy, _relation(conn, schema, table)),
+        ).fetchone()
+        is not None
+    )
+
+
+def policy_statements(
+    conn: psycopg.Connection, policy: str, role: str, schema: str, table: str
+) -> list[sql.Composable]:
+    """Where row-level security is on, a permissive policy that lets `role` (and no one else) through."""
+    if not has_row_security(conn, schema, table):
+        return []
+    target = sql.Identifier(schema, table)
+    return [
+        sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(policy), target),
+        sql.SQL("CREATE POLICY {} ON {} TO {} USING (true) WITH CHECK (true)").format(
+            sql.Identifier(policy), target, sql.Identifier(role)
+        ),
+    ]
+
+
+def owned_functions(
+    role: str, functions: list[tuple[sql.Composable, sql.Identifier, sql.Composable]]
+) -> list[sql.Composable]:
+    """Each `(CREATE FUNCTION …, name, argument types)` created, then handed to `role`, PUBLIC's EXECUTE
+    revoked; the role holds CREATE on dualshift_private only for the handing over."""
+    who = sql.Identifier(role)
+    private = sql.Identifier(PRIVATE_SCHEMA)
+    statements = [sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(private, who)]
+    for create, name, arguments in functions:
+        statements += [
+            create,
+            sql.SQL("ALTER FUNCTION {}({}) OWNER TO {}").format(name, arguments, who),
+            sql.SQL("REVOKE ALL ON FUNCTION {}({}) FROM PUBLIC").format(name, arguments),
+        ]
+    statements.append(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(private, who))
+    return statements
+
+
+def drop_statements(conn: psycopg.Connection, role: str) -> list[sql.Composable]:
+    """The role gone with everything it owns or was granted in this database (run after its triggers)."""
+    if not role_exists(conn, role):
+        return []
+    who = sql.Identifier(role)
+    return [sql.SQL("DROP OWNED BY {}").format(who), sql.SQL("DROP ROLE {}").format(who)]
