@@ -502,8 +502,8 @@ def test_every_security_definer_function_is_owned_by_a_role_holding_only_what_it
         ("verify", lambda: ex.verify(), {"sync", "capture"}),
         ("switch-reads", lambda: ex.switch_reads(100), {"sync", "capture"}),
         ("cleanup", lambda: ex.cleanup(tmp_path / "first"), {"reverse_sync"}),
-        ("rollback of cleanup", lambda: ex.rollback(), set()),
-        ("rollback to verified", lambda: ex.rollback(), set()),
+        ("rollback of cleanup", lambda: ex.rollback(), {"sync"}),  # the sync triggers are back on
+        ("rollback to verified", lambda: ex.rollback(), {"sync"}),
         ("backfill --sync triggers again", lambda: ex.backfill(BackfillOptions(), sync_triggers=True), {"sync"}),
         ("verify again", lambda: ex.verify(), {"sync", "capture"}),
         ("rollback to backfilled", lambda: ex.rollback(), {"sync", "capture"}),
