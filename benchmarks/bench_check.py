@@ -5,7 +5,8 @@
 Generates the synthetic service (benchmarks/gen_tree.py), a plan naming ten of its tables as old tables,
 runs `dualshift check` once to warm the cache (the CI cache a pull request restores), changes ten files,
 then times `dualshift check` as a CI step runs it: a fresh process, the command line, the whole tree.
-Target: under 2 s.
+Target: under 2 s. Then every file is rewritten with the same bytes and a new mtime (what a fresh checkout
+does) and the check timed again: the content hashes keep it warm.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ columns = [{ name = "id", type = "bigint", nullable = false }]
 
 
 def timed_check(root: Path, env: dict[str, str]) -> tuple[float, int]:
-    command = [str(REPO / ".venv" / "bin" / "dualshift"), "check", str(root), "--plan", str(root / "plan.toml")]
+    script = REPO / ".venv" / "bin" / "dualshift"
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "dualshift"]
+    command = [*program, "check", str(root), "--plan", str(root / "plan.toml")]
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     return time.perf_counter() - start, result.returncode
@@ -48,14 +51,20 @@ def main() -> None:
     try:
         root = generate(work / "tree", args.files)
         (root / "plan.toml").write_text(PLAN)
-        env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
+        env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache"), "PYTHONPATH": str(REPO)}
         cold, _ = timed_check(root, env)
         sources = sorted(root.rglob("*.ts"))
         for path in sources[:: max(1, len(sources) // 10)][:10]:
             path.write_text(path.read_text() + "\nexport const touched = (db: any) => db.from('table_000').delete();\n")
         warm, code = timed_check(root, env)
+        unchanged, _ = timed_check(root, env)
+        for path in sources:
+            path.write_bytes(path.read_bytes())
+        checkout, _ = timed_check(root, env)
         print(
-            f"{args.files} files: cold check {cold:.1f} s; after 10 changed files, warm cache: {warm:.2f} s (exit {code})"
+            f"{args.files} files: cold check {cold:.1f} s; after 10 changed files, warm cache: {warm:.2f} s"
+            f" (exit {code}); nothing changed: {unchanged:.2f} s; after a checkout (same bytes, new mtimes):"
+            f" {checkout:.2f} s"
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

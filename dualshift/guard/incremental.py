@@ -1,0 +1,329 @@
+"""`dualshift check`'s own cache: one SQLite row per file, so a pull request touches only what it changed.
+
+Each row holds a file's size, mtime and content hash, its analysis (`ModuleFacts`), what ties it to other
+files (helper names it defines or calls, the files its resolution read) and its findings after the ignore
+comments. A check then walks and stats the tree, re-reads only files whose size or mtime differ (a
+checkout rewriting identical bytes stays warm: the content hash decides), analyzes those whose bytes
+changed, re-resolves them and the files whose resolution read or could read them, and takes every other
+file's findings from its row. The result is the cold run's, finding for finding
+(tests/guard/test_incremental.py). Findings depend on the plan and the stage: another plan re-resolves all.
+
+A cache that cannot be opened or read is rebuilt; one that cannot be written only costs speed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dualshift import __version__
+from dualshift.analyzer import scan
+from dualshift.analyzer.cache import content_hash, default_cache_dir
+from dualshift.analyzer.resolve import resolve
+from dualshift.analyzer.typescript import SUFFIXES as TS_SUFFIXES
+from dualshift.analyzer.typescript import ModuleFacts, call_arguments
+from dualshift.guard.rules import Finding, Stage, apply_ignores, findings
+from dualshift.plan import Plan
+
+FORMAT = "check-1"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+  rel TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL, sha TEXT NOT NULL,
+  facts BLOB,                       -- pickled ModuleFacts (NULL: the file could not be analyzed)
+  pending INTEGER NOT NULL,         -- 1 when its calls name tables only other files can resolve
+  helpers TEXT NOT NULL,            -- JSON: helper names whose table parameter it resolves from callers
+  callees TEXT NOT NULL,            -- JSON: names it calls with string arguments
+  consulted TEXT NOT NULL,          -- JSON: the files its last resolution read
+  findings BLOB                     -- pickled findings after ignores (NULL: none)
+);
+"""
+
+
+def cache_path(cache_dir: Path | None, root: Path) -> Path:
+    base = (cache_dir or default_cache_dir()).parent / "check"
+    return base / f"{hashlib.sha256(str(root).encode()).hexdigest()[:24]}.sqlite"
+
+
+def settings_key(plan_file: Path, stage: Stage) -> str:
+    """What findings depend on besides the code: the plan's bytes, the stage, this version."""
+    try:
+        text = plan_file.read_bytes()
+    except OSError:
+        text = b""
+    return hashlib.sha256(b"%s\0%s\0%s\0" % (FORMAT.encode(), __version__.encode(), stage.encode()) + text).hexdigest()
+
+
+@dataclass
+class Row:
+    facts: ModuleFacts | None
+    helpers: list[str]
+    callees: list[str]
+
+
+def _row_of(facts: ModuleFacts | None) -> Row:
+    if facts is None:
+        return Row(None, [], [])
+    helpers = sorted({r.name for r in facts.pending.values() if r.kind == "param"})
+    return Row(facts, helpers, sorted({a.callee for a in facts.call_arguments}))
+
+
+class StoredModules(Mapping[str, ModuleFacts]):
+    """Every analyzed file's facts: fresh ones in memory, the rest unpickled from the cache on first use."""
+
+    def __init__(self, db: sqlite3.Connection, paths: list[str], fresh: dict[str, ModuleFacts]) -> None:
+        self.db, self.paths, self.known, self.loaded = db, paths, set(paths), dict(fresh)
+
+    def __contains__(self, rel: object) -> bool:
+        return rel in self.known
+
+    def __getitem__(self, rel: str) -> ModuleFacts:
+        if rel not in self.loaded:
+            row = self.db.execute("SELECT facts FROM files WHERE rel = ?", (rel,)).fetchone()
+            if row is None or row[0] is None:
+                raise KeyError(rel)
+            self.loaded[rel] = pickle.loads(row[0])
+        return self.loaded[rel]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class Changes:
+    analyzed: dict[str, tuple[int, int, str, ModuleFacts | None]] = field(default_factory=dict)
+    restamped: list[tuple[int, int, str]] = field(default_factory=list)  # same bytes, new (size, mtime, rel)
+    removed: set[str] = field(default_factory=set)
+    before: dict[str, Row] = field(default_factory=dict)  # changed files' stored rows, for what they touched
+
+
+@dataclass
+class Work:
+    """What a check had to do: files analyzed again, and files resolved again."""
+
+    analyzed: int = 0
+    resolved: int = 0
+
+
+def check_findings(
+    root: Path,
+    plan: Plan,
+    plan_file: Path,
+    stage: Stage,
+    cache_dir: Path | None = None,
+    jobs: int | None = None,
+    work: Work | None = None,
+) -> list[Finding]:
+    """The findings of the whole tree after ignores, as `findings(scan_tree(root).calls, …)` gives them."""
+    root = Path(root).resolve()
+    path = cache_path(cache_dir, root)
+    key = settings_key(plan_file, stage)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(_open(path)) as db:
+            return _check(db, root, plan, key, stage, jobs, work or Work())
+    except (OSError, sqlite3.Error, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        path.unlink(missing_ok=True)  # unreadable: start again, in memory if the disk refuses
+        with closing(_open(Path(":memory:"))) as db:
+            return _check(db, root, plan, key, stage, jobs, work or Work())
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.executescript(SCHEMA)
+    stored = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+    if stored is None or stored[0] != f"{FORMAT} {__version__}":
+        db.execute("DELETE FROM files")
+        db.execute("DELETE FROM meta")
+        db.execute("INSERT INTO meta VALUES ('format', ?)", (f"{FORMAT} {__version__}",))
+    return db
+
+
+def _meta(db: sqlite3.Connection, name: str) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return None if row is None else row[0]
+
+
+def _check(
+    db: sqlite3.Connection, root: Path, plan: Plan, key: str, stage: Stage, jobs: int | None, work: Work
+) -> list[Finding]:
+    listing = scan.discover(root).files
+    changes = _changes(db, root, listing, jobs)
+    work.analyzed = len(changes.analyzed)
+    db.execute("BEGIN")
+    _store_changes(db, changes)
+    unanalyzable = _unanalyzable(db, changes)
+    modules = StoredModules(db, [r for r in listing if r not in unanalyzable], _fresh(changes))
+    helpers = sorted(
+        {h for (text,) in db.execute("SELECT helpers FROM files WHERE pending = 1") for h in json.loads(text)}
+    )
+    helpers_changed = _meta(db, "helpers") != json.dumps(helpers)
+    if helpers_changed:  # a new helper name: every file calling it now needs its call arguments
+        _collect_call_arguments(db, root, modules, listing, helpers)
+    elif helpers:
+        _collect_call_arguments(db, root, modules, [r for r in changes.analyzed if r in modules.loaded], helpers)
+    everything = _meta(db, "settings") != key
+    affected = set(listing) if everything else _affected(db, changes, set(listing), helpers_changed)
+    affected = {r for r in affected if r in modules}
+    pending = [r for (r,) in db.execute("SELECT rel FROM files WHERE pending = 1")]
+    callers = [r for (r,) in db.execute("SELECT rel FROM files WHERE callees <> '[]'")]
+    consulted: dict[str, set[str]] = {}
+    work.resolved = len(affected)
+    calls = resolve(modules, only=affected, helper_files=pending, caller_files=callers, consulted=consulted)
+    fresh = apply_ignores(findings(calls, plan, stage), root)
+    by_file: dict[str, list[Finding]] = {}
+    for finding in fresh:
+        by_file.setdefault(finding.file, []).append(finding)
+    db.executemany(
+        "UPDATE files SET findings = ?, consulted = ? WHERE rel = ?",
+        [
+            (pickle.dumps(by_file[r]) if r in by_file else None, json.dumps(sorted(consulted.get(r, ()))), r)
+            for r in affected
+        ],
+    )
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('helpers', ?), ('settings', ?)", (json.dumps(helpers), key))
+    kept = db.execute("SELECT rel, findings FROM files WHERE findings IS NOT NULL").fetchall()
+    db.execute("COMMIT")
+    result = list(fresh)
+    for rel, blob in kept:
+        if rel not in affected:
+            result.extend(pickle.loads(blob))
+    return sorted(result, key=_order)
+
+
+def _order(finding: Finding) -> tuple:
+    # findings() sorts by file, line, column and rule before ignores turn some into DS900: keep that order.
+    rule = finding.rule
+    if rule == "DS900":
+        rule = finding.message.split(" ", 1)[0]
+    return (finding.file, finding.line, finding.column, rule)
+
+
+def _unanalyzable(db: sqlite3.Connection, changes: Changes) -> set[str]:
+    stored = {r for (r,) in db.execute("SELECT rel FROM files WHERE facts IS NULL")}
+    return stored | {r for r, (*_, facts) in changes.analyzed.items() if facts is None}
+
+
+def _fresh(changes: Changes) -> dict[str, ModuleFacts]:
+    return {r: facts for r, (*_, facts) in changes.analyzed.items() if facts is not None}
+
+
+def _changes(db: sqlite3.Connection, root: Path, listing: list[str], jobs: int | None) -> Changes:
+    stored = {
+        rel: (size, mtime, sha) for rel, size, mtime, sha in db.execute("SELECT rel, size, mtime, sha FROM files")
+    }
+    changes = Changes(removed=set(stored) - set(listing))
+    base = str(root)
+    work: list[scan.Job] = []
+    stats: dict[str, tuple[int, int]] = {}
+    for rel in listing:
+        path = os.path.join(base, rel)
+        size, mtime = stats[rel] = scan._stat(path)
+        known = stored.get(rel)
+        if known is not None and known[:2] == (size, mtime):
+            continue
+        if known is not None:
+            data = scan._read(path, rel, scan.DEFAULT_MAX_BYTES)
+            if not isinstance(data, scan.ParseFailure) and content_hash(data) == known[2]:
+                changes.restamped.append((size, mtime, rel))
+                continue
+        work.append((path, rel, scan.DEFAULT_MAX_BYTES, True))
+    for rel, sha, facts, _failure in scan._run(work, jobs if jobs is not None else (os.cpu_count() or 1)):
+        changes.analyzed[rel] = (*stats[rel], sha or "", facts)
+    for rel in changes.analyzed.keys() | changes.removed:
+        row = db.execute("SELECT facts FROM files WHERE rel = ?", (rel,)).fetchone()
+        if row is not None:
+            changes.before[rel] = _row_of(pickle.loads(row[0]) if row[0] is not None else None)
+    return changes
+
+
+def _store_changes(db: sqlite3.Connection, changes: Changes) -> None:
+    db.executemany("UPDATE files SET size = ?, mtime = ? WHERE rel = ?", changes.restamped)
+    db.executemany("DELETE FROM files WHERE rel = ?", [(r,) for r in changes.removed])
+    rows = []
+    for rel, (size, mtime, sha, facts) in changes.analyzed.items():
+        row = _row_of(facts)
+        rows.append(
+            (
+                rel,
+                size,
+                mtime,
+                sha,
+                None if facts is None else pickle.dumps(facts),
+                int(bool(facts and facts.pending)),
+                json.dumps(row.helpers),
+                json.dumps(row.callees),
+            )
+        )
+    db.executemany(
+        "INSERT OR REPLACE INTO files (rel, size, mtime, sha, facts, pending, helpers, callees, consulted, findings)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', NULL)",
+        rows,
+    )
+
+
+def _collect_call_arguments(
+    db: sqlite3.Connection, root: Path, modules: StoredModules, rels: list[str], helpers: list[str]
+) -> None:
+    """What the scan's helper pass does: a TypeScript file that names a helper (`helper(` in its bytes) has
+    its call arguments collected; one that does not has none."""
+    needles = [f"{name}(".encode() for name in helpers]
+    for rel in rels:
+        suffix = os.path.splitext(rel)[1]
+        if suffix not in TS_SUFFIXES or rel not in modules:
+            continue
+        try:
+            data = (root / rel).read_bytes() if needles else b""
+        except OSError:
+            continue
+        if any(needle in data for needle in needles):
+            arguments = call_arguments(rel, data, suffix)
+        elif (
+            rel in modules.loaded or db.execute("SELECT callees <> '[]' FROM files WHERE rel = ?", (rel,)).fetchone()[0]
+        ):
+            arguments = []
+        else:
+            continue  # had none, has none: leave its row unread
+        facts = modules[rel]
+        if arguments == facts.call_arguments:
+            continue
+        facts.call_arguments = arguments
+        db.execute(
+            "UPDATE files SET facts = ?, callees = ? WHERE rel = ?",
+            (pickle.dumps(facts), json.dumps(_row_of(facts).callees), rel),
+        )
+
+
+def _affected(db: sqlite3.Connection, changes: Changes, listing: set[str], helpers_changed: bool) -> set[str]:
+    """The changed files, and the files whose resolution read one of them or may now read one."""
+    changed = set(changes.analyzed) | changes.removed
+    affected = set(changes.analyzed)
+    if not changed and not helpers_changed:
+        return affected
+    names: set[str] = set()
+    for rel in changed:
+        for row in (changes.before.get(rel), _row_of(changes.analyzed[rel][3]) if rel in changes.analyzed else None):
+            if row is not None:
+                names.update(row.helpers, row.callees)
+    files_added_or_removed = bool(changes.removed) or any(r not in changes.before for r in changes.analyzed)
+    for rel, consulted, helpers in db.execute("SELECT rel, consulted, helpers FROM files WHERE pending = 1"):
+        if (
+            helpers_changed
+            or files_added_or_removed  # an import may now find a file it did not, or lose one
+            or not changed.isdisjoint(json.loads(consulted))
+            or not names.isdisjoint(json.loads(helpers))
+        ):
+            affected.add(rel)
+    return affected & listing

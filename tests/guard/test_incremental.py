@@ -1,0 +1,106 @@
+"""`dualshift check` with a warm cache gives what a cold check gives, after edits that cross files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dualshift.analyzer.scan import scan_tree
+from dualshift.guard.incremental import Work, check_findings
+from dualshift.guard.rules import Finding, apply_ignores, findings
+from dualshift.plan import load_plan
+
+REPO = Path(__file__).resolve().parents[2]
+XBOT = REPO / "fixtures" / "xbot"
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Path:
+    root = tmp_path / "xbot"
+    shutil.copytree(XBOT, root, symlinks=True, ignore=shutil.ignore_patterns("expected", "node_modules"))
+    return root
+
+
+def _cold(root: Path, stage: str = "in-flight") -> list[Finding]:
+    """The reference: a scan without any cache, then the rules."""
+    plan = load_plan(root / "dualshift.toml")
+    return apply_ignores(findings(scan_tree(root, use_cache=False, jobs=1).calls, plan, stage), root)  # type: ignore[arg-type]
+
+
+def _warm(root: Path, cache: Path, stage: str = "in-flight") -> tuple[list[Finding], Work]:
+    work = Work()
+    plan_file = root / "dualshift.toml"
+    found = check_findings(root, load_plan(plan_file), plan_file, stage, cache_dir=cache, jobs=1, work=work)  # type: ignore[arg-type]
+    return found, work
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{path}: {old!r} not found"
+    path.write_text(text.replace(old, new))
+
+
+def test_a_warm_incremental_check_equals_a_cold_one_after_edits(service: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "scan"
+    first, work = _warm(service, cache)
+    assert first == _cold(service) and work.analyzed > 20
+
+    # A constant changes in one file: the helper in an unchanged file (db.ts) now inserts into tweets.
+    _edit(service / "src/config/tables.ts", "CONTENT_TABLE = 'content_metadata'", "CONTENT_TABLE = 'tweets'")
+    found, work = _warm(service, cache)
+    assert found == _cold(service)
+    assert any(f.file == "src/db/db.ts" and f.table == "tweets" for f in found)
+    assert work.analyzed == 1 and work.resolved < 10
+
+    # An added write, a removed import, a renamed helper (with its callers).
+    (service / "src/jobs/newPoster.ts").write_text(
+        "export const post = (db: any, text: string) => db.from('tweets').insert({ text });\n"
+    )
+    _edit(
+        service / "src/learning/multiDimensionalLearning.ts",
+        "import { COMPREHENSIVE_TABLE as FULL_METADATA } from '../config/tables';\n",
+        "const FULL_METADATA = 'posts';\n",
+    )
+    for rel in ("src/db/db.ts", "src/jobs/planJobUnified.ts", "src/utils/cleanup.ts"):
+        _edit(service / rel, "insertRow", "insertOne")
+    found, work = _warm(service, cache)
+    assert found == _cold(service)
+    assert any(f.file == "src/jobs/newPoster.ts" and f.rule == "DS001" for f in found)
+    assert work.analyzed == 5
+
+    # A caller of the renamed helper is deleted: the helper's tables shrink in its own, unchanged file.
+    (service / "src/utils/cleanup.ts").unlink()
+    found, work = _warm(service, cache)
+    assert found == _cold(service) and work.analyzed == 0
+
+    # A checkout rewrites every file with the same bytes and new times: nothing is analyzed again.
+    for directory, _, names in os.walk(service):
+        for name in names:
+            path = Path(directory, name)
+            path.write_bytes(path.read_bytes())
+            os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+    found, work = _warm(service, cache)
+    assert found == _cold(service) and work.analyzed == 0
+
+
+def test_another_stage_or_plan_recomputes_every_finding(service: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "scan"
+    _warm(service, cache)
+    cleaned, work = _warm(service, cache, stage="cleaned")
+    assert cleaned == _cold(service, stage="cleaned") and work.resolved > 20
+    plan = service / "dualshift.toml"
+    plan.write_text(plan.read_text() + "\n# reviewed\n")
+    again, work = _warm(service, cache)
+    assert again == _cold(service) and work.analyzed == 0 and work.resolved > 20
+
+
+def test_an_unreadable_cache_is_rebuilt(service: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "scan"
+    _warm(service, cache)
+    (database,) = (cache.parent / "check").glob("*.sqlite")
+    database.write_bytes(b"not a database" * 100)
+    found, _ = _warm(service, cache)
+    assert found == _cold(service)
