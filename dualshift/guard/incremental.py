@@ -32,18 +32,20 @@ from dualshift.analyzer.typescript import ModuleFacts, call_arguments
 from dualshift.guard.rules import Finding, Stage, apply_ignores, findings
 from dualshift.plan import Plan
 
-FORMAT = "check-1"
+FORMAT = "check-2"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (
+CREATE TABLE IF NOT EXISTS files (  -- small rows: a check scans this table whole
   rel TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL, sha TEXT NOT NULL,
-  facts BLOB,                       -- pickled ModuleFacts (NULL: the file could not be analyzed)
+  analyzed INTEGER NOT NULL,        -- 0 when the file could not be analyzed (no facts)
   pending INTEGER NOT NULL,         -- 1 when its calls name tables only other files can resolve
   helpers TEXT NOT NULL,            -- JSON: helper names whose table parameter it resolves from callers
   callees TEXT NOT NULL,            -- JSON: names it calls with string arguments
-  consulted TEXT NOT NULL,          -- JSON: the files its last resolution read
-  findings BLOB                     -- pickled findings after ignores (NULL: none)
+  consulted TEXT NOT NULL           -- JSON: the files its last resolution read
 );
+CREATE TABLE IF NOT EXISTS facts (rel TEXT PRIMARY KEY, blob BLOB NOT NULL);     -- pickled ModuleFacts
+CREATE TABLE IF NOT EXISTS findings (rel TEXT PRIMARY KEY, blob BLOB NOT NULL);  -- pickled, after ignores
+CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), stats BLOB NOT NULL);
 """
 
 
@@ -86,8 +88,8 @@ class StoredModules(Mapping[str, ModuleFacts]):
 
     def __getitem__(self, rel: str) -> ModuleFacts:
         if rel not in self.loaded:
-            row = self.db.execute("SELECT facts FROM files WHERE rel = ?", (rel,)).fetchone()
-            if row is None or row[0] is None:
+            row = self.db.execute("SELECT blob FROM facts WHERE rel = ?", (rel,)).fetchone()
+            if row is None:
                 raise KeyError(rel)
             self.loaded[rel] = pickle.loads(row[0])
         return self.loaded[rel]
@@ -105,6 +107,7 @@ class Changes:
     restamped: list[tuple[int, int, str]] = field(default_factory=list)  # same bytes, new (size, mtime, rel)
     removed: set[str] = field(default_factory=set)
     before: dict[str, Row] = field(default_factory=dict)  # changed files' stored rows, for what they touched
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # every file's (size, mtime) now
 
 
 @dataclass
@@ -142,11 +145,11 @@ def _open(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
-    db.executescript(SCHEMA)
-    stored = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
-    if stored is None or stored[0] != f"{FORMAT} {__version__}":
-        db.execute("DELETE FROM files")
-        db.execute("DELETE FROM meta")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    if _meta(db, "format") != f"{FORMAT} {__version__}":  # another layout, or a new cache: start empty
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            db.execute(f'DROP TABLE "{table}"')
+        db.executescript(SCHEMA)
         db.execute("INSERT INTO meta VALUES ('format', ?)", (f"{FORMAT} {__version__}",))
     return db
 
@@ -187,14 +190,14 @@ def _check(
     for finding in fresh:
         by_file.setdefault(finding.file, []).append(finding)
     db.executemany(
-        "UPDATE files SET findings = ?, consulted = ? WHERE rel = ?",
-        [
-            (pickle.dumps(by_file[r]) if r in by_file else None, json.dumps(sorted(consulted.get(r, ()))), r)
-            for r in affected
-        ],
+        "UPDATE files SET consulted = ? WHERE rel = ?", [(json.dumps(sorted(consulted[r])), r) for r in affected]
+    )
+    db.executemany("DELETE FROM findings WHERE rel = ?", [(r,) for r in affected if r not in by_file])
+    db.executemany(
+        "INSERT OR REPLACE INTO findings VALUES (?, ?)", [(r, pickle.dumps(found)) for r, found in by_file.items()]
     )
     db.execute("INSERT OR REPLACE INTO meta VALUES ('helpers', ?), ('settings', ?)", (json.dumps(helpers), key))
-    kept = db.execute("SELECT rel, findings FROM files WHERE findings IS NOT NULL").fetchall()
+    kept = db.execute("SELECT rel, blob FROM findings").fetchall()
     db.execute("COMMIT")
     result = list(fresh)
     for rel, blob in kept:
@@ -212,7 +215,7 @@ def _order(finding: Finding) -> tuple:
 
 
 def _unanalyzable(db: sqlite3.Connection, changes: Changes) -> set[str]:
-    stored = {r for (r,) in db.execute("SELECT rel FROM files WHERE facts IS NULL")}
+    stored = {r for (r,) in db.execute("SELECT rel FROM files WHERE analyzed = 0")}
     return stored | {r for r, (*_, facts) in changes.analyzed.items() if facts is None}
 
 
@@ -220,58 +223,78 @@ def _fresh(changes: Changes) -> dict[str, ModuleFacts]:
     return {r: facts for r, (*_, facts) in changes.analyzed.items() if facts is not None}
 
 
-def _changes(db: sqlite3.Connection, root: Path, listing: list[str], jobs: int | None) -> Changes:
-    stored = {
-        rel: (size, mtime, sha) for rel, size, mtime, sha in db.execute("SELECT rel, size, mtime, sha FROM files")
-    }
-    changes = Changes(removed=set(stored) - set(listing))
-    base = str(root)
-    work: list[scan.Job] = []
+def _stat_all(root: Path, listing: list[str]) -> dict[str, tuple[int, int]]:
+    base = str(root) + os.sep
     stats: dict[str, tuple[int, int]] = {}
     for rel in listing:
-        path = os.path.join(base, rel)
-        size, mtime = stats[rel] = scan._stat(path)
+        try:
+            info = os.stat(base + rel)
+            stats[rel] = (info.st_size, info.st_mtime_ns)
+        except OSError:
+            stats[rel] = (-1, -1)  # analyzed, it becomes a row without facts, like a file that does not read
+    return stats
+
+
+def _snapshot(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """Every file's size and mtime as the last check left them: one blob, not a row per file."""
+    row = db.execute("SELECT stats FROM snapshot WHERE id = 1").fetchone()
+    if row is not None:
+        return pickle.loads(row[0])
+    return {rel: (size, mtime) for rel, size, mtime in db.execute("SELECT rel, size, mtime FROM files")}
+
+
+def _changes(db: sqlite3.Connection, root: Path, listing: list[str], jobs: int | None) -> Changes:
+    stats = _stat_all(root, listing)
+    stored = _snapshot(db)
+    changes = Changes(removed=stored.keys() - stats.keys(), stats=stats)
+    work: list[scan.Job] = []
+    for rel, stat_ in stats.items():
         known = stored.get(rel)
-        if known is not None and known[:2] == (size, mtime):
+        if known == stat_:
             continue
+        path = os.path.join(root, rel)
         if known is not None:
+            (sha,) = db.execute("SELECT sha FROM files WHERE rel = ?", (rel,)).fetchone()
             data = scan._read(path, rel, scan.DEFAULT_MAX_BYTES)
-            if not isinstance(data, scan.ParseFailure) and content_hash(data) == known[2]:
-                changes.restamped.append((size, mtime, rel))
+            if not isinstance(data, scan.ParseFailure) and content_hash(data) == sha:
+                changes.restamped.append((*stat_, rel))
                 continue
         work.append((path, rel, scan.DEFAULT_MAX_BYTES, True))
     for rel, sha, facts, _failure in scan._run(work, jobs if jobs is not None else (os.cpu_count() or 1)):
         changes.analyzed[rel] = (*stats[rel], sha or "", facts)
     for rel in changes.analyzed.keys() | changes.removed:
-        row = db.execute("SELECT facts FROM files WHERE rel = ?", (rel,)).fetchone()
+        row = db.execute("SELECT x.blob FROM files f LEFT JOIN facts x USING (rel) WHERE f.rel = ?", (rel,)).fetchone()
         if row is not None:
             changes.before[rel] = _row_of(pickle.loads(row[0]) if row[0] is not None else None)
     return changes
 
 
 def _store_changes(db: sqlite3.Connection, changes: Changes) -> None:
+    if changes.analyzed or changes.restamped or changes.removed:
+        db.execute("INSERT OR REPLACE INTO snapshot VALUES (1, ?)", (pickle.dumps(changes.stats),))
     db.executemany("UPDATE files SET size = ?, mtime = ? WHERE rel = ?", changes.restamped)
-    db.executemany("DELETE FROM files WHERE rel = ?", [(r,) for r in changes.removed])
-    rows = []
+    for table in ("files", "facts", "findings"):
+        db.executemany(f"DELETE FROM {table} WHERE rel = ?", [(r,) for r in changes.removed])
     for rel, (size, mtime, sha, facts) in changes.analyzed.items():
         row = _row_of(facts)
-        rows.append(
+        db.execute(
+            "INSERT OR REPLACE INTO files (rel, size, mtime, sha, analyzed, pending, helpers, callees, consulted)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]')",
             (
                 rel,
                 size,
                 mtime,
                 sha,
-                None if facts is None else pickle.dumps(facts),
+                int(facts is not None),
                 int(bool(facts and facts.pending)),
                 json.dumps(row.helpers),
                 json.dumps(row.callees),
-            )
+            ),
         )
-    db.executemany(
-        "INSERT OR REPLACE INTO files (rel, size, mtime, sha, facts, pending, helpers, callees, consulted, findings)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', NULL)",
-        rows,
-    )
+        if facts is None:
+            db.execute("DELETE FROM facts WHERE rel = ?", (rel,))
+        else:
+            db.execute("INSERT OR REPLACE INTO facts VALUES (?, ?)", (rel, pickle.dumps(facts)))
 
 
 def _collect_call_arguments(
@@ -300,10 +323,8 @@ def _collect_call_arguments(
         if arguments == facts.call_arguments:
             continue
         facts.call_arguments = arguments
-        db.execute(
-            "UPDATE files SET facts = ?, callees = ? WHERE rel = ?",
-            (pickle.dumps(facts), json.dumps(_row_of(facts).callees), rel),
-        )
+        db.execute("UPDATE facts SET blob = ? WHERE rel = ?", (pickle.dumps(facts), rel))
+        db.execute("UPDATE files SET callees = ? WHERE rel = ?", (json.dumps(_row_of(facts).callees), rel))
 
 
 def _affected(db: sqlite3.Connection, changes: Changes, listing: set[str], helpers_changed: bool) -> set[str]:
