@@ -19,6 +19,7 @@ import os
 import pickle
 import sqlite3
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,23 +244,33 @@ def _snapshot(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
     return {rel: (size, mtime) for rel, size, mtime in db.execute("SELECT rel, size, mtime FROM files")}
 
 
+def _same_bytes(db: sqlite3.Connection, root: Path, candidates: list[str]) -> set[str]:
+    """The files among candidates whose bytes hash as stored: a checkout rewrote them unchanged."""
+    if len(candidates) > 64:
+        stored = dict(db.execute("SELECT rel, sha FROM files"))
+    else:
+        stored = {rel: db.execute("SELECT sha FROM files WHERE rel = ?", (rel,)).fetchone()[0] for rel in candidates}
+
+    def unchanged(rel: str) -> bool:
+        data = scan._read(os.path.join(root, rel), rel, scan.DEFAULT_MAX_BYTES)
+        return not isinstance(data, scan.ParseFailure) and content_hash(data) == stored[rel]
+
+    if len(candidates) <= 64:
+        return {rel for rel in candidates if unchanged(rel)}
+    with ThreadPoolExecutor(max_workers=4) as pool:  # reading and sha256 release the GIL
+        return {rel for rel, same in zip(candidates, pool.map(unchanged, candidates), strict=True) if same}
+
+
 def _changes(db: sqlite3.Connection, root: Path, listing: list[str], jobs: int | None) -> Changes:
     stats = _stat_all(root, listing)
     stored = _snapshot(db)
     changes = Changes(removed=stored.keys() - stats.keys(), stats=stats)
-    work: list[scan.Job] = []
-    for rel, stat_ in stats.items():
-        known = stored.get(rel)
-        if known == stat_:
-            continue
-        path = os.path.join(root, rel)
-        if known is not None:
-            (sha,) = db.execute("SELECT sha FROM files WHERE rel = ?", (rel,)).fetchone()
-            data = scan._read(path, rel, scan.DEFAULT_MAX_BYTES)
-            if not isinstance(data, scan.ParseFailure) and content_hash(data) == sha:
-                changes.restamped.append((*stat_, rel))
-                continue
-        work.append((path, rel, scan.DEFAULT_MAX_BYTES, True))
+    differing = [rel for rel, stat_ in stats.items() if stored.get(rel) != stat_]
+    same = _same_bytes(db, root, [rel for rel in differing if rel in stored])
+    changes.restamped = [(*stats[rel], rel) for rel in differing if rel in same]
+    work: list[scan.Job] = [
+        (os.path.join(root, rel), rel, scan.DEFAULT_MAX_BYTES, True) for rel in differing if rel not in same
+    ]
     for rel, sha, facts, _failure in scan._run(work, jobs if jobs is not None else (os.cpu_count() or 1)):
         changes.analyzed[rel] = (*stats[rel], sha or "", facts)
     for rel in changes.analyzed.keys() | changes.removed:

@@ -45,8 +45,13 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_a_warm_incremental_check_equals_a_cold_one_after_edits(service: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache" / "scan"
+    (service / "src" / "more").mkdir()
+    for n in range(80):  # enough files for the checkout below to take the threaded hashing path
+        (service / "src" / "more" / f"job{n:02d}.ts").write_text(
+            f"export const n{n} = (db: any) => db.from('posts').select('id');\n"
+        )
     first, work = _warm(service, cache)
-    assert first == _cold(service) and work.analyzed > 20
+    assert first == _cold(service) and work.analyzed > 100
 
     # A constant changes in one file: the helper in an unchanged file (db.ts) now inserts into tweets.
     _edit(service / "src/config/tables.ts", "CONTENT_TABLE = 'content_metadata'", "CONTENT_TABLE = 'tweets'")
