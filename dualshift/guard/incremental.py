@@ -132,18 +132,27 @@ def check_findings(
     root = Path(root).resolve()
     path = cache_path(cache_dir, root)
     key = settings_key(plan_file, stage)
+
+    def run(where: Path) -> list[Finding]:
+        with closing(_open(where)) as db:
+            return _check(db, root, plan, key, stage, jobs, work or Work())
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(_open(path)) as db:
-            return _check(db, root, plan, key, stage, jobs, work or Work())
-    except (OSError, sqlite3.Error, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
-        path.unlink(missing_ok=True)  # unreadable: start again, in memory if the disk refuses
-        with closing(_open(Path(":memory:"))) as db:
-            return _check(db, root, plan, key, stage, jobs, work or Work())
+        return run(path)
+    except (OSError, sqlite3.OperationalError):  # locked by another check, or a disk that refuses: no cache
+        return run(Path(":memory:"))
+    except (sqlite3.DatabaseError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        for suffix in ("", "-wal", "-shm"):  # unreadable: start again
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        try:
+            return run(path)
+        except (OSError, sqlite3.Error):
+            return run(Path(":memory:"))
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(str(path), isolation_level=None)
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=10)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
     db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -166,7 +175,7 @@ def _check(
     listing = scan.discover(root).files
     changes = _changes(db, root, listing, jobs)
     work.analyzed = len(changes.analyzed)
-    db.execute("BEGIN")
+    db.execute("BEGIN IMMEDIATE")
     _store_changes(db, changes)
     unanalyzable = _unanalyzable(db, changes)
     modules = StoredModules(db, [r for r in listing if r not in unanalyzable], _fresh(changes))

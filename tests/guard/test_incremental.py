@@ -109,3 +109,6 @@ def test_an_unreadable_cache_is_rebuilt(service: Path, tmp_path: Path) -> None:
     database.write_bytes(b"not a database" * 100)
     found, _ = _warm(service, cache)
     assert found == _cold(service)
+    assert database.read_bytes().startswith(b"SQLite format 3")  # rebuilt in place
+    found, work = _warm(service, cache)
+    assert found == _cold(service) and work.analyzed == 0
