@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import sqlite3
+import subprocess
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -109,12 +110,14 @@ class Changes:
     removed: set[str] = field(default_factory=set)
     before: dict[str, Row] = field(default_factory=dict)  # changed files' stored rows, for what they touched
     stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # every file's (size, mtime) now
+    hashed: int = 0  # files read only to compare their content hash
 
 
 @dataclass
 class Work:
-    """What a check had to do: files analyzed again, and files resolved again."""
+    """What a check had to do: files read to compare their hash, analyzed again, resolved again."""
 
+    hashed: int = 0
     analyzed: int = 0
     resolved: int = 0
 
@@ -174,7 +177,7 @@ def _check(
 ) -> list[Finding]:
     listing = scan.discover(root).files
     changes = _changes(db, root, listing, jobs)
-    work.analyzed = len(changes.analyzed)
+    work.hashed, work.analyzed = changes.hashed, len(changes.analyzed)
     db.execute("BEGIN IMMEDIATE")
     _store_changes(db, changes)
     unanalyzable = _unanalyzable(db, changes)
@@ -253,21 +256,61 @@ def _snapshot(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
     return {rel: (size, mtime) for rel, size, mtime in db.execute("SELECT rel, size, mtime FROM files")}
 
 
-def _same_bytes(db: sqlite3.Connection, root: Path, candidates: list[str]) -> set[str]:
-    """The files among candidates whose bytes hash as stored: a checkout rewrote them unchanged."""
-    if len(candidates) > 64:
-        stored = dict(db.execute("SELECT rel, sha FROM files"))
-    else:
-        stored = {rel: db.execute("SELECT sha FROM files WHERE rel = ?", (rel,)).fetchone()[0] for rel in candidates}
-
-    def unchanged(rel: str) -> bool:
-        data = scan._read(os.path.join(root, rel), rel, scan.DEFAULT_MAX_BYTES)
-        return not isinstance(data, scan.ParseFailure) and content_hash(data) == stored[rel]
-
+def _same_bytes(db: sqlite3.Connection, root: Path, candidates: list[str], changes: Changes) -> set[str]:
+    """The files among candidates whose bytes hash as stored: a checkout rewrote them unchanged. After a
+    checkout, git's index already holds the ids of the files it wrote: those are not read."""
     if len(candidates) <= 64:
-        return {rel for rel in candidates if unchanged(rel)}
-    with ThreadPoolExecutor(max_workers=4) as pool:  # reading and sha256 release the GIL
-        return {rel for rel, same in zip(candidates, pool.map(unchanged, candidates), strict=True) if same}
+        changes.hashed = len(candidates)
+        stored = {rel: db.execute("SELECT sha FROM files WHERE rel = ?", (rel,)).fetchone()[0] for rel in candidates}
+        return {rel for rel in candidates if _hashes_as(root, rel, stored[rel])}
+    stored = dict(db.execute("SELECT rel, sha FROM files"))
+    clean = _git_clean_ids(root)
+    same = {rel for rel in candidates if clean.get(rel) == stored[rel]}
+    rest = [rel for rel in candidates if rel not in same]
+    changes.hashed = len(rest)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # reading and hashing release the GIL
+        hashed = pool.map(lambda rel: _hashes_as(root, rel, stored[rel]), rest)
+        return same | {rel for rel, ok in zip(rest, hashed, strict=True) if ok}
+
+
+def _hashes_as(root: Path, rel: str, sha: str) -> bool:
+    data = scan._read(os.path.join(root, rel), rel, scan.DEFAULT_MAX_BYTES)
+    return not isinstance(data, scan.ParseFailure) and content_hash(data) == sha
+
+
+def _git(root: Path, *args: str) -> bytes | None:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _git_clean_ids(root: Path) -> dict[str, str]:
+    """Blob ids of the files under root that git tracks and finds unchanged in the working tree, by path
+    relative to root. Empty when root is not in a git work tree, or when the bytes on disk may differ from
+    the blob's (core.autocrlf, attributes that filter or convert line ends, files git is told not to check)."""
+    autocrlf = _git(root, "config", "--get", "core.autocrlf")
+    if autocrlf is not None and autocrlf.strip().lower() in (b"true", b"input"):
+        return {}
+    if _git(root, "config", "--get", "core.attributesFile") is not None:
+        return {}
+    info = _git(root, "rev-parse", "--git-path", "info/attributes")
+    listed = _git(root, "ls-files", "--stage", "-v", "-z")
+    modified = _git(root, "diff", "--name-only", "--no-renames", "--relative", "-z")
+    if info is None or listed is None or modified is None or (root / info.decode().strip()).exists():
+        return {}
+    changed = set(modified.decode("utf-8", "surrogateescape").split("\0"))
+    ids: dict[str, str] = {}
+    for entry in listed.decode("utf-8", "surrogateescape").split("\0"):
+        meta, _, rel = entry.partition("\t")
+        if rel.endswith(".gitattributes"):
+            return {}
+        fields = meta.split(" ")  # tag (H: cached, nothing assumed or skipped), mode, id, stage
+        regular = len(fields) == 4 and fields[0] == "H" and fields[1] in ("100644", "100755") and fields[3] == "0"
+        if regular and rel not in changed:
+            ids[rel] = fields[2]
+    return ids
 
 
 def _changes(db: sqlite3.Connection, root: Path, listing: list[str], jobs: int | None) -> Changes:
@@ -275,7 +318,7 @@ def _changes(db: sqlite3.Connection, root: Path, listing: list[str], jobs: int |
     stored = _snapshot(db)
     changes = Changes(removed=stored.keys() - stats.keys(), stats=stats)
     differing = [rel for rel, stat_ in stats.items() if stored.get(rel) != stat_]
-    same = _same_bytes(db, root, [rel for rel in differing if rel in stored])
+    same = _same_bytes(db, root, [rel for rel in differing if rel in stored], changes)
     changes.restamped = [(*stats[rel], rel) for rel in differing if rel in same]
     work: list[scan.Job] = [
         (os.path.join(root, rel), rel, scan.DEFAULT_MAX_BYTES, True) for rel in differing if rel not in same

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,40 @@ def test_an_unreadable_cache_is_rebuilt(service: Path, tmp_path: Path) -> None:
     assert database.read_bytes().startswith(b"SQLite format 3")  # rebuilt in place
     found, work = _warm(service, cache)
     assert found == _cold(service) and work.analyzed == 0
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
+def _fresh_checkout(root: Path) -> None:
+    """What CI does: every tracked file written again by git, with new times; the index knows their ids."""
+    for rel in subprocess.run(["git", "ls-files"], cwd=root, check=True, capture_output=True, text=True).stdout.split():
+        (root / rel).unlink()
+    time.sleep(0.01)
+    _git(root, "checkout", "--", ".")
+
+
+def test_after_a_fresh_git_checkout_the_index_vouches_for_unchanged_files(service: Path, tmp_path: Path) -> None:
+    (service / "src" / "more").mkdir()
+    for n in range(80):
+        (service / "src" / "more" / f"job{n:02d}.ts").write_text(
+            f"export const n{n} = (db: any) => db.from('tweets').select('id');\n"
+        )
+    _git(service, "init", "-q")
+    _git(service, "add", "-A")
+    _git(service, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base")
+    cache = tmp_path / "cache" / "scan"
+    _warm(service, cache)
+    _fresh_checkout(service)
+    (service / "src" / "more" / "job07.ts").write_text("export const w = (db: any) => db.from('tweets').delete();\n")
+    found, work = _warm(service, cache)
+    assert found == _cold(service)
+    assert (work.hashed, work.analyzed) == (1, 1)  # only the edited file is read, and analyzed
+
+    (service / ".gitattributes").write_text("*.ts text eol=crlf\n")  # bytes on disk may now differ from blobs
+    _git(service, "add", ".gitattributes")
+    _git(service, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "eol")
+    _fresh_checkout(service)
+    found, work = _warm(service, cache)
+    assert found == _cold(service) and work.hashed > 80
