@@ -180,23 +180,45 @@ def _check(
     work.hashed, work.analyzed = changes.hashed, len(changes.analyzed)
     db.execute("BEGIN IMMEDIATE")
     _store_changes(db, changes)
+    modules, helpers_changed = _modules(db, root, listing, changes)
+    everything = _meta(db, "settings") != key  # another plan or stage: every file's findings again
+    affected = set(listing) if everything else _affected(db, changes, set(listing), helpers_changed)
+    affected = {r for r in affected if r in modules}
+    work.resolved = len(affected)
+    fresh = _resolve_and_store(db, root, plan, stage, modules, affected)
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)", (key,))
+    kept = db.execute("SELECT rel, blob FROM findings").fetchall()
+    db.execute("COMMIT")
+    result = list(fresh)
+    for rel, blob in kept:
+        if rel not in affected:
+            result.extend(pickle.loads(blob))
+    return sorted(result, key=_order)
+
+
+def _modules(db: sqlite3.Connection, root: Path, listing: list[str], changes: Changes) -> tuple[StoredModules, bool]:
+    """Every analyzed file's facts (read on demand), with call arguments wherever the tree's helper names
+    are called, and whether the set of helper names changed."""
     unanalyzable = _unanalyzable(db, changes)
     modules = StoredModules(db, [r for r in listing if r not in unanalyzable], _fresh(changes))
-    helpers = sorted(
-        {h for (text,) in db.execute("SELECT helpers FROM files WHERE pending = 1") for h in json.loads(text)}
-    )
+    rows = db.execute("SELECT helpers FROM files WHERE pending = 1")
+    helpers = sorted({name for (text,) in rows for name in json.loads(text)})
     helpers_changed = _meta(db, "helpers") != json.dumps(helpers)
     if helpers_changed:  # a new helper name: every file calling it now needs its call arguments
         _collect_call_arguments(db, root, modules, listing, helpers)
     elif helpers:
         _collect_call_arguments(db, root, modules, [r for r in changes.analyzed if r in modules.loaded], helpers)
-    everything = _meta(db, "settings") != key
-    affected = set(listing) if everything else _affected(db, changes, set(listing), helpers_changed)
-    affected = {r for r in affected if r in modules}
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('helpers', ?)", (json.dumps(helpers),))
+    return modules, helpers_changed
+
+
+def _resolve_and_store(
+    db: sqlite3.Connection, root: Path, plan: Plan, stage: Stage, modules: StoredModules, affected: set[str]
+) -> list[Finding]:
+    """The affected files' findings, resolved against the whole tree; stored with what each resolution read."""
     pending = [r for (r,) in db.execute("SELECT rel FROM files WHERE pending = 1")]
     callers = [r for (r,) in db.execute("SELECT rel FROM files WHERE callees <> '[]'")]
     consulted: dict[str, set[str]] = {}
-    work.resolved = len(affected)
     calls = resolve(modules, only=affected, helper_files=pending, caller_files=callers, consulted=consulted)
     fresh = apply_ignores(findings(calls, plan, stage), root)
     by_file: dict[str, list[Finding]] = {}
@@ -209,14 +231,7 @@ def _check(
     db.executemany(
         "INSERT OR REPLACE INTO findings VALUES (?, ?)", [(r, pickle.dumps(found)) for r, found in by_file.items()]
     )
-    db.execute("INSERT OR REPLACE INTO meta VALUES ('helpers', ?), ('settings', ?)", (json.dumps(helpers), key))
-    kept = db.execute("SELECT rel, blob FROM findings").fetchall()
-    db.execute("COMMIT")
-    result = list(fresh)
-    for rel, blob in kept:
-        if rel not in affected:
-            result.extend(pickle.loads(blob))
-    return sorted(result, key=_order)
+    return fresh
 
 
 def _order(finding: Finding) -> tuple:
