@@ -1,14 +1,15 @@
-"""`dualshift check`'s own cache: one SQLite row per file, so a pull request touches only what it changed.
+"""`dualshift check`'s own cache: one SQLite file per root, so a pull request touches only what it changed.
 
-Each row holds a file's size, mtime and content hash, its analysis (`ModuleFacts`), what ties it to other
-files (helper names it defines or calls, the files its resolution read) and its findings after the ignore
-comments. A check then walks and stats the tree, re-reads only files whose size or mtime differ (a
-checkout rewriting identical bytes stays warm: the content hash decides), analyzes those whose bytes
-changed, re-resolves them and the files whose resolution read or could read them, and takes every other
-file's findings from its row. The result is the cold run's, finding for finding
-(tests/guard/test_incremental.py). Findings depend on the plan and the stage: another plan re-resolves all.
+A row per file holds its size, mtime and content hash (git's blob id) and what ties it to other files (the
+helper names it defines or calls, the files its last resolution read); its analysis (`ModuleFacts`) and its
+findings after the ignore comments sit in tables of their own, read only when needed. A check walks and
+stats the tree, hashes only files whose size or mtime differ (after a fresh git checkout, git's index
+vouches for the files it wrote), analyzes those whose bytes changed, re-resolves them and the files whose
+resolution read them or may now read them, and takes every other file's findings from the cache. The
+result is the cold run's, finding for finding (tests/guard/test_incremental.py). Findings depend on the
+plan and the stage: another plan or stage resolves everything again, once.
 
-A cache that cannot be opened or read is rebuilt; one that cannot be written only costs speed.
+A cache that cannot be read is rebuilt; one that is locked or cannot be written only costs speed.
 """
 
 from __future__ import annotations
