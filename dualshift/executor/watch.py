@@ -103,15 +103,16 @@ def failed_writes(conn: psycopg.Connection, seconds: float) -> int:
     return int(conn.execute(statement, (seconds,)).fetchone()[0])
 
 
-def shadow_mismatches(conn: psycopg.Connection, seconds: float) -> dict[str, int]:
-    """Rows the wrapper's shadow reads recorded as different in the last `seconds`, per new table."""
+def shadow_mismatches(conn: psycopg.Connection, plan: Plan, seconds: float) -> dict[str, int]:
+    """Rows the wrapper's shadow reads recorded as different in the last `seconds`, per new table of the plan."""
     if not table_exists(conn, API_SCHEMA, "shadow_mismatches"):
         return {}
     statement = sql.SQL(
-        "SELECT new_table, pg_catalog.count(*) FROM {} WHERE recorded_at > pg_catalog.now()"
+        "SELECT new_table, pg_catalog.count(*) FROM {} WHERE new_table = ANY(%s) AND recorded_at > pg_catalog.now()"
         " - pg_catalog.make_interval(secs => %s) GROUP BY new_table ORDER BY new_table"
     ).format(sql.Identifier(API_SCHEMA, "shadow_mismatches"))
-    return {table: int(count) for table, count in conn.execute(statement, (seconds,))}
+    tables = [t.name for t in plan.tables]
+    return {table: int(count) for table, count in conn.execute(statement, (tables, seconds))}
 
 
 def lock_waits(conn: psycopg.Connection, plan: Plan) -> int:
@@ -150,7 +151,7 @@ def check(
         health.breaches.append(
             f"{health.failed_writes} mirror write(s) failed in the last {interval_s:.0f} s (limit {limits.max_failed_writes})"
         )
-    health.shadow_mismatches = shadow_mismatches(conn, interval_s)
+    health.shadow_mismatches = shadow_mismatches(conn, plan, interval_s)
     health.shadow_mismatches_per_minute = rate = sum(health.shadow_mismatches.values()) * 60 / max(interval_s, 1)
     if rate > limits.max_shadow_mismatches_per_minute:
         tables = ", ".join(f"{t} {n}" for t, n in health.shadow_mismatches.items())

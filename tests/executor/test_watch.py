@@ -126,6 +126,7 @@ def test_shadow_read_mismatches_are_a_rate_that_rolls_reads_back(dsn: str, db: p
     db.execute(API_ROLES)
     ex = _switched(dsn, sync_triggers=True)
     _plant_mismatches(db, 2)
+    db.execute("INSERT INTO dualshift.shadow_mismatches (old_table, new_table) VALUES ('a', 'another_plans_table')")
     health = _check(ex)
     assert health.shadow_mismatches == {"posted_content": 2} and health.shadow_mismatches_per_minute == 2.0
     assert health.breaches == [
