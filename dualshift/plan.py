@@ -234,6 +234,7 @@ class Watch:
     max_failed_writes: int = 0  # failed mirror writes recorded in dualshift.failed_writes per interval
     max_probe_ms: int = 2000  # a probe query on an old or new table slower than this is a breach
     max_lock_waits: int = 5  # sessions waiting on a lock on the migration's tables
+    max_shadow_mismatches_per_minute: float = 0  # rows the wrapper's shadow reads found different, per minute
     action: str = "switch-reads-0"  # or "dual-write-off", or "alert" (report only)
 
 
@@ -564,6 +565,12 @@ class _PlanReader:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise self.fail(f"watch.{name} must be a whole number >= 0", name)
                 values[name] = value
+        rate = raw.get("max_shadow_mismatches_per_minute", 0)
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate < float("inf"):
+            raise self.fail(
+                "watch.max_shadow_mismatches_per_minute must be a number >= 0", "max_shadow_mismatches_per_minute"
+            )
+        values["max_shadow_mismatches_per_minute"] = float(rate)
         if "action" in raw:
             if raw["action"] not in WATCH_ACTIONS:
                 raise self.fail(f"watch.action must be one of {', '.join(WATCH_ACTIONS)}", "action")

@@ -1,7 +1,7 @@
 """The scan cache: per-file analysis results keyed by content, and the last result of a whole tree.
 
 One directory per scanned root under $XDG_CACHE_HOME/dualshift/scan/ holds
-- `files.pickle`: for every file, (size, mtime, sha256 of the content, its analysis); a file whose
+- `files.pickle`: for every file, (size, mtime, content hash (git's blob id), its analysis); a file whose
   size and mtime are unchanged is not read again (the heuristic git and rsync use), a changed one is
   re-read, and re-analyzed only if its content hash changed;
 - `tree.pickle` and `map.json`: the resolved result and the rendered map of the last scan, keyed by
@@ -23,7 +23,7 @@ from typing import Any
 
 from dualshift import __version__
 
-FORMAT = 3
+FORMAT = 3  # 3: content hashes are git blob ids; call sites carry their callers' arguments
 
 
 def default_cache_dir() -> Path:
@@ -32,7 +32,10 @@ def default_cache_dir() -> Path:
 
 
 def content_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """Git's blob id of the bytes: a clean file's id is then in the git index, and a checkout needs no read."""
+    digest = hashlib.sha1(b"blob %d\0" % len(data), usedforsecurity=False)
+    digest.update(data)
+    return digest.hexdigest()
 
 
 def tree_key(settings: str, listing: list[tuple[str, int, int]]) -> str:

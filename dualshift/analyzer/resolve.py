@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from collections import defaultdict
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 
 from dualshift.analyzer.records import CallerArgument, CallSite
@@ -26,9 +27,10 @@ def _module_key(path: str) -> str:
 
 
 class ModuleIndex:
-    def __init__(self, modules: dict[str, ModuleFacts]) -> None:
+    def __init__(self, modules: Mapping[str, ModuleFacts]) -> None:
         self.modules = modules
         self.by_key = {_module_key(path): path for path in modules}
+        self.consulted: set[str] | None = None  # when tracked: the files whose facts a resolution read
 
     def find(self, importer: str, specifier: str) -> str | None:
         """The scanned file an import specifier names, or None (a package, or outside the tree)."""
@@ -52,6 +54,8 @@ class ModuleIndex:
         target = self.find(importer, reference.module)
         if target is None or depth > 4:
             return None, "dynamic", f"{reference.name} is imported from {reference.module}, outside the scanned tree"
+        if self.consulted is not None:
+            self.consulted.add(target)
         facts = self.modules[target]
         path = reference.path if reference.imported == "*" else (reference.imported, *reference.path)
         if not path:
@@ -67,18 +71,28 @@ class ModuleIndex:
         return None, "dynamic", f"{reference.name} from {target} is not a string constant"
 
 
-def resolve(modules: dict[str, ModuleFacts]) -> list[CallSite]:
-    """Every call of every module with its table resolved as far as the whole tree allows."""
+def resolve(
+    modules: Mapping[str, ModuleFacts],
+    only: Collection[str] | None = None,
+    helper_files: Collection[str] | None = None,
+    caller_files: Collection[str] | None = None,
+    consulted: dict[str, set[str]] | None = None,
+) -> list[CallSite]:
+    """Every call of every module (or of the modules `only` names) with its table resolved as far as the
+    whole tree allows. An incremental caller that knows which files hold a helper's parameter reference
+    (`helper_files`) and which hold call arguments (`caller_files`) passes them so that no other module is
+    read; `consulted` then receives, for each resolved file, the other files its resolution depended on."""
     index = ModuleIndex(modules)
-    arguments = _arguments_by_callee(index)
+    arguments, argument_sources = _arguments_by_callee(index, modules if caller_files is None else caller_files)
     definers: dict[str, set[str]] = defaultdict(set)  # helper name → files defining a helper of that name
-    for path, facts in modules.items():
-        for reference in facts.pending.values():
+    for path in modules if helper_files is None else helper_files:
+        for reference in modules[path].pending.values():
             if reference.kind == "param":
                 definers[reference.name].add(path)
     resolved: list[CallSite] = []
-    for path in sorted(modules):
+    for path in sorted(modules if only is None else only):
         facts = modules[path]
+        index.consulted = used = set()
         for position, call in enumerate(facts.calls):
             reference = facts.pending.get(position)
             if reference is None:
@@ -90,19 +104,31 @@ def resolve(modules: dict[str, ModuleFacts]) -> list[CallSite]:
                 callers = arguments.get(reference.name, [])
                 if len(definers[reference.name]) > 1:  # same name in several files: keep the callers of this one
                     callers = [(p, a) for p, a in callers if _may_call_into(index, p, path)]
+                used.update(definers[reference.name])
+                for caller, _ in arguments.get(reference.name, []):
+                    used.update(argument_sources[caller])
                 resolved.extend(_from_callers(call, reference, callers))
+        if consulted is not None:
+            consulted[path] = used - {path}
+    index.consulted = None
     return resolved
 
 
-def _arguments_by_callee(index: ModuleIndex) -> dict[str, list[tuple[str, CallArgument]]]:
+def _arguments_by_callee(
+    index: ModuleIndex, caller_files: Collection[str]
+) -> tuple[dict[str, list[tuple[str, CallArgument]]], dict[str, set[str]]]:
+    """Call arguments by callee name, and for each calling file the files its arguments were read from."""
     by_callee: dict[str, list[tuple[str, CallArgument]]] = defaultdict(list)
-    for path, facts in index.modules.items():
-        for argument in facts.call_arguments:
+    sources: dict[str, set[str]] = {}
+    for path in caller_files:
+        index.consulted = sources[path] = {path}
+        for argument in index.modules[path].call_arguments:
             if argument.reference is not None:
                 value, _, _ = index.resolve_import(path, argument.reference)
                 argument = replace(argument, value=value, reference=None)
             by_callee[argument.callee].append((path, argument))
-    return by_callee
+    index.consulted = None
+    return by_callee, sources
 
 
 def _may_call_into(index: ModuleIndex, caller: str, helper_file: str) -> bool:

@@ -498,8 +498,9 @@ def watch_command(
     once: bool = typer.Option(False, "--once", help="Check once (for cron): exit 1 on a breach."),
     metrics_port: int = typer.Option(0, "--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:PORT."),
 ) -> None:
-    """Watch the migration in flight: probes, sync drift, failed mirror writes, lock waits; on a breach of
-    the plan's [watch] thresholds, apply its action (reads back to the old tables by default), audited."""
+    """Watch the migration in flight: probes, sync drift, failed mirror writes, shadow-read mismatches, lock
+    waits; on a breach of the plan's [watch] thresholds, apply its action (reads back to the old tables by
+    default), audited."""
     from dualshift.executor import watch
     from dualshift.executor.catalog import validate
     from dualshift.executor.connection import ExecutorError

@@ -2,7 +2,7 @@
 
 `dualshift_private` (names.PRIVATE_SCHEMA): phase state, audit log, checkpoints, verify runs; never
 granted to any application role. `dualshift` (names.API_SCHEMA): only what the application wrapper
-needs through the Supabase API: `flags` (SELECT) and `failed_writes` (INSERT).
+needs through the Supabase API: `flags` (SELECT), `failed_writes` and `shadow_mismatches` (INSERT).
 
 The state row of a migration is keyed by the plan's `name` and carries a hash of the plan's content;
 a phase writes it (`set_phase`) in the same transaction as its last effect.
@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS dualshift.failed_writes (
   id bigserial PRIMARY KEY, recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now(), old_table text NOT NULL,
   new_table text NOT NULL, operation text NOT NULL, payload jsonb, filters jsonb, call_site text, error text,
   replayed_at timestamptz);
+CREATE TABLE IF NOT EXISTS dualshift.shadow_mismatches (
+  id bigserial PRIMARY KEY, recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now(), old_table text NOT NULL,
+  new_table text NOT NULL, key jsonb, columns text[] NOT NULL DEFAULT '{}', missing_from text, served_from text,
+  call_site text);
 """
 OWN_TABLES = (
     (PRIVATE_SCHEMA, "state"),
@@ -68,6 +72,7 @@ OWN_TABLES = (
     (PRIVATE_SCHEMA, "verify_runs"),
     (API_SCHEMA, "flags"),
     (API_SCHEMA, "failed_writes"),
+    (API_SCHEMA, "shadow_mismatches"),
 )
 
 
@@ -105,7 +110,8 @@ def restrict_access(conn: psycopg.Connection) -> None:
     """Nothing for PUBLIC on either schema; whatever default privileges (Supabase grants ALL on new
     tables to anon, authenticated and service_role) gave on dualshift's own tables and sequences is
     revoked; then, where the Supabase roles exist, USAGE on `dualshift`, SELECT on `dualshift.flags`
-    and INSERT on `dualshift.failed_writes` (with its sequence). Nothing on `dualshift_private`."""
+    and INSERT on `dualshift.failed_writes` and `dualshift.shadow_mismatches` (with their sequences). Nothing on
+    `dualshift_private`."""
     for schema in (API_SCHEMA, PRIVATE_SCHEMA):
         conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(schema)))
     granted = conn.execute(
@@ -128,14 +134,14 @@ def restrict_access(conn: psycopg.Connection) -> None:
     if not present:
         return
     roles = sql.SQL(", ").join(map(sql.Identifier, present))
-    sequence = conn.execute("SELECT pg_catalog.pg_get_serial_sequence('dualshift.failed_writes', 'id')").fetchone()[0]
-    for statement in (
-        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(API_SCHEMA), roles),
-        sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(sql.Identifier(API_SCHEMA, "flags"), roles),
-        sql.SQL("GRANT INSERT ON TABLE {} TO {}").format(sql.Identifier(API_SCHEMA, "failed_writes"), roles),
-        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(sequence), roles),
-    ):
-        conn.execute(statement)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(API_SCHEMA), roles))
+    conn.execute(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(sql.Identifier(API_SCHEMA, "flags"), roles))
+    for table in ("failed_writes", "shadow_mismatches"):  # what the wrapper records: insert only
+        sequence = conn.execute(
+            "SELECT pg_catalog.pg_get_serial_sequence(%s, 'id')", (f"{API_SCHEMA}.{table}",)
+        ).fetchone()[0]
+        conn.execute(sql.SQL("GRANT INSERT ON TABLE {} TO {}").format(sql.Identifier(API_SCHEMA, table), roles))
+        conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(sequence), roles))
 
 
 def _role_name(conn: psycopg.Connection, oid: int) -> str:

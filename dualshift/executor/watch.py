@@ -1,8 +1,9 @@
 """`dualshift migrate watch`: the seeds' health monitor (seed 000 §4) with automatic rollback.
 
 Every interval: each old and new table answers a bounded probe; recent rows of each source are looked
-up in the new table (sync drift); mirror writes that failed are counted (`dualshift.failed_writes`);
-sessions waiting on a lock on the migration's tables are counted. A figure past the plan's `[watch]`
+up in the new table (sync drift); mirror writes that failed are counted (`dualshift.failed_writes`), and
+so are the rows the wrapper's shadow reads found different (`dualshift.shadow_mismatches`, as a rate per
+minute); sessions waiting on a lock on the migration's tables are counted. A figure past the plan's `[watch]`
 threshold is a breach: the plan's action runs (reads back to the old tables, or dual writes off, or
 only the alert), it is written to the audit log, and the run says so in one line. Every run is
 recorded, so `status` can say how long the migration has been green.
@@ -34,6 +35,8 @@ class Health:
     probe_ms: dict[str, float] = field(default_factory=dict)  # "schema.table" → milliseconds (-1: failed)
     drift_rows: dict[str, int] = field(default_factory=dict)  # old table → recent rows missing in the new one
     failed_writes: int = 0
+    shadow_mismatches: dict[str, int] = field(default_factory=dict)  # new table → mismatching rows in the interval
+    shadow_mismatches_per_minute: float = 0.0
     lock_waits: int = 0
     breaches: list[str] = field(default_factory=list)
 
@@ -46,6 +49,8 @@ class Health:
             "probe_ms": self.probe_ms,
             "drift_rows": self.drift_rows,
             "failed_writes": self.failed_writes,
+            "shadow_mismatches": self.shadow_mismatches,
+            "shadow_mismatches_per_minute": self.shadow_mismatches_per_minute,
             "lock_waits": self.lock_waits,
             "breaches": self.breaches,
         }
@@ -98,6 +103,18 @@ def failed_writes(conn: psycopg.Connection, seconds: float) -> int:
     return int(conn.execute(statement, (seconds,)).fetchone()[0])
 
 
+def shadow_mismatches(conn: psycopg.Connection, plan: Plan, seconds: float) -> dict[str, int]:
+    """Rows the wrapper's shadow reads recorded as different in the last `seconds`, per new table of the plan."""
+    if not table_exists(conn, API_SCHEMA, "shadow_mismatches"):
+        return {}
+    statement = sql.SQL(
+        "SELECT new_table, pg_catalog.count(*) FROM {} WHERE new_table = ANY(%s) AND recorded_at > pg_catalog.now()"
+        " - pg_catalog.make_interval(secs => %s) GROUP BY new_table ORDER BY new_table"
+    ).format(sql.Identifier(API_SCHEMA, "shadow_mismatches"))
+    tables = [t.name for t in plan.tables]
+    return {table: int(count) for table, count in conn.execute(statement, (tables, seconds))}
+
+
 def lock_waits(conn: psycopg.Connection, plan: Plan) -> int:
     names = [f'"{schema}"."{table}"' for schema, table in _relations(plan)]
     return int(
@@ -133,6 +150,14 @@ def check(
     if health.failed_writes > limits.max_failed_writes:
         health.breaches.append(
             f"{health.failed_writes} mirror write(s) failed in the last {interval_s:.0f} s (limit {limits.max_failed_writes})"
+        )
+    health.shadow_mismatches = shadow_mismatches(conn, plan, interval_s)
+    health.shadow_mismatches_per_minute = rate = sum(health.shadow_mismatches.values()) * 60 / max(interval_s, 1)
+    if rate > limits.max_shadow_mismatches_per_minute:
+        tables = ", ".join(f"{t} {n}" for t, n in health.shadow_mismatches.items())
+        health.breaches.append(
+            f"shadow reads found {rate:g} mismatching row(s) per minute ({tables} in the last {interval_s:.0f} s;"
+            f" limit {limits.max_shadow_mismatches_per_minute:g})"
         )
     health.lock_waits = lock_waits(conn, plan)
     if health.lock_waits > limits.max_lock_waits:
@@ -205,6 +230,17 @@ class Metrics:
         self.failed = Gauge(
             "dualshift_failed_writes", "Mirror writes that failed in the last interval", registry=self.registry
         )
+        self.shadow = Gauge(
+            "dualshift_shadow_mismatches",
+            "Rows the wrapper's shadow reads found different in the last interval",
+            ["table"],
+            registry=self.registry,
+        )
+        self.shadow_rate = Gauge(
+            "dualshift_shadow_mismatches_per_minute",
+            "Shadow-read mismatches per minute over the last interval",
+            registry=self.registry,
+        )
         self.locks = Gauge(
             "dualshift_lock_waits", "Sessions waiting on locks of the migration's tables", registry=self.registry
         )
@@ -222,6 +258,10 @@ class Metrics:
         for source, value in health.drift_rows.items():
             self.drift.labels(source).set(value)
         self.failed.set(health.failed_writes)
+        self.shadow.clear()  # a table without mismatches this interval drops out rather than keeping its last count
+        for table, value in health.shadow_mismatches.items():
+            self.shadow.labels(table).set(value)
+        self.shadow_rate.set(health.shadow_mismatches_per_minute)
         self.locks.set(health.lock_waits)
         self.healthy.set(1 if health.healthy else 0)
         if not health.healthy:
@@ -256,6 +296,7 @@ def _summary(health: Health) -> dict[str, object]:
         "slowest probe ms": round(slowest),
         "drift rows": sum(health.drift_rows.values()),
         "failed writes": health.failed_writes,
+        "shadow mismatches/min": round(health.shadow_mismatches_per_minute, 2),
         "lock waits": health.lock_waits,
     }
 

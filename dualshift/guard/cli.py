@@ -40,11 +40,10 @@ def check(
 ) -> None:
     """Fail a change that writes to a planned old table around the dual-write wrapper (or, after cleanup,
     names an old table). Exit 1 when an error is found, 0 otherwise."""
-    from dualshift.analyzer.scan import scan_tree
     from dualshift.codemods.cli import read_plan
     from dualshift.guard import baseline as baselines
     from dualshift.guard.formats import FORMATS
-    from dualshift.guard.rules import apply_ignores, findings
+    from dualshift.guard.incremental import check_findings
 
     if stage not in ("in-flight", "cleaned"):
         raise fail(f"--stage {stage!r}: choose in-flight or cleaned")
@@ -53,7 +52,7 @@ def check(
     if not root.is_dir():
         raise fail(f"{root}: not a directory")
     loaded = read_plan(plan)
-    found = apply_ignores(findings(scan_tree(root).calls, loaded, stage), root)  # type: ignore[arg-type]
+    found = check_findings(root, loaded, plan, stage)  # type: ignore[arg-type]
     if files:
         wanted = {_relative(root, name) for name in files}
         found = [f for f in found if f.file in wanted]

@@ -81,14 +81,15 @@ class Finding:
 
 def findings(calls: Iterable[CallSite], plan: Plan, stage: Stage) -> list[Finding]:
     found: dict[tuple, Finding] = {}
+    mapping = plan.table_mapping  # built on each access: once here, not once per call
     for call in calls:
-        finding = _finding(call, plan, stage)
+        finding = _finding(call, plan, mapping, stage)
         if finding is not None:
             found.setdefault((finding.rule, call.file, call.start_byte), finding)  # one per site, not per table
     return sorted(found.values(), key=lambda f: (f.file, f.line, f.column, f.rule))
 
 
-def _finding(call: CallSite, plan: Plan, stage: Stage) -> Finding | None:
+def _finding(call: CallSite, plan: Plan, mapping: dict[str, str], stage: Stage) -> Finding | None:
     where = (call.file, call.line, call.column)
     if call.table is None:
         if call.is_write and not is_wrapped(call) and stage == "in-flight":
@@ -98,7 +99,7 @@ def _finding(call: CallSite, plan: Plan, stage: Stage) -> Finding | None:
             )
             return Finding("DS002", *where, None, message, call.code)
         return None
-    new_table = plan.table_mapping.get(call.table)
+    new_table = mapping.get(call.table)
     if new_table is None:
         return None
     if stage == "in-flight":

@@ -109,4 +109,4 @@ def test_wrapper_behaviour_under_node(project: Path) -> None:
         timeout=300,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "# fail 0" in run.stdout and "# pass 10" in run.stdout
+    assert "# fail 0" in run.stdout and "# pass 12" in run.stdout

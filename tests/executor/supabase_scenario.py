@@ -42,7 +42,11 @@ NEW_TABLES = {
     "engagement_metrics": ["outcomes", "tweet_metrics"],
 }
 # What the wrapper needs through the API (the `dualshift` schema): nothing else may open up.
-API_ALLOWANCES = {"dualshift.flags": frozenset({"SELECT"}), "dualshift.failed_writes": frozenset({"INSERT"})}
+API_ALLOWANCES = {
+    "dualshift.flags": frozenset({"SELECT"}),
+    "dualshift.failed_writes": frozenset({"INSERT"}),
+    "dualshift.shadow_mismatches": frozenset({"INSERT"}),
+}
 
 
 @dataclass

@@ -324,7 +324,16 @@ def test_application_roles_read_flags_and_record_failures_and_nothing_else(dsn: 
             "INSERT INTO dualshift.failed_writes (old_table, new_table, operation, error)"
             " VALUES ('tweets', 'posted_content', 'insert', 'network')",
         )
+        assert _refused(db, role, "SELECT * FROM dualshift.shadow_mismatches")
+        assert _refused(db, role, "DELETE FROM dualshift.shadow_mismatches")
+        assert not _refused(
+            db,
+            role,
+            "INSERT INTO dualshift.shadow_mismatches (old_table, new_table, key, columns, call_site)"
+            " VALUES ('tweets', 'posted_content', '{\"tweet_id\": \"t\"}', '{text}', 'poster.ts:3')",
+        )
     assert db.execute("SELECT count(*) FROM dualshift.failed_writes").fetchone()[0] == 3
+    assert db.execute("SELECT count(*) FROM dualshift.shadow_mismatches").fetchone()[0] == 3
     # PUBLIC has nothing on either schema
     assert db.execute(
         "SELECT has_schema_privilege('public', 'dualshift', 'USAGE'),"
@@ -335,7 +344,7 @@ def test_application_roles_read_flags_and_record_failures_and_nothing_else(dsn: 
         " has_sequence_privilege('anon', 'dualshift.failed_writes_id_seq', 'USAGE')"
     ).fetchone() == (False, True)
     # nothing of dualshift's own state is in the exposed schema
-    assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'dualshift'").fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'dualshift'").fetchone()[0] == 3
 
 
 def test_an_older_layout_is_moved_out_of_the_exposed_schema(dsn: str, db: psycopg.Connection) -> None:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from dataclasses import replace
 
 import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+from typer.testing import CliRunner
 
+from dualshift.cli import app
 from dualshift.executor import watch
 from dualshift.executor.backfill import BackfillOptions
 from dualshift.executor.catalog import validate
 from dualshift.executor.connection import connect
 from dualshift.executor.phases import Executor
-from dualshift.plan import load_plan
+from dualshift.plan import PlanError, load_plan
 
 from .conftest import PLAN
 
@@ -95,3 +100,61 @@ def test_status_says_when_seven_green_days_make_it_ready_for_cleanup(dsn: str, d
     broken = watch.Health(breaches=["planted"])
     watch.record(ex.conn, ex.plan, broken)
     assert ex.status()["ready_for_cleanup_since"] is None and ex.status()["green_since"] is None
+
+
+API_ROLES = """
+DO $$ BEGIN CREATE ROLE anon NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE authenticated NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE service_role NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+"""
+
+
+def _plant_mismatches(db: psycopg.Connection, rows: int) -> None:
+    """What the generated wrapper sends when a shadow read differs, through the API role's INSERT-only grant."""
+    with db.transaction():
+        db.execute("SET LOCAL ROLE authenticated")
+        for n in range(rows):
+            db.execute(
+                "INSERT INTO dualshift.shadow_mismatches"
+                " (old_table, new_table, key, columns, missing_from, served_from, call_site)"
+                " VALUES ('tweets', 'posted_content', %s, '{text}', NULL, 'old', 'src/jobs/poster.ts:12:7')",
+                (Jsonb({"tweet_id": f"t{n}"}),),
+            )
+
+
+def test_shadow_read_mismatches_are_a_rate_that_rolls_reads_back(dsn: str, db: psycopg.Connection) -> None:
+    db.execute(API_ROLES)
+    ex = _switched(dsn, sync_triggers=True)
+    _plant_mismatches(db, 2)
+    db.execute("INSERT INTO dualshift.shadow_mismatches (old_table, new_table) VALUES ('a', 'another_plans_table')")
+    health = _check(ex)
+    assert health.shadow_mismatches == {"posted_content": 2} and health.shadow_mismatches_per_minute == 2.0
+    assert health.breaches == [
+        "shadow reads found 2 mismatching row(s) per minute (posted_content 2 in the last 60 s; limit 0)"
+    ]
+    tolerant = replace(ex.plan, watch=replace(ex.plan.watch, max_shadow_mismatches_per_minute=2.5))
+    assert watch.check(ex.conn, tolerant, validate(ex.conn, tolerant), interval_s=60).healthy
+
+    port = _free_port()
+    result = CliRunner().invoke(
+        app, ["migrate", "--dsn", dsn, "--plan", str(PLAN), "watch", "--once", "--metrics-port", str(port)]
+    )
+    assert result.exit_code == 1
+    assert "BREACH: shadow reads found 2 mismatching row(s) per minute" in result.output
+    assert result.output.rstrip().endswith("→ reads switched back to the old tables (read_from_new_percent = 0)")
+    assert _read_percent(db) == ["0"]
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'dualshift_shadow_mismatches{table="posted_content"} 2.0' in scraped
+    assert "dualshift_shadow_mismatches_per_minute 2.0" in scraped
+    recorded = db.execute("SELECT key, columns, call_site FROM dualshift.shadow_mismatches ORDER BY id").fetchone()
+    assert recorded == ({"tweet_id": "t0"}, ["text"], "src/jobs/poster.ts:12:7")
+
+
+def test_the_shadow_mismatch_threshold_must_be_a_number(tmp_path) -> None:
+    text = PLAN.read_text()
+    assert "\n[watch]" in text
+    for value in ('"many"', "-1", "nan"):
+        bad = tmp_path / "plan.toml"
+        bad.write_text(text.replace("\n[watch]", f"\n[watch]\nmax_shadow_mismatches_per_minute = {value}", 1))
+        with pytest.raises(PlanError, match=r"watch\.max_shadow_mismatches_per_minute must be a number >= 0"):
+            load_plan(bad)

@@ -201,3 +201,52 @@ def test_async_client_mirrors_and_records_failures(wrapper) -> None:
         assert any(r["table"] == "failed_writes" for r in slow.requests)
 
     asyncio.run(scenario())
+
+
+def test_a_shadow_read_mismatch_is_recorded_by_key_and_column_name_never_by_value(wrapper) -> None:
+    recorder = Recorder(
+        flags=[{"scope": "*", "name": "shadow_reads", "value": True}],
+        rows={
+            "content_metadata": [{"decision_id": "d1", "status": "queued"}, {"decision_id": "d2", "status": "posted"}],
+            "content_queue": [{"decision_id": "d1", "status": "failed"}, {"decision_id": "d3", "status": "posted"}],
+        },
+    )
+    response = (
+        wrapper.dual_write(recorder.sync_client()).table("content_metadata").select("decision_id, status").execute()
+    )
+    assert response.data == [{"decision_id": "d1", "status": "queued"}, {"decision_id": "d2", "status": "posted"}]
+    recorded = next(r for r in recorder.requests if r["table"] == "shadow_mismatches")
+    assert recorded["profile"] == "dualshift"
+    assert [(m["key"], m["columns"], m["missing_from"], m["served_from"]) for m in recorded["body"]] == [
+        ({"decision_id": "d1"}, ["status"], None, "old"),
+        ({"decision_id": "d2"}, [], "new", "old"),
+        ({"decision_id": "d3"}, [], "old", "old"),
+    ]
+    assert all("test_wrapper_py.py" in m["call_site"] for m in recorded["body"])
+    assert "queued" not in json.dumps(recorded["body"]) and "failed" not in json.dumps(recorded["body"])
+    assert wrapper.STATS["shadow_mismatches"] == 1
+
+
+def test_async_reads_served_from_the_new_table_are_compared_with_the_old_one(wrapper) -> None:
+    recorder = Recorder(
+        flags=[
+            {"scope": "*", "name": "shadow_reads", "value": True},
+            {"scope": "*", "name": "read_from_new_percent", "value": 100},
+        ],
+        rows={
+            "content_generation_metadata_comprehensive": [{"decision_id": "d", "topic": "diet"}],
+            "content_queue": [{"decision_id": "d", "raw_topic": "sleep"}],
+        },
+    )
+
+    async def read():
+        client = wrapper.dual_write(await recorder.async_client())
+        table = client.table("content_generation_metadata_comprehensive")
+        return await table.select("decision_id, topic").execute()
+
+    response = asyncio.run(read())
+    assert response.data == [{"decision_id": "d", "topic": "sleep"}]
+    recorded = [r for r in recorder.requests if r["table"] == "shadow_mismatches"]
+    assert [(m["key"], m["columns"], m["served_from"]) for m in recorded[0]["body"]] == [
+        ({"decision_id": "d"}, ["topic"], "new")
+    ]

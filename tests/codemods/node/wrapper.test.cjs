@@ -151,3 +151,44 @@ test('an insert whose key comes from a database default is recorded, not guessed
   assert.match(recorded.body.error, /lack key decision_id/);
   assert.ok(!requests.some((r) => r.table === 'content_queue'));
 });
+
+test('a shadow-read mismatch is recorded by key and column name, never by value', async () => {
+  const { client, requests } = fakePostgrest(routes(
+    flags([{ scope: '*', name: 'shadow_reads', value: true }]),
+    (r) => (r.table === 'content_metadata' ? { status: 200, body: [{ decision_id: 'd1', status: 'queued' }, { decision_id: 'd2', status: 'posted' }] } : undefined),
+    (r) => (r.table === 'content_queue' ? { status: 200, body: [{ decision_id: 'd1', status: 'failed' }, { decision_id: 'd3', status: 'posted' }] } : undefined),
+  ));
+  const result = await dualWrite(client).from('content_metadata').select('decision_id, status');
+  assert.deepEqual(result.data, [{ decision_id: 'd1', status: 'queued' }, { decision_id: 'd2', status: 'posted' }]);
+  const recorded = requests.find((r) => r.table === 'shadow_mismatches');
+  assert.ok(recorded, 'the mismatch was not recorded');
+  assert.equal(recorded.profile, 'dualshift');
+  assert.deepEqual(recorded.body.map((m) => [m.key, m.columns, m.missing_from, m.served_from]), [
+    [{ decision_id: 'd1' }, ['status'], null, 'old'],
+    [{ decision_id: 'd2' }, [], 'new', 'old'],
+    [{ decision_id: 'd3' }, [], 'old', 'old'],
+  ]);
+  assert.ok(recorded.body.every((m) => m.old_table === 'content_metadata' && m.new_table === 'content_queue'));
+  assert.match(recorded.body[0].call_site, /wrapper\.test\.cjs/);
+  const text = JSON.stringify(recorded.body);
+  assert.ok(!text.includes('queued') && !text.includes('failed'), 'a row value was recorded');
+  assert.equal(stats.shadowMismatches, 1);
+});
+
+test('reads served from the new table are compared with the old one; equal answers record nothing', async () => {
+  let oldTopic = 'diet';
+  const { client, requests } = fakePostgrest(routes(
+    flags([{ scope: '*', name: 'shadow_reads', value: true }, { scope: '*', name: 'read_from_new_percent', value: 100 }]),
+    (r) => (r.table === 'content_generation_metadata_comprehensive' ? { status: 200, body: [{ decision_id: 'd', topic: oldTopic }] } : undefined),
+    (r) => (r.table === 'content_queue' ? { status: 200, body: [{ decision_id: 'd', raw_topic: 'sleep' }] } : undefined),
+  ));
+  const result = await dualWrite(client).from('content_generation_metadata_comprehensive').select('decision_id, topic');
+  assert.deepEqual(result.data, [{ decision_id: 'd', topic: 'sleep' }]);
+  const recorded = requests.filter((r) => r.table === 'shadow_mismatches');
+  assert.equal(recorded.length, 1);
+  assert.deepEqual(recorded[0].body.map((m) => [m.key, m.columns, m.served_from]), [[{ decision_id: 'd' }, ['topic'], 'new']]);
+  oldTopic = 'sleep';
+  await dualWrite(client).from('content_generation_metadata_comprehensive').select('decision_id, topic');
+  assert.equal(requests.filter((r) => r.table === 'shadow_mismatches').length, 1);
+  assert.equal(stats.shadowMismatches, 1);
+});
