@@ -241,8 +241,9 @@ def _print(result: dict[str, Any], dry_run: bool) -> None:
 def snapshot_command(
     context: typer.Context, out_dir: Path = typer.Option(Path("."), "--out-dir", help="Where to write the snapshot.")
 ) -> None:
-    """Write PRODUCTION_SCHEMA_SNAPSHOT.sql and .json: tables, columns, constraints, indexes, RLS, policies,
-    grants and row counts of the plan's schemas. Read-only."""
+    """Write PRODUCTION_SCHEMA_SNAPSHOT.sql (`pg_dump --schema-only` of the whole database: it restores
+    into an empty one) and .json (the plan's tables: columns, constraints, indexes, RLS, policies, grants,
+    row counts), both 0600 in a 0700 directory. Read-only."""
     _print(_perform(context, lambda e: e.snapshot(out_dir)), False)
 
 

@@ -180,7 +180,7 @@ class Executor:
     def snapshot(self, out_dir: Path) -> dict[str, Any]:
         schemas = sorted({s.schema for t in self.plan.tables for s in t.sources} | {self.plan.new_schema})
         taken = snapshot.take(self.conn, schemas)
-        written = snapshot.write(taken, out_dir)
+        written = snapshot.write(taken, out_dir, self.dsn)
         return {"files": [str(p) for p in written], "tables": len(taken["tables"])}
 
     def create(self) -> dict[str, Any]:
