@@ -418,11 +418,12 @@ def move(
     if sink.dry_run or not delta_impossible(conn, plan):
         caught_up = catch_up_all(conn, plan, mappings, sink)
     sync.remove(conn, plan, sink)
-    sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.archive_schema)))
-    if plan.new_schema != plan.target_schema:
-        sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.target_schema)))
-    for statement in schema_moves(plan, back=False):
-        sink.run(statement)
+    with sink.concern("archive"):  # the steps name cleanup's `--emit-migrations` files
+        sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.archive_schema)))
+        if plan.new_schema != plan.target_schema:
+            sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.target_schema)))
+        for statement in schema_moves(plan, back=False):
+            sink.run(statement)
     if sink.dry_run:  # what follows is read from the moved tables, which a dry run does not move
         sink.statements.append(
             "-- then: the compatibility views under the old names, the dependents carried over, and a reverse-sync"
@@ -450,15 +451,18 @@ def after_move(
     made_views = []
     for table in plan.tables:
         for source in table.sources:
-            for statement in views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]):
-                sink.run(statement)
+            with sink.concern("views"):
+                for statement in views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]):
+                    sink.run(statement)
             made_views.append(f"{source.schema}.{source.table}")
     if captured is not None:
-        for statement in dependents.after_move_statements(conn, plan, captured):
-            sink.run(statement)
+        with sink.concern("dependents"):
+            for statement in dependents.after_move_statements(conn, plan, captured):
+                sink.run(statement)
     for table in plan.tables:
-        for statement in reverse_sync.install_statements(conn, plan, table):
-            sink.run(statement)
+        with sink.concern("reverse_sync"):
+            for statement in reverse_sync.install_statements(conn, plan, table):
+                sink.run(statement)
     return made_views
 
 
@@ -548,12 +552,14 @@ def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: boo
     """Inside the caller's transaction: the reverse sync stops; the archive goes unless kept."""
     sink.run(lock_statement(cleaned_relations(plan)))
     for table in plan.tables:
-        for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
-            sink.run(statement)
+        with sink.concern("reverse_sync_off"):
+            for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
+                sink.run(statement)
     dropped = []
     if not keep_archive:
         for table in plan.tables:
             for source in table.sources:
-                sink.run(sql.SQL("DROP TABLE {}").format(sql.Identifier(plan.archive_schema, source.table)))
+                with sink.concern("drop_archive"):
+                    sink.run(sql.SQL("DROP TABLE {}").format(sql.Identifier(plan.archive_schema, source.table)))
                 dropped.append(f"{plan.archive_schema}.{source.table}")
     return {"archive_dropped": dropped, "archive_kept": keep_archive}

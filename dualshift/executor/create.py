@@ -598,11 +598,13 @@ def run(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict:
             )
     with conn.transaction():
         for table in plan.tables:
-            for statement in table_ddl(plan, table):
-                sink.run(statement)
+            with sink.concern("tables"):
+                for statement in table_ddl(plan, table):
+                    sink.run(statement)
             # after the CREATE, so that the revoke names every role the defaults really granted
-            for statement in access_statements(conn, plan, table):
-                sink.run(statement)
+            with sink.concern("grants_policies"):
+                for statement in access_statements(conn, plan, table):
+                    sink.run(statement)
             if not sink.dry_run:
                 check_no_widening(conn, plan, table)
             created.append(table.name)

@@ -65,13 +65,21 @@ QUERIES = {
 }
 
 
-def schema_catalog(conn: psycopg.Connection, skip: tuple[str, ...] = ()) -> dict[str, list[tuple[Any, ...]]]:
-    """Every kind of object of every schema but PostgreSQL's own and `skip`, each kind a sorted list."""
+TABLE_KINDS = ("relations", "columns", "constraints", "indexes", "views")
+
+
+def schema_catalog(
+    conn: psycopg.Connection, skip: tuple[str, ...] = (), skip_tables_of: tuple[str, ...] = ()
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Every kind of object of every schema but PostgreSQL's own and `skip`, each kind a sorted list;
+    the relations of `skip_tables_of` left out (their functions, triggers and policies kept)."""
     catalog = {}
     with conn.transaction():
         conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
         for kind, query in QUERIES.items():
             rows = conn.execute(query, {"skip": list(SYSTEM + skip)}).fetchall()
+            if kind in TABLE_KINDS:
+                rows = [row for row in rows if row[0] not in skip_tables_of]
             catalog[kind] = sorted((tuple(_hashable(v) for v in row) for row in rows), key=repr)
     return catalog
 
