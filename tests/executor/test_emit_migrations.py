@@ -91,3 +91,25 @@ def test_emitted_migrations_replay_into_the_catalog_the_executor_made(admin_dsn:
     assert "CONCURRENTLY" not in text and "NOTIFY" not in text and "LOCK TABLE" not in text
     ran = [s.split(None, 1)[0].upper() for _, _, statements in history for s in statements]
     assert not {"INSERT", "UPDATE", "DELETE", "COPY"} & set(ran)  # no row moves: backfill and catch-up are data
+
+
+def test_a_statement_that_needs_its_own_transaction_refuses_the_phase() -> None:
+    from dualshift.executor.connection import ExecutorError
+    from dualshift.executor.migrations import group_by_concern, refuse_outside_transaction
+
+    try:
+        refuse_outside_transaction(['CREATE INDEX CONCURRENTLY i ON "public"."t" (a)'])
+    except ExecutorError as exc:
+        assert "CREATE INDEX CONCURRENTLY" in str(exc) and "nothing was changed" in str(exc)
+    else:
+        raise AssertionError("CONCURRENTLY was accepted")
+    ran = [
+        ("tables", "CREATE TABLE a ()"),
+        (None, "LOCK TABLE a"),
+        ("views", "CREATE VIEW v AS SELECT 1;"),
+        ("tables", "CREATE TABLE b ()"),
+    ]
+    assert group_by_concern(ran) == [
+        ("tables", ["CREATE TABLE a ()", "CREATE TABLE b ()"]),
+        ("views", ["CREATE VIEW v AS SELECT 1"]),
+    ]
