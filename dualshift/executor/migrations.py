@@ -79,7 +79,8 @@ def refuse_outside_transaction(statements: list[str]) -> None:
 
 
 def _latest_version(conn: psycopg.Connection, directory: Path) -> datetime | None:
-    versions = [m.group(1) for p in directory.iterdir() if (m := VERSIONED_FILE.match(p.name))]
+    files = directory.iterdir() if directory.is_dir() else ()
+    versions = [m.group(1) for p in files if (m := VERSIONED_FILE.match(p.name))]
     if conn.execute("SELECT pg_catalog.to_regclass('supabase_migrations.schema_migrations')").fetchone()[0]:
         row = conn.execute(
             sql.SQL("SELECT pg_catalog.max(version) FROM {} WHERE version ~ '^[0-9]{{14}}$'").format(HISTORY)
@@ -97,12 +98,14 @@ class Emitter:
     staged: list[Path] = field(default_factory=list)  # `.partial` files of the transaction in progress
 
     def check(self) -> None:
-        """Before the phase changes anything: the directory exists (or is made) and we can write it."""
-        if self.directory.exists() and not self.directory.is_dir():
-            raise ExecutorError(f"--emit-migrations {self.directory}: not a directory; nothing was changed")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise ExecutorError(f"--emit-migrations {self.directory}: not writable; nothing was changed")
+        """Before the phase changes anything: the directory, or the folder it will be made in, is ours to write."""
+        existing = next(p for p in (self.directory, *self.directory.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            raise ExecutorError(
+                f"--emit-migrations {self.directory}: {existing} is not a directory; nothing was changed"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ExecutorError(f"--emit-migrations {self.directory}: {existing} is not writable; nothing was changed")
 
     def files(self, conn: psycopg.Connection, phase: str, ran: list[tuple[str | None, str]]) -> list[MigrationFile]:
         """One file per step, versioned from now (UTC), after every version the folder or the history has."""
@@ -127,6 +130,7 @@ class Emitter:
         files = self.files(conn, phase, ran)
         if not files:
             return files
+        self.directory.mkdir(parents=True, exist_ok=True)
         for statement in HISTORY_DDL:
             conn.execute(statement)
         for migration in files:

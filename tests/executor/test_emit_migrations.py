@@ -113,3 +113,17 @@ def test_a_statement_that_needs_its_own_transaction_refuses_the_phase() -> None:
         ("tables", ["CREATE TABLE a ()", "CREATE TABLE b ()"]),
         ("views", ["CREATE VIEW v AS SELECT 1"]),
     ]
+
+
+def test_a_migrations_folder_that_is_a_file_refuses_create_before_any_change(admin_dsn: str, tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "migrations"
+    not_a_folder.write_text("")
+    with loaded_database(admin_dsn, rows=60, clean=True) as dsn:
+        dry = migrate_here(dsn, "--dry-run", "create", "--emit-migrations", str(tmp_path / "dry"))
+        assert dry.ok and not (tmp_path / "dry").exists()  # a dry run writes nothing
+        step = migrate_here(dsn, "create", "--emit-migrations", str(not_a_folder))
+        assert step.exit_code == 2 and step.output.count("\n") == 1, step.output
+        assert "is not a directory; nothing was changed" in step.output
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('public.content_queue')").fetchone()[0] is None
+            assert conn.execute("SELECT to_regnamespace('supabase_migrations')").fetchone()[0] is None
