@@ -90,7 +90,7 @@ def before_create(conn: psycopg.Connection, plan: Plan, skip: bool) -> dict:
         "skipped": False,
         "errors": 0,
         "warnings": len(findings),
-        "dependents": {d.key: decided[d.key] for d in dependents},
+        "dependents": {d.key: decided.get(d.key, d.does[0]) for d in dependents},  # an owned sequence: implied
     }
 
 
