@@ -451,18 +451,12 @@ def after_move(
     made_views = []
     for table in plan.tables:
         for source in table.sources:
-            with sink.concern("views"):
-                for statement in views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]):
-                    sink.run(statement)
+            sink.run_all(views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]), "views")
             made_views.append(f"{source.schema}.{source.table}")
     if captured is not None:
-        with sink.concern("dependents"):
-            for statement in dependents.after_move_statements(conn, plan, captured):
-                sink.run(statement)
+        sink.run_all(dependents.after_move_statements(conn, plan, captured), "dependents")
     for table in plan.tables:
-        with sink.concern("reverse_sync"):
-            for statement in reverse_sync.install_statements(conn, plan, table):
-                sink.run(statement)
+        sink.run_all(reverse_sync.install_statements(conn, plan, table), "reverse_sync")
     return made_views
 
 
@@ -552,14 +546,13 @@ def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: boo
     """Inside the caller's transaction: the reverse sync stops; the archive goes unless kept."""
     sink.run(lock_statement(cleaned_relations(plan)))
     for table in plan.tables:
-        with sink.concern("reverse_sync_off"):
-            for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
-                sink.run(statement)
+        sink.run_all(reverse_sync.remove_statements(plan, table, plan.target_schema), "reverse_sync_off")
     dropped = []
     if not keep_archive:
         for table in plan.tables:
             for source in table.sources:
-                with sink.concern("drop_archive"):
-                    sink.run(sql.SQL("DROP TABLE {}").format(sql.Identifier(plan.archive_schema, source.table)))
+                sink.run_all(
+                    [sql.SQL("DROP TABLE {}").format(sql.Identifier(plan.archive_schema, source.table))], "drop_archive"
+                )
                 dropped.append(f"{plan.archive_schema}.{source.table}")
     return {"archive_dropped": dropped, "archive_kept": keep_archive}

@@ -7,7 +7,7 @@ import os
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -199,6 +199,12 @@ class Sink:
             yield
         finally:
             self.step = previous
+
+    def run_all(self, statements: Iterable[sql.Composable], step: str) -> None:
+        """Each statement in order, as part of `step` (see `concern`)."""
+        with self.concern(step):
+            for statement in statements:
+                self.run(statement)
 
     def run(self, statement: sql.Composable, params: tuple | None = None) -> None:
         text = self.text(statement)
