@@ -57,6 +57,23 @@ class Dependent:
         return f'{json.dumps(self.key)} = "{self.does[0]}"'
 
 
+# The old tables a view reads, directly or through other views.
+VIEW_READS = """
+WITH RECURSIVE reads(oid, depth) AS (
+  SELECT d.refobjid, 1
+  FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d ON d.objid = r.oid
+  WHERE r.ev_class = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %(schema)s::text, %(name)s::text)) AND d.refobjid <> r.ev_class
+    AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+    AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  UNION
+  SELECT d.refobjid, reads.depth + 1
+  FROM reads JOIN pg_catalog.pg_rewrite r ON r.ev_class = reads.oid JOIN pg_catalog.pg_depend d ON d.objid = r.oid
+  WHERE d.refobjid <> r.ev_class AND reads.depth < 100
+    AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+    AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+)
+SELECT DISTINCT oid::int FROM reads WHERE oid = ANY(%(old)s::oid[])
+"""
 FOREIGN_KEYS_OUT = """
 SELECT c.conname, n.nspname, t.relname, c.conrelid::int, c.confrelid::int, pg_catalog.pg_get_constraintdef(c.oid)
 FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class t ON t.oid = c.conrelid
@@ -108,7 +125,7 @@ def take(conn: psycopg.Connection, plan: Plan) -> list[Dependent]:
     where = {oid: f"{schema}.{table}" for oid, (schema, table, _) in old.items()}
     found: list[Dependent] = []
     with qualified_names(conn):
-        found += _views(conn, old)
+        found += _views(conn, old, where)
         found += _foreign_keys(conn, old, where)
         found += _triggers(conn, plan, old, where)
         found += _policies(conn, plan, old)
@@ -119,15 +136,16 @@ def take(conn: psycopg.Connection, plan: Plan) -> list[Dependent]:
     return found
 
 
-def _views(conn: psycopg.Connection, old: dict) -> list[Dependent]:
+def _views(conn: psycopg.Connection, old: dict, where: dict[int, str]) -> list[Dependent]:
     found = []
     for view in dependents.views_over(conn, list(old)):
-        reads = ", ".join(f"{s}.{t}" for s, t, _ in old.values() if _names_table(view.definition, t))
-        how = "reads" if view.direct else "reads, through other views,"
+        read = conn.execute(VIEW_READS, {"schema": view.schema, "name": view.name, "old": list(old)}).fetchall()
+        reads = ", ".join(sorted(where[oid] for (oid,) in read))
+        detail = "reads it" if view.direct else "reads it through other views"
         if view.kind == "m":
-            found.append(Dependent("materialized view", f"{view.schema}.{view.name}", reads, f"{how} it", ("archive",)))
+            found.append(Dependent("materialized view", f"{view.schema}.{view.name}", reads, detail, ("archive",)))
         else:
-            found.append(Dependent("view", f"{view.schema}.{view.name}", reads, f"{how} it", ("recreate",)))
+            found.append(Dependent("view", f"{view.schema}.{view.name}", reads, detail, ("recreate",)))
     return found
 
 

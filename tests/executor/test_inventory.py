@@ -23,7 +23,7 @@ from .supabase_scenario import loaded_database, migrate_here
 # other table's policy or pg_cron job names an old table.
 EXPECTED = [
     ("view public.owner_content", "public.content_metadata", ("recreate",)),
-    ("view public.post_engagement", "public.posted_decisions, public.outcomes", ("recreate",)),
+    ("view public.post_engagement", "public.outcomes, public.posted_decisions", ("recreate",)),
     ("foreign key public.replies.replies_decision_id_fkey", "public.posted_decisions", ("repoint",)),
     ("trigger public.content_metadata.content_metadata_updated_at", "public.content_metadata", ("carry",)),
     ("publication supabase_realtime public.content_metadata", "public.content_metadata", ("carry",)),
@@ -118,3 +118,41 @@ def test_a_decision_that_is_not_one_of_the_five_is_a_plan_error(tmp_path: Path) 
     )})  # fmt: skip
     with pytest.raises(PlanError, match="must be one of recreate, repoint, carry, archive, drop"):
         load_plan(plan)
+
+
+PLANTED = """
+CREATE VIEW public.owner_content_count AS SELECT count(*) AS n FROM public.owner_content;
+CREATE MATERIALIZED VIEW public.tweet_days AS SELECT date_trunc('day', posted_at) AS day, count(*) FROM public.tweets GROUP BY 1;
+CREATE FUNCTION public.tweet_count() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM public.tweets $$;
+CREATE FUNCTION public.unrelated() RETURNS int LANGUAGE sql AS $$ SELECT 1 AS tweets_seen $$;
+CREATE POLICY replies_of_tweets ON public.replies FOR SELECT TO authenticated
+  USING (EXISTS (SELECT 1 FROM public.tweets t WHERE t.decision_id = replies.decision_id));
+CREATE TABLE public.authors (handle text PRIMARY KEY);
+ALTER TABLE public.tweets ADD COLUMN author text CONSTRAINT tweets_author_fkey REFERENCES public.authors (handle);
+CREATE FUNCTION public.note_outcome() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE TRIGGER note_outcome AFTER INSERT ON public.outcomes FOR EACH ROW EXECUTE FUNCTION public.note_outcome();
+"""
+
+
+def test_every_other_kind_of_dependent_is_found_with_what_cleanup_does(admin_dsn: str) -> None:
+    with loaded_database(admin_dsn, rows=30, clean=True) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(PLANTED)
+        found = {d.key: (d.old_table, d.detail, d.does) for d in inventory.take(conn, load_plan(PLAN))}
+    planted = {key: found[key] for key in found.keys() - {key for key, _, _ in EXPECTED}}
+    assert planted == {
+        "view public.owner_content_count": ("public.content_metadata", "reads it through other views", ("recreate",)),
+        "materialized view public.tweet_days": ("public.tweets", "reads it", ("archive",)),
+        "function public.tweet_count()": ("public.tweets", "its body names it", ("recreate",)),
+        "policy public.replies.replies_of_tweets": ("public.tweets", "reads it", ("recreate",)),
+        "foreign key public.tweets.tweets_author_fkey": (
+            "public.tweets",
+            "FOREIGN KEY (author) REFERENCES public.authors(handle)",
+            ("archive",),
+        ),
+        "trigger public.outcomes.note_outcome": (
+            "public.outcomes",
+            "calls public.note_outcome(); stays on the archive: only row-level BEFORE INSERT/UPDATE triggers are"
+            " carried over",
+            ("archive",),
+        ),
+    }
