@@ -30,6 +30,10 @@ SOURCES_ARE = ("twins", "partitions")
 # takes the first non-NULL value among them.
 PRECEDENCES = ("first", "coalesce")
 VIEW_WRITES = ("allow", "refuse")
+# What to do with an object that depends on an old table (`[dependents]`, see executor/inventory.py):
+# recreate it over the compatibility view, re-point it to the new table, carry it over to the new
+# table, keep it on the archived table, or drop it.
+DEPENDENT_DECISIONS = ("recreate", "repoint", "carry", "archive", "drop")
 # A column type as SQL spells it: a name of one or more words (double precision), optionally
 # schema-qualified, where a quoted name keeps its case ("reportTypes", public."reportTypes");
 # then a type modifier (numeric(5,4)), trailing words (timestamp(3) with time zone) and array
@@ -249,6 +253,8 @@ class Plan:
     archive_schema: str = "dualshift_archive"  # where `cleanup` moves the old tables
     thresholds: Thresholds = Thresholds()
     watch: Watch = Watch()
+    # `[dependents]`: ("<kind> <name>" of an object that depends on an old table, one of DEPENDENT_DECISIONS)
+    dependents: tuple[tuple[str, str], ...] = ()
 
     def table(self, name: str) -> NewTable | None:
         return next((t for t in self.tables if t.name == name), None)
@@ -368,6 +374,7 @@ class _PlanReader:
             archive_schema=archive_schema,
             thresholds=self.thresholds(self.table_value(raw, "verify")),
             watch=self.watch(self.table_value(raw, "watch")),
+            dependents=self.dependents(self.table_value(raw, "dependents")),
         )
         self.check_cross_references(plan)
         return plan
@@ -556,6 +563,17 @@ class _PlanReader:
             where=None if where is None else self.snippet(where, f"index predicate of {table}", str(where)),
             descending=bool(raw.get("descending", False)),
         )
+
+    def dependents(self, raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        for name, decision in raw.items():
+            if decision not in DEPENDENT_DECISIONS:
+                raise self.fail(
+                    f"[dependents] {name!r}: the decision must be one of {', '.join(DEPENDENT_DECISIONS)}, not"
+                    f" {decision!r}",
+                    json.dumps(name),
+                    "[dependents]",
+                )
+        return tuple(raw.items())
 
     def watch(self, raw: Mapping[str, Any]) -> Watch:
         values: dict[str, Any] = {}

@@ -74,11 +74,19 @@ def plan_init(
         return
     tables = _read_catalog(dsn)
     clusters = code_clusters(read_calls(map_file)) if map_file is not None else catalog_clusters(tables)
-    write_atomically(out, draft_plan_from_database(tables, clusters))
+    draft = draft_plan_from_database(tables, clusters)
+    write_atomically(out, draft + _read_catalog(dsn, lambda conn: _dependents_section(conn, draft)))
     output_console().print(f"wrote {out}: read the TODOs, then run `dualshift plan check --plan {out} --dsn …`")
 
 
-def _read_catalog(dsn: str):
+def _dependents_section(conn, draft: str) -> str:
+    from dualshift.executor.inventory import draft_section
+
+    return draft_section(conn, draft)
+
+
+def _read_catalog(dsn: str, read=None):
+    """`read(conn)` (default: the user tables) on a session to `dsn`; a failure is one line."""
     import psycopg
 
     from dualshift.executor.connection import ExecutorError, connect
@@ -89,7 +97,7 @@ def _read_catalog(dsn: str):
     except ExecutorError as exc:
         raise fail(f"--dsn: {exc}") from exc
     try:
-        return read_tables(conn)
+        return (read or read_tables)(conn)
     except psycopg.Error as exc:
         raise fail(f"--dsn: {str(exc).strip().splitlines()[0]}") from exc
     finally:

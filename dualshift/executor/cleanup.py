@@ -439,11 +439,12 @@ def move(
         caught_up = catch_up_all(conn, plan, mappings, sink)
     had_sync = sorted(sync.covered_tables(conn, plan))  # a rollback of cleanup turns them back on
     sync.remove(conn, plan, sink)
-    sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.archive_schema)))
-    if plan.new_schema != plan.target_schema:
-        sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.target_schema)))
-    for statement in schema_moves(plan, back=False):
-        sink.run(statement)
+    with sink.concern("archive"):  # the steps name cleanup's `--emit-migrations` files
+        sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.archive_schema)))
+        if plan.new_schema != plan.target_schema:
+            sink.run(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.target_schema)))
+        for statement in schema_moves(plan, back=False):
+            sink.run(statement)
     if sink.dry_run:  # what follows is read from the moved tables, which a dry run does not move
         sink.statements.append(
             "-- then: the compatibility views under the old names, the dependents carried over, and a reverse-sync"
@@ -472,15 +473,12 @@ def after_move(
     made_views = []
     for table in plan.tables:
         for source in table.sources:
-            for statement in views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]):
-                sink.run(statement)
+            sink.run_all(views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]), "views")
             made_views.append(f"{source.schema}.{source.table}")
     if captured is not None:
-        for statement in dependents.after_move_statements(conn, plan, captured):
-            sink.run(statement)
+        sink.run_all(dependents.after_move_statements(conn, plan, captured), "dependents")
     for table in plan.tables:
-        for statement in reverse_sync.install_statements(conn, plan, table):
-            sink.run(statement)
+        sink.run_all(reverse_sync.install_statements(conn, plan, table), "reverse_sync")
     return made_views
 
 
@@ -602,10 +600,8 @@ def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: boo
     are locked too: none of their defaults may draw from a sequence while it is being replaced."""
     sink.run(lock_statement(present(conn, cleaned_relations(plan, with_views=True))))
     for table in plan.tables:
-        for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
-            sink.run(statement)
-    for statement in reverse_sync.remove_owner_statements(conn, plan):
-        sink.run(statement)
+        sink.run_all(reverse_sync.remove_statements(plan, table, plan.target_schema), "reverse_sync_off")
+    sink.run_all(reverse_sync.remove_owner_statements(conn, plan), "reverse_sync_off")
     dropped: list[str] = []
     kept: list[str] = []
     if not keep_archive:
@@ -614,9 +610,8 @@ def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: boo
                 archived = sql.Identifier(plan.archive_schema, source.table)
                 for sequence in sequences_in_use(conn, archived):
                     kept.append(sequence.replacement(source.schema))
-                    for statement in sequence.replace_statements(conn, source.schema):
-                        sink.run(statement)
-                sink.run(sql.SQL("DROP TABLE {}").format(archived))
+                    sink.run_all(sequence.replace_statements(conn, source.schema), "drop_archive")
+                sink.run_all([sql.SQL("DROP TABLE {}").format(archived)], "drop_archive")
                 dropped.append(f"{plan.archive_schema}.{source.table}")
     return {"archive_dropped": dropped, "archive_kept": keep_archive, "sequences_kept": kept}
 

@@ -235,14 +235,24 @@ def _print(result: dict[str, Any], dry_run: bool) -> None:
         typer.echo(json.dumps(result, indent=2, default=str))
 
 
+EMIT_MIGRATIONS = typer.Option(
+    None,
+    "--emit-migrations",
+    help="Also write the DDL this phase runs as Supabase migration files in DIR (e.g. supabase/migrations),"
+    " recorded as applied in supabase_migrations.schema_migrations.",
+    metavar="DIR",
+)
+
+
 @migrate_app.command(
     "snapshot", epilog=examples("dualshift migrate --plan fixtures/xbot/dualshift.toml snapshot --out-dir out")
 )
 def snapshot_command(
     context: typer.Context, out_dir: Path = typer.Option(Path("."), "--out-dir", help="Where to write the snapshot.")
 ) -> None:
-    """Write PRODUCTION_SCHEMA_SNAPSHOT.sql and .json: tables, columns, constraints, indexes, RLS, policies,
-    grants and row counts of the plan's schemas. Read-only."""
+    """Write PRODUCTION_SCHEMA_SNAPSHOT.sql (`pg_dump --schema-only` of the whole database: it restores
+    into an empty one) and .json (the plan's tables: columns, constraints, indexes, RLS, policies, grants,
+    row counts), both 0600 in a 0700 directory. Read-only."""
     _print(_perform(context, lambda e: e.snapshot(out_dir)), False)
 
 
@@ -258,10 +268,21 @@ def create_command(
     skip_preflight: bool = typer.Option(
         False, "--skip-preflight", help="Create even when the preflight's data checks find errors (audited)."
     ),
+    emit_migrations: Path = EMIT_MIGRATIONS,
 ) -> None:
     """Run the preflight's data checks, then create the new tables beside the old ones (constraints,
     indexes, the old tables' grants and RLS). Refuses, creating nothing, while a preflight error stands."""
-    _print(_perform(context, lambda e: e.create(), skip_preflight=skip_preflight), context.obj["dry_run"])
+    created = _perform(context, lambda e: _emitting(e, emit_migrations).create(), skip_preflight=skip_preflight)
+    _print(created, context.obj["dry_run"])
+
+
+def _emitting(executor, directory: Path | None):
+    """The executor with `--emit-migrations DIR` set (create, cleanup, finalize; not in a dry run)."""
+    from dualshift.executor.migrations import Emitter
+
+    if directory is not None and not executor.dry_run:
+        executor.emitter = Emitter(directory, executor.plan.name)
+    return executor
 
 
 @migrate_app.command(
@@ -435,10 +456,12 @@ def cleanup_command(
     context: typer.Context,
     backup_dir: Path = typer.Option(Path("dualshift-backups"), "--backup-dir", help="Where pg_dump writes the backup."),
     force: bool = typer.Option(False, "--force", help="Pass the readiness gate anyway (audited with its findings)."),
+    emit_migrations: Path = EMIT_MIGRATIONS,
 ) -> None:
     """Back up the old tables, then in one transaction move them to the archive schema, promote the new
     tables, leave compatibility views under the old names and keep the archive in sync until finalize."""
-    _print(_perform(context, lambda e: _forced(e, force).cleanup(backup_dir)), context.obj["dry_run"])
+    cleaned = _perform(context, lambda e: _emitting(_forced(e, force), emit_migrations).cleanup(backup_dir))
+    _print(cleaned, context.obj["dry_run"])
 
 
 def _forced(executor, force: bool):
@@ -460,10 +483,12 @@ def finalize_command(
     no_backup_needed: bool = typer.Option(
         False, "--no-backup-needed", help="Drop the archived old tables even when cleanup's backup is missing."
     ),
+    emit_migrations: Path = EMIT_MIGRATIONS,
 ) -> None:
     """After cleanup, for good: stop mirroring the new tables into the archived old ones and drop the
     archive (after checking that cleanup's backup is still there). No rollback after this."""
-    _print(_perform(context, lambda e: e.finalize(keep_archive, no_backup_needed)), context.obj["dry_run"])
+    finalized = _perform(context, lambda e: _emitting(e, emit_migrations).finalize(keep_archive, no_backup_needed))
+    _print(finalized, context.obj["dry_run"])
 
 
 @migrate_app.command("rollback", epilog=examples("dualshift migrate --plan fixtures/xbot/dualshift.toml rollback"))

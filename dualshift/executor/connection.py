@@ -7,7 +7,7 @@ import os
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -185,11 +185,30 @@ class Sink:
     conn: psycopg.Connection
     dry_run: bool = False
     statements: list[str] = field(default_factory=list)
+    step: str | None = None  # the step running now, as a migration file names it (None: never emitted)
+    ran: list[tuple[str | None, str]] = field(default_factory=list)  # (step, statement) executed, in order
 
     def text(self, statement: sql.Composable) -> str:
         return statement.as_string(self.conn)
 
+    @contextmanager
+    def concern(self, step: str | None) -> Iterator[None]:
+        """What runs inside belongs to `step` (`--emit-migrations` writes one file per step)."""
+        previous, self.step = self.step, step
+        try:
+            yield
+        finally:
+            self.step = previous
+
+    def run_all(self, statements: Iterable[sql.Composable], step: str) -> None:
+        """Each statement in order, as part of `step` (see `concern`)."""
+        with self.concern(step):
+            for statement in statements:
+                self.run(statement)
+
     def run(self, statement: sql.Composable, params: tuple | None = None) -> None:
-        self.statements.append(self.text(statement))
+        text = self.text(statement)
+        self.statements.append(text)
         if not self.dry_run:
             self.conn.execute(statement, params)
+            self.ran.append((self.step, text))

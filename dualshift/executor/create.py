@@ -598,11 +598,9 @@ def run(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict:
             )
     with conn.transaction():
         for table in plan.tables:
-            for statement in table_ddl(plan, table):
-                sink.run(statement)
+            sink.run_all(table_ddl(plan, table), "tables")  # the steps name `--emit-migrations` files
             # after the CREATE, so that the revoke names every role the defaults really granted
-            for statement in access_statements(conn, plan, table):
-                sink.run(statement)
+            sink.run_all(access_statements(conn, plan, table), "grants_policies")
             if not sink.dry_run:
                 check_no_widening(conn, plan, table)
             created.append(table.name)

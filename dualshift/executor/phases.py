@@ -19,6 +19,7 @@ from psycopg import sql
 from dualshift.executor import backfill, changes, cleanup, create, faults, preflight, snapshot, sync, verify, watch
 from dualshift.executor.catalog import SourceMapping, validate
 from dualshift.executor.connection import ExecutorError, Sink, Timeouts, advisory_lock, blockers, with_lock_retries
+from dualshift.executor.migrations import Emitter
 from dualshift.executor.reconcile import ALL_BEFORE_CLEANUP, CatalogView, reconcile, rows_only_in_new
 from dualshift.executor.state import (
     PHASES,
@@ -28,6 +29,7 @@ from dualshift.executor.state import (
     ensure_schema,
     flags,
     last_verify,
+    own_schema_statements,
     plan_hash,
     require_phase,
     set_flag,
@@ -63,9 +65,11 @@ class Executor:
     accept_plan_change: bool = False
     code_roots: tuple[Path, ...] = ()  # `--code ROOT`: the readiness gate reads these trees
     force_unready: bool = False  # `--force`: pass the gate anyway (audited with what it found)
+    emitter: Emitter | None = None  # `--emit-migrations DIR`: create, cleanup, finalize write their DDL there
 
     def __post_init__(self) -> None:
         self.plan_hash = plan_hash(self.plan)
+        self.emitted: list[str] = []  # the migration files written
 
     @property
     def key(self) -> str:
@@ -119,9 +123,27 @@ class Executor:
     def _commit(self, point: str, effect: Callable[[], T], what: str, relations: tuple[str, ...] = ()) -> T:
         """Run `effect` (ending with `self._record(...)`) as one transaction with lock retries, then the
         fault point `point` (a name in faults.POINTS)."""
-        result = with_lock_retries(self.conn, effect, what, relations, self.timeouts)
+        result = self._publishing(lambda: with_lock_retries(self.conn, effect, what, relations, self.timeouts))
         if not self.dry_run:
             faults.point(point)
+        return result
+
+    def _stage_migrations(self, phase: str, sink: Sink, mark: int) -> None:
+        """Inside the phase's transaction, before its state: what the sink ran since `mark`, as migration
+        files recorded in supabase_migrations.schema_migrations (`--emit-migrations`)."""
+        if self.emitter is not None:
+            self.emitter.stage(self.conn, phase, sink.ran[mark:])
+
+    def _publishing(self, transaction: Callable[[], T]) -> T:
+        """`transaction`, then the migration files it staged put in place (or removed if it failed)."""
+        try:
+            result = transaction()
+        except BaseException:
+            if self.emitter is not None:
+                self.emitter.discard()
+            raise
+        if self.emitter is not None:
+            self.emitted += self.emitter.publish()
         return result
 
     def _audit_failure(self, phase: str, exc: BaseException, sink: Sink) -> None:
@@ -186,11 +208,13 @@ class Executor:
     def snapshot(self, out_dir: Path) -> dict[str, Any]:
         schemas = sorted({s.schema for t in self.plan.tables for s in t.sources} | {self.plan.new_schema})
         taken = snapshot.take(self.conn, schemas)
-        written = snapshot.write(taken, out_dir)
+        written = snapshot.write(taken, out_dir, self.dsn)
         return {"files": [str(p) for p in written], "tables": len(taken["tables"])}
 
     def create(self) -> dict[str, Any]:
         checked = None
+        if self.emitter is not None:
+            self.emitter.check()
         if current_phase(self.conn, self.key) == "none":  # before any DDL, dualshift's own schema included
             checked = preflight.before_create(self.conn, self.plan, self.skip_preflight)
 
@@ -199,17 +223,24 @@ class Executor:
                 return {"created": [], "note": f"already past create (at '{current}'): nothing to do"}
 
             def effect() -> dict:
+                mark = len(sink.ran)
+                if self.emitter is not None:  # the first file: what the migration's objects rely on
+                    with sink.concern("dualshift_schemas"):
+                        for statement in own_schema_statements(self.conn):
+                            sink.run(statement)
                 result = create.run(self.conn, self.plan, sink)
                 result["preflight"] = checked
                 if not self.dry_run:
                     set_flag(self.conn, "dual_write", True)
                     set_flag(self.conn, "read_from_new_percent", 0)
                     set_flag(self.conn, "shadow_reads", False)
+                self._stage_migrations("create", sink, mark)
                 self._record("created")
                 sink.run(RELOAD_POSTGREST)
                 return result
 
-            return self._commit("create.committed", effect, "create", tuple(self._relations()))
+            result = self._commit("create.committed", effect, "create", tuple(self._relations()))
+            return {**result, "migrations": self.emitted} if self.emitter is not None else result
 
         return self._run("create", PHASES, body)
 
@@ -346,6 +377,8 @@ class Executor:
             if current == "cleaned":
                 return {"note": "already cleaned up: nothing to do", "statements": []}
             require_phase(current, ("verified", "switched"), "cleanup")
+            if self.emitter is not None:
+                self.emitter.check()
             mappings = validate(self.conn, self.plan)
             gate = self._gate("cleanup")
             last = last_verify(self.conn, self.key)
@@ -364,9 +397,11 @@ class Executor:
                 ) from exc
 
             def move() -> dict[str, Any]:
+                mark = len(sink.ran)
                 result = cleanup.move(self.conn, self.plan, mappings, sink)
                 for statement in changes.remove_statements(self.conn, self.plan):  # verify's change capture: done
                     sink.run(statement)
+                self._stage_migrations("cleanup", sink, mark)
                 result["rows_caught_up_before_lock"] = before_lock
                 result["backup"] = taken.location
                 result["readiness"] = gate
@@ -384,13 +419,16 @@ class Executor:
             relations = cleanup.relation_names(self.conn, cleanup.cleanup_relations(self.plan))
             result = self._in_one_transaction("cleanup", move, relations, timeouts, f"kept: {taken.describe()}")
             faults.point("cleanup.committed")
+        if self.emitter is not None:
+            result["migrations"] = self.emitted
         result["statements"] = sink.statements
         return result
 
     def _in_one_transaction(self, phase: str, action, relations: list[str], timeouts: Timeouts | None, kept: str):
         """`action` in one transaction with lock retries; a failure is audited and says what was kept."""
         try:
-            return with_lock_retries(self.conn, action, phase, relations, cleanup.session_timeouts(self.conn, timeouts))
+            waits = cleanup.session_timeouts(self.conn, timeouts)
+            return self._publishing(lambda: with_lock_retries(self.conn, action, phase, relations, waits))
         except (ExecutorError, psycopg.Error) as exc:
             reason = str(exc).strip().splitlines()[0]
             message = f"{phase} failed and changed nothing in the database; {kept}. Reason: {reason}"
@@ -409,6 +447,8 @@ class Executor:
             if current == "finalized":  # a finalize that committed, run again
                 return {"note": "already finalized: nothing to do", "statements": []}
             require_phase(current, ("cleaned",), "finalize")
+            if self.emitter is not None:
+                self.emitter.check()
             cleanup.check_cleaned(self.conn, self.plan)
             taken = cleanup.last_backup(self.conn, self.plan)
             if not (keep_archive or no_backup_needed or cleanup.backup_present(self.conn, self.plan, taken)):
@@ -419,7 +459,9 @@ class Executor:
                 )
 
             def drop() -> dict[str, Any]:
+                mark = len(sink.ran)
                 result = cleanup.finalize(self.conn, self.plan, sink, keep_archive)
+                self._stage_migrations("finalize", sink, mark)
                 if not self.dry_run:
                     set_phase(self.conn, self.key, "finalized")
                 cleanup.notify_postgrest(sink)
@@ -430,6 +472,8 @@ class Executor:
             relations = cleanup.relation_names(self.conn, cleanup.cleaned_relations(self.plan))
             result = self._in_one_transaction("finalize", drop, relations, timeouts, "kept: everything as it was")
             faults.point("finalize.committed")
+        if self.emitter is not None:
+            result["migrations"] = self.emitted
         result["statements"] = sink.statements
         return result
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from dualshift.executor import inventory
 from dualshift.executor.catalog import (
     PINNED_SEARCH_PATH,
     SourceMapping,
@@ -47,7 +48,7 @@ KEPT, CHANGED, NOT_CASTABLE = 0, 1, 2
 def check_all(conn: psycopg.Connection, plan: Plan) -> list[Finding]:
     """The plan against the catalog, then (for every source that validates) against the data."""
     mappings, findings = check(conn, plan)
-    return findings + run(conn, plan, mappings)
+    return findings + run(conn, plan, mappings) + inventory.findings(conn, plan)[1]
 
 
 def run(conn: psycopg.Connection, plan: Plan, mappings: dict[tuple[str, str], SourceMapping]) -> list[Finding]:
@@ -75,16 +76,23 @@ def before_create(conn: psycopg.Connection, plan: Plan, skip: bool) -> dict:
         raise ValidationError(plan.path, errors(findings))  # what every phase refuses, skip or not
     if skip:
         return {"skipped": True, "note": "preflight skipped (--skip-preflight)"}
-    findings += run(conn, plan, mappings)
+    dependents, undecided = inventory.findings(conn, plan)
+    findings += run(conn, plan, mappings) + undecided
     found = errors(findings)
     if found:
         raise ValidationError(
             plan.path,
             found,
-            "preflight found rows that would be lost or refused; fix them in the data or the plan, "
-            "then run create again (or pass --skip-preflight to accept them)",
+            "preflight found rows that would be lost or refused, or dependents without a decision; fix them in the"
+            " data or the plan, then run create again (or pass --skip-preflight to accept them)",
         )
-    return {"skipped": False, "errors": 0, "warnings": len(findings)}
+    decided = dict(plan.dependents)
+    return {
+        "skipped": False,
+        "errors": 0,
+        "warnings": len(findings),
+        "dependents": {d.key: decided.get(d.key, d.does[0]) for d in dependents},  # an owned sequence: implied
+    }
 
 
 @contextmanager

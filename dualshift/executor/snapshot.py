@@ -1,12 +1,18 @@
-"""Phase `snapshot`: the current schema, read-only (seed 001, days 3-5), as SQL and JSON."""
+"""Phase `snapshot`, read-only: the whole schema as `pg_dump --schema-only` writes it (the SQL, which
+restores into an empty database), and the plan's tables as JSON (what dualshift reads)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from dualshift.executor import cleanup
+from dualshift.executor.connection import ExecutorError
 
 
 def take(conn: psycopg.Connection, schemas: list[str]) -> dict[str, Any]:
@@ -54,32 +60,35 @@ def take(conn: psycopg.Connection, schemas: list[str]) -> dict[str, Any]:
     return {"tables": tables}
 
 
-def as_sql(snapshot: dict[str, Any]) -> str:
-    lines = ["-- PRODUCTION_SCHEMA_SNAPSHOT.sql written by dualshift migrate snapshot (read-only)", ""]
-    for key, table in snapshot["tables"].items():
-        schema, name = key.split(".", 1)
-        columns = [
-            f'  "{c["name"]}" {c["type"]}{" NOT NULL" if c["not_null"] else ""}{" DEFAULT " + c["default"] if c["default"] else ""}'
-            for c in table["columns"]
-        ]
-        columns += [f'  CONSTRAINT "{c["name"]}" {c["definition"]}' for c in table["constraints"]]
-        lines.append(f"-- {table['rows']} rows")
-        lines.append(f'CREATE TABLE "{schema}"."{name}" (\n' + ",\n".join(columns) + "\n);")
-        lines += [i["definition"] + ";" for i in table["indexes"] if "_pkey" not in i["name"]]
-        if table["row_level_security"]:
-            lines.append(f'ALTER TABLE "{schema}"."{name}" ENABLE ROW LEVEL SECURITY;')
-        for p in table["policies"]:
-            lines.append(f"-- policy {p['name']} FOR {p['command']} TO {', '.join(p['roles'])} USING ({p['using']})")
-        for g in table["grants"]:
-            lines.append(f'GRANT {g["privilege"]} ON "{schema}"."{name}" TO "{g["role"]}";')
-        lines.append("")
-    return "\n".join(lines)
+def dump_command(pg_dump: str) -> list[str]:
+    """pg_dump of the whole database's schema (every object, owner and grant; no row): the connection
+    comes from the environment (`cleanup.pg_environment`), never from the command line."""
+    return [pg_dump, "--schema-only", "--no-password", f"--lock-wait-timeout={cleanup.PG_DUMP_LOCK_WAIT_MS}"]
 
 
-def write(snapshot: dict[str, Any], out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sql_path = out_dir / "PRODUCTION_SCHEMA_SNAPSHOT.sql"
-    json_path = out_dir / "PRODUCTION_SCHEMA_SNAPSHOT.json"
-    sql_path.write_text(as_sql(snapshot), encoding="utf-8")
-    json_path.write_text(json.dumps(snapshot, indent=2, default=str) + "\n", encoding="utf-8")
+def write(snapshot: dict[str, Any], out_dir: Path, dsn: str) -> list[Path]:
+    """The SQL by pg_dump, the JSON dualshift reads; both 0600 in a directory only we can write (0700
+    when we create it). Refused, writing nothing, without pg_dump."""
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None:
+        raise ExecutorError("snapshot needs pg_dump (PostgreSQL's client tools) on PATH; nothing was written")
+    directory = cleanup.private_directory(out_dir)
+    sql_path = directory / "PRODUCTION_SCHEMA_SNAPSHOT.sql"
+    json_path = directory / "PRODUCTION_SCHEMA_SNAPSHOT.json"
+    cleanup.run_pg_dump(dump_command(pg_dump), cleanup.pg_environment(dsn), sql_path)
+    _write_private(json_path, json.dumps(snapshot, indent=2, default=str) + "\n")
     return [sql_path, json_path]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """`text` into `path`, 0600, replacing it whole (never half-written)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

@@ -107,13 +107,20 @@ def _move_out_of_the_api_schema(conn: psycopg.Connection) -> None:
 
 
 def restrict_access(conn: psycopg.Connection) -> None:
+    for statement in access_statements(conn):
+        conn.execute(statement)
+
+
+def access_statements(conn: psycopg.Connection) -> list[sql.Composable]:
     """Nothing for PUBLIC on either schema; whatever default privileges (Supabase grants ALL on new
     tables to anon, authenticated and service_role) gave on dualshift's own tables and sequences is
     revoked; then, where the Supabase roles exist, USAGE on `dualshift`, SELECT on `dualshift.flags`
     and INSERT on `dualshift.failed_writes` and `dualshift.shadow_mismatches` (with their sequences). Nothing on
     `dualshift_private`."""
-    for schema in (API_SCHEMA, PRIVATE_SCHEMA):
-        conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(schema)))
+    statements = [
+        sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(schema))
+        for schema in (API_SCHEMA, PRIVATE_SCHEMA)
+    ]
     granted = conn.execute(
         "SELECT DISTINCT n.nspname, c.relname, c.relkind, acl.grantee"
         " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,"
@@ -124,7 +131,7 @@ def restrict_access(conn: psycopg.Connection) -> None:
     for schema, name, kind, grantee in granted:
         role = sql.SQL("PUBLIC") if grantee == 0 else sql.Identifier(_role_name(conn, grantee))
         what = sql.SQL("SEQUENCE" if kind == "S" else "TABLE")
-        conn.execute(sql.SQL("REVOKE ALL ON {} {} FROM {}").format(what, sql.Identifier(schema, name), role))
+        statements.append(sql.SQL("REVOKE ALL ON {} {} FROM {}").format(what, sql.Identifier(schema, name), role))
     present = [
         r
         for (r,) in conn.execute(
@@ -132,16 +139,26 @@ def restrict_access(conn: psycopg.Connection) -> None:
         )
     ]
     if not present:
-        return
+        return statements
     roles = sql.SQL(", ").join(map(sql.Identifier, present))
-    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(API_SCHEMA), roles))
-    conn.execute(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(sql.Identifier(API_SCHEMA, "flags"), roles))
+    statements += [
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(API_SCHEMA), roles),
+        sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(sql.Identifier(API_SCHEMA, "flags"), roles),
+    ]
     for table in ("failed_writes", "shadow_mismatches"):  # what the wrapper records: insert only
         sequence = conn.execute(
             "SELECT pg_catalog.pg_get_serial_sequence(%s, 'id')", (f"{API_SCHEMA}.{table}",)
         ).fetchone()[0]
-        conn.execute(sql.SQL("GRANT INSERT ON TABLE {} TO {}").format(sql.Identifier(API_SCHEMA, table), roles))
-        conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(sequence), roles))
+        statements.append(sql.SQL("GRANT INSERT ON TABLE {} TO {}").format(sql.Identifier(API_SCHEMA, table), roles))
+        statements.append(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(sequence), roles))
+    return statements
+
+
+def own_schema_statements(conn: psycopg.Connection) -> list[sql.Composable]:
+    """What `ensure_schema` made, as idempotent statements (for `--emit-migrations`: a database built
+    from the migration files needs `dualshift.flags`, `failed_writes` and the private schema too)."""
+    ddl = [sql.SQL(part.strip()) for part in (PRIVATE_DDL + API_DDL).split(";") if part.strip()]
+    return ddl + access_statements(conn)
 
 
 def _role_name(conn: psycopg.Connection, oid: int) -> str:

@@ -88,6 +88,14 @@ WHERE decision_id IN (SELECT md5('c' || i)::uuid FROM generate_series(7, 1000, 2
 }
 
 
+def create_roles(conn: psycopg.Connection) -> None:
+    """Only the Supabase roles (the fixture's first statement), e.g. before restoring a dump elsewhere."""
+    text = SCHEMA_SQL.read_text(encoding="utf-8")
+    start = text.index("DO $roles$")
+    end = text.index("$roles$;", start + len("DO $roles$")) + len("$roles$;")
+    conn.execute(text[start:end])
+
+
 def create_schema(conn: psycopg.Connection) -> None:
     conn.execute(SCHEMA_SQL.read_text(encoding="utf-8"))
 

@@ -13,6 +13,7 @@ from dualshift.executor import dependents
 from dualshift.plan import Plan, load_plan
 
 from .conftest import PLAN
+from .decisions import decided
 from .test_compat_views import filled, move, one
 
 DEPENDENT_SCHEMA = """
@@ -94,7 +95,7 @@ def reader(db: psycopg.Connection):
 def migrated(dsn: str, db: psycopg.Connection, reader: str) -> tuple[Plan, dependents.Captured]:
     db.execute(DEPENDENT_SCHEMA)
     db.execute(sql.SQL("GRANT SELECT ON public.recent_tweets TO {}").format(sql.Identifier(reader)))
-    plan = load_plan(PLAN)
+    plan = decided(dsn, PLAN)  # a decision for each dependent, as `plan init --dsn` drafts them
     mappings = filled(dsn, plan)
     state: dict = {}
 

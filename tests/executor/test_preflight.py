@@ -200,7 +200,9 @@ def test_skip_preflight_creates_and_is_audited(dsn: str, db: psycopg.Connection)
 def test_a_clean_database_creates_with_the_preflight_figures(dsn: str, db: psycopg.Connection) -> None:
     result = CliRunner().invoke(app, ["migrate", "--dsn", dsn, "--plan", str(PLAN), "create"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["preflight"] == {"skipped": False, "errors": 0, "warnings": 4}
+    preflight = json.loads(result.stdout)["preflight"]
+    assert {k: v for k, v in preflight.items() if k != "dependents"} == {"skipped": False, "errors": 0, "warnings": 4}
+    assert set(preflight["dependents"].values()) == {"archive"} and len(preflight["dependents"]) == 9  # id sequences
 
 
 def test_validation_reports_every_problem_at_once(db: psycopg.Connection, tmp_path) -> None:

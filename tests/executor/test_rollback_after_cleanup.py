@@ -23,16 +23,17 @@ from dualshift.executor.phases import Executor
 from dualshift.plan import load_plan
 
 from .conftest import PLAN
+from .decisions import decided
 
 ARCHIVE = "archive_xbot"
 
 
 def cleaned(dsn: str, backups: Path, prepare: str | None = None) -> Executor:
     """The fixture migrated up to and including cleanup (with `prepare` run on the old tables first)."""
-    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
     if prepare:  # as the application would, in a session of its own (the executor's pins its search_path)
         with psycopg.connect(dsn, autocommit=True) as app:
             app.execute(prepare)
+    ex = Executor(connect(dsn), decided(dsn, PLAN), dsn)  # a decision for each dependent `prepare` made
     ex.create()
     ex.backfill(BackfillOptions(), sync_triggers=True)
     assert ex.verify()["passed"]
