@@ -48,9 +48,13 @@ def role_statements(conn: psycopg.Connection, role: str, groups: tuple[str, ...]
     """The role (if missing), its groups, and, for an executor that is not superuser, the membership it
     needs to hand the role its functions."""
     who = sql.Identifier(role)
-    statements: list[sql.Composable] = []
-    if not role_exists(conn, role):
-        statements.append(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(who))
+    # Idempotent, not conditional on this cluster: `--emit-migrations` replays the statement elsewhere.
+    statements: list[sql.Composable] = [
+        sql.SQL(
+            "DO $dualshift$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {})"
+            " THEN CREATE ROLE {} NOLOGIN NOINHERIT; END IF; END $dualshift$"
+        ).format(sql.Literal(role), who)
+    ]
     statements += [sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), who) for group in groups]
     superuser = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0]
     if not superuser:
@@ -144,4 +148,21 @@ def drop_statements(conn: psycopg.Connection, role: str) -> list[sql.Composable]
     if not role_exists(conn, role):
         return []
     who = sql.Identifier(role)
+    if used_in_other_databases(conn, role):  # a replay of `--emit-migrations` in another database, say
+        return [sql.SQL("DROP OWNED BY {}").format(who)]
     return [sql.SQL("DROP OWNED BY {}").format(who), sql.SQL("DROP ROLE {}").format(who)]
+
+
+def used_in_other_databases(conn: psycopg.Connection, role: str) -> bool:
+    """Roles are cluster-wide: one that owns or holds something in another database must outlive this
+    database's migration (dropping it would fail the phase); that database's own cleanup drops it."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_shdepend d JOIN pg_catalog.pg_roles r ON r.oid = d.refobjid"
+            " WHERE r.rolname = %s AND d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass"
+            " AND d.dbid NOT IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname ="
+            " pg_catalog.current_database())) LIMIT 1",
+            (role,),
+        ).fetchone()
+        is not None
+    )
