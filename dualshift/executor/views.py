@@ -26,9 +26,16 @@ from psycopg import pq, sql
 from dualshift.executor import names
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import ExecutorError
+from dualshift.executor.create import source_row_filter
 from dualshift.plan import NewTable, Plan, Source
 
 PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
+# The role a write through a view acts as, read inside its SECURITY DEFINER trigger (where CURRENT_USER
+# is the trigger's owner): the role SET ROLE chose (PostgREST sets one per request), else the login role.
+ACTING_ROLE = (
+    "CAST(CASE WHEN pg_catalog.current_setting('role') = 'none' THEN SESSION_USER"
+    " ELSE pg_catalog.current_setting('role') END AS pg_catalog.name)"
+)
 TIMESTAMP_TYPE = re.compile(r"^timestamp(?:\(\d+\))? (with|without) time zone$")
 
 
@@ -125,6 +132,33 @@ class ViewColumn:
 
 
 @dataclass(frozen=True)
+class RowRules:
+    """What the old table let a role do with a row, as SQL over the new table's columns (create.py's
+    `source_row_filter`: the source's partition and its row level security for that role)."""
+
+    select: str = "true"  # for the querying role (CURRENT_USER, in the view)
+    update_using: str = "true"  # the rest for the role the write acts as (ACTING_ROLE, in the trigger)
+    update_check: str = "true"
+    insert_check: str = "true"
+    delete_using: str = "true"
+
+
+def read_row_rules(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> RowRules:
+    def rule(command: str, clause: str, who: str = ACTING_ROLE) -> str:
+        return source_row_filter(
+            conn, plan, mapping.table, mapping.source.table, command, plan.archive_schema, clause, who
+        )
+
+    return RowRules(
+        select=rule("SELECT", "using", "CURRENT_USER"),
+        update_using=rule("UPDATE", "using"),
+        update_check=rule("UPDATE", "check"),
+        insert_check=rule("INSERT", "check"),
+        delete_using=rule("DELETE", "using"),
+    )
+
+
+@dataclass(frozen=True)
 class CompatView:
     plan: Plan
     table: NewTable
@@ -132,6 +166,7 @@ class CompatView:
     columns: tuple[ViewColumn, ...]
     new_columns: tuple[CatalogColumn, ...]
     predicate: str | None
+    rules: RowRules = RowRules()
 
     @property
     def view(self) -> sql.Identifier:
@@ -166,7 +201,10 @@ def describe(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> Co
     by_name = {c.name: c for c in new_columns}
     fed = table.column_mapping(source.table)
     columns = tuple(ViewColumn(c, by_name.get(fed[c.name]) if c.name in fed else None) for c in old_columns)
-    return CompatView(plan, table, source, columns, tuple(new_columns), table.partition_predicate(source.table))
+    rules = read_row_rules(conn, plan, mapping)
+    return CompatView(
+        plan, table, source, columns, tuple(new_columns), table.partition_predicate(source.table), rules
+    )
 
 
 def _read_list(view: CompatView, convert: Converter, alias: str | None) -> sql.Composable:
@@ -183,12 +221,13 @@ def _read_list(view: CompatView, convert: Converter, alias: str | None) -> sql.C
 
 
 def view_statement(view: CompatView, convert: Converter) -> sql.Composable:
-    statement = sql.SQL("CREATE VIEW {} WITH (security_invoker = true) AS SELECT {} FROM {} AS n").format(
-        view.view, _read_list(view, convert, "n"), view.new_table
+    """The view reads with its owner's rights and shows the rows the old table showed the querying role
+    (its partition, its policies for CURRENT_USER); security_barrier keeps the caller's own conditions
+    from seeing a row before that filter has. The rules' subqueries name the new table: the alias is its name."""
+    alias = view.table.name
+    return sql.SQL("CREATE VIEW {} WITH (security_barrier = true) AS SELECT {} FROM {} AS {} WHERE ({})").format(
+        view.view, _read_list(view, convert, alias), view.new_table, sql.Identifier(alias), sql.SQL(view.rules.select)
     )
-    if view.predicate:
-        statement = sql.SQL("{} WHERE ({})").format(statement, sql.SQL(view.predicate))
-    return statement
 
 
 def default_statements(view: CompatView) -> list[sql.Composable]:
@@ -237,13 +276,18 @@ def _incoming(view: CompatView, convert: Converter, column: ViewColumn) -> sql.C
     return value
 
 
-def _constants(view: CompatView) -> list[tuple[sql.Composable, sql.Composable]]:
+def _constant_values(view: CompatView) -> dict[str, sql.Composable]:
+    """new column → the source's constant for it, cast to the column's type."""
     by_name = {c.name: c for c in view.new_columns}
-    return [
-        (sql.Identifier(name), sql.SQL("CAST({} AS {})").format(sql.Literal(value), sql.SQL(by_name[name].type)))
+    return {
+        name: sql.SQL("CAST({} AS {})").format(sql.Literal(value), sql.SQL(by_name[name].type))
         for name, value in view.source.constants.items()
         if name in by_name
-    ]
+    }
+
+
+def _constants(view: CompatView) -> list[tuple[sql.Composable, sql.Composable]]:
+    return [(sql.Identifier(name), value) for name, value in _constant_values(view).items()]
 
 
 def _returning(view: CompatView, convert: Converter) -> sql.Composable:
@@ -290,7 +334,7 @@ def _insert(view: CompatView, convert: Converter) -> sql.Composable:
             sql.SQL(", ").join(names_),
             overriding,
             sql.SQL(", ").join(values),
-            _takeover(view, names_),
+            _takeover(view, [c.new.name for c in columns] + list(_constant_values(view))),
             _returning(view, convert),
         )
 
@@ -319,9 +363,36 @@ def _later_partitions(view: CompatView) -> list[str]:
     return [view.table.partition_predicate(s.table) for s in view.table.sources[position + 1 :]]
 
 
-def _takeover(view: CompatView, columns: list[sql.Composable]) -> sql.Composable:
+def _fed_before(view: CompatView) -> set[str]:
+    """New columns some source listed before this one feeds."""
+    position = [s.table for s in view.table.sources].index(view.source.table)
+    return {c for s in view.table.sources[:position] for c in view.table.column_mapping(s.table).values()}
+
+
+def _twin_merge(view: CompatView, columns: list[str]) -> sql.Composable:
+    """An insert through a twin's view of a key the one row already holds (another twin inserted it; this
+    twin, before cleanup, did not hold it and took the insert): the row takes this twin's values, except
+    where an earlier twin feeds the column and the row holds a value (the earlier twin wins, as in backfill)."""
+    key = set(view.table.key)
+    earlier = _fed_before(view)
+    assignments = [
+        sql.SQL("{0} = COALESCE(n.{0}, EXCLUDED.{0})" if c in earlier else "{0} = EXCLUDED.{0}").format(
+            sql.Identifier(c)
+        )
+        for c in columns
+        if c not in key
+    ] or [sql.SQL("{0} = n.{0}").format(sql.Identifier(view.table.key[0]))]
+    return sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, view.table.key)), sql.SQL(", ").join(assignments)
+    )
+
+
+def _takeover(view: CompatView, columns: list[str]) -> sql.Composable:
     """A key a later source holds passes to this one, as backfill's precedence has it (the first source
-    wins); a key this source or an earlier one holds stays a duplicate, as it was in the old table."""
+    wins); a key this source or an earlier one holds stays a duplicate, as it was in the old table.
+    Twins share one row: see `_twin_merge`."""
+    if view.table.sources_are == "twins" and len(view.table.sources) > 1:
+        return _twin_merge(view, columns)
     later = _later_partitions(view)
     if not later:
         return sql.SQL("")
@@ -330,7 +401,7 @@ def _takeover(view: CompatView, columns: list[sql.Composable]) -> sql.Composable
         " ON CONFLICT ({}) DO UPDATE SET {} WHERE EXISTS (SELECT FROM (SELECT n.*) AS held WHERE {})"
     ).format(
         sql.SQL(", ").join(map(sql.Identifier, view.table.key)),
-        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns),
+        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns),
         sql.SQL(" OR ").join(sql.SQL("COALESCE(({}), false)").format(sql.SQL(p)) for p in later),
     )
 
@@ -356,16 +427,77 @@ def _outside_error(view: CompatView) -> sql.Composable:
     return sql.SQL("RAISE EXCEPTION USING ERRCODE = 'check_violation', MESSAGE = {};").format(sql.Literal(message))
 
 
+def _row_relation(view: CompatView, convert: Converter, record: str) -> sql.Composable:
+    """The row NEW or OLD stands for as a one-row relation shaped (and named) like the new table: the
+    source's columns in the new types, its constants, NULL for the columns it does not feed."""
+    values: dict[str, sql.Composable] = {}
+    for column in view.columns:
+        if column.new is not None:
+            ref = sql.SQL("{}.{}").format(sql.SQL(record), sql.Identifier(column.old.name))
+            values[column.new.name] = convert.convert(ref, column.old, column.new)
+    values.update(_constant_values(view))
+    select = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(
+            values.get(c.name, sql.SQL("CAST(NULL AS {})").format(sql.SQL(c.type))), sql.Identifier(c.name)
+        )
+        for c in view.new_columns
+    )
+    return sql.SQL("(SELECT {}) AS {}").format(select, sql.Identifier(view.table.name))
+
+
+def _passes(view: CompatView, convert: Converter, record: str, rule: str) -> sql.Composable:
+    return sql.SQL("COALESCE((SELECT ({}) FROM {}), false)").format(
+        sql.SQL(rule), _row_relation(view, convert, record)
+    )
+
+
+def _refuse_row(view: CompatView, convert: Converter, record: str, rule: str) -> sql.Composable:
+    """Raise as the old table's WITH CHECK did when the written row is not one the role may write."""
+    if rule == "true":
+        return sql.SQL("")
+    message = f'new row violates row-level security policy for table "{view.source.table}"'
+    return sql.SQL(
+        "IF NOT {} THEN RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE = {}; END IF;\n    "
+    ).format(_passes(view, convert, record, rule), sql.Literal(message))
+
+
+def _skip_row(view: CompatView, convert: Converter, rule: str) -> sql.Composable:
+    """Leave OLD untouched, as the old table's USING did for a row the role may see but not change."""
+    if rule == "true":
+        return sql.SQL("")
+    return sql.SQL("IF NOT {} THEN RETURN NULL; END IF;\n    ").format(_passes(view, convert, "OLD", rule))
+
+
+def _guards(view: CompatView, convert: Converter) -> sql.Composable:
+    """The old table's row rules for the acting role, checked before anything is written (the view's
+    grants, the old table's, were already checked by PostgreSQL for the caller)."""
+    rules = view.rules
+    return sql.SQL(
+        "IF TG_OP = 'INSERT' THEN\n    {computed}{insert}\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n    {skip_update}{computed}{update}\n"
+        "  ELSE\n    {skip_delete}\n"
+        "  END IF;"
+    ).format(
+        computed=_computed(view),
+        insert=_refuse_row(view, convert, "NEW", rules.insert_check),
+        skip_update=_skip_row(view, convert, rules.update_using),
+        update=_refuse_row(view, convert, "NEW", rules.update_check),
+        skip_delete=_skip_row(view, convert, rules.delete_using),
+    )
+
+
 def write_body(view: CompatView, convert: Converter) -> sql.Composable:
-    """plpgsql of the INSTEAD OF trigger: one branch per operation, each returning the row in the old shape."""
+    """plpgsql of the INSTEAD OF trigger: the old table's row rules, then one branch per operation, each
+    returning the row in the old shape."""
     check = sql.SQL("IF NOT inside THEN {} END IF;").format(_outside_error(view))
     return sql.SQL(
         "#variable_conflict use_column\n"
         "DECLARE\n  inside boolean;\n"
         "BEGIN\n"
+        "  {guards}\n"
         "  {via}\n"
-        "  IF TG_OP = 'INSERT' THEN\n    {computed}{insert}\n    {unset}\n    {check}\n    RETURN NEW;\n"
-        "  ELSIF TG_OP = 'UPDATE' THEN\n    {computed}{update}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
+        "  IF TG_OP = 'INSERT' THEN\n    {insert}\n    {unset}\n    {check}\n    RETURN NEW;\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n    {update}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
         "    {check}\n    RETURN NEW;\n"
         "  ELSE\n    {delete}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n    RETURN OLD;\n"
         "  END IF;\n"
@@ -377,7 +509,7 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
             sql.Literal(names.VIA_SETTING), sql.Literal(f"{view.source.schema}.{view.source.table}")
         ),
         unset=sql.SQL("PERFORM pg_catalog.set_config({}, '', true);").format(sql.Literal(names.VIA_SETTING)),
-        computed=_computed(view),
+        guards=_guards(view, convert),
         insert=_insert(view, convert),
         update=_update(view, convert),
         delete=_delete(view, convert),
@@ -397,15 +529,18 @@ def refuse_body(view: CompatView) -> sql.Composable:
 
 
 def trigger_statements(conn: psycopg.Connection, view: CompatView, convert: Converter) -> list[sql.Composable]:
-    """The INSTEAD OF trigger and its function (SECURITY INVOKER: the caller's rights and RLS on the new
-    table apply; search_path pinned, every name in the body qualified)."""
+    """The INSTEAD OF trigger and its function: SECURITY DEFINER, as the view reads with its owner's rights
+    (the new table's grants are the intersection of the sources', narrower than the old table's), after
+    checking the old table's row rules for the acting role; search_path pinned, every name qualified.
+    Only a trigger can call it; EXECUTE is taken from PUBLIC all the same."""
     body = refuse_body(view) if view.source.view_writes == "refuse" else write_body(view, convert)
     return [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.PRIVATE_SCHEMA)),
         sql.SQL(
-            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER"
+            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
             " SET search_path = pg_catalog, pg_temp AS {}"
         ).format(view.function, sql.Literal(body.as_string(conn))),
+        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(view.function),
         sql.SQL(
             "CREATE TRIGGER {} INSTEAD OF INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
         ).format(view.trigger, view.view, view.function),
