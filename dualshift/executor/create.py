@@ -86,6 +86,14 @@ def table_ddl(plan: Plan, table: NewTable) -> list[sql.Composable]:
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.new_schema)),
         sql.SQL("CREATE TABLE {} (\n  {}\n)").format(target, sql.SQL(",\n  ").join(parts)),
     ]
+    if sequence is None and all(not table.column(k).nullable for k in table.key if table.column(k)):
+        # No `id` primary key: the key identifies rows for logical replication (a table in a publication,
+        # such as supabase_realtime, refuses UPDATE and DELETE without a replica identity).
+        statements.append(
+            sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}").format(
+                target, sql.Identifier(fit(table.name, *table.key, "key"))
+            )
+        )
     for number, index in enumerate(table.indexes, start=1):
         columns = sql.SQL(", ").join(
             sql.SQL("{} DESC").format(sql.Identifier(c)) if index.descending else sql.Identifier(c)

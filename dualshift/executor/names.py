@@ -19,6 +19,9 @@ SYNC_GROUP = "dualshift_sync"
 # Set by a compatibility view's INSTEAD OF trigger for the length of its write: the old name written
 # through, so the reverse sync of twins puts the write back in that twin only.
 VIA_SETTING = "dualshift.via"
+# Set beside VIA_SETTING to 'insert' while an insert through a twin's view merges into the row another twin
+# inserted (an UPDATE of the new table): the reverse sync then inserts it into the twin written through.
+VIA_INSERT_SETTING = "dualshift.via_insert"
 
 
 def ensure_sync_group() -> str:

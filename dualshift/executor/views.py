@@ -496,7 +496,8 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
         "BEGIN\n"
         "  {guards}\n"
         "  {via}\n"
-        "  IF TG_OP = 'INSERT' THEN\n    {insert}\n    {unset}\n    {check}\n    RETURN NEW;\n"
+        "  IF TG_OP = 'INSERT' THEN\n    {mark_insert}\n    {insert}\n    {unmark_insert}\n    {unset}\n"
+        "    {check}\n    RETURN NEW;\n"
         "  ELSIF TG_OP = 'UPDATE' THEN\n    {update}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
         "    {check}\n    RETURN NEW;\n"
         "  ELSE\n    {delete}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n    RETURN OLD;\n"
@@ -509,6 +510,13 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
             sql.Literal(names.VIA_SETTING), sql.Literal(f"{view.source.schema}.{view.source.table}")
         ),
         unset=sql.SQL("PERFORM pg_catalog.set_config({}, '', true);").format(sql.Literal(names.VIA_SETTING)),
+        # An insert that merges into a twin's row reaches the new table as an UPDATE: say it was an insert.
+        mark_insert=sql.SQL("PERFORM pg_catalog.set_config({}, 'insert', true);").format(
+            sql.Literal(names.VIA_INSERT_SETTING)
+        ),
+        unmark_insert=sql.SQL("PERFORM pg_catalog.set_config({}, '', true);").format(
+            sql.Literal(names.VIA_INSERT_SETTING)
+        ),
         guards=_guards(view, convert),
         insert=_insert(view, convert),
         update=_update(view, convert),
