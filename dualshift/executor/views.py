@@ -472,13 +472,19 @@ def _guards(view: CompatView, convert: Converter) -> sql.Composable:
     """The old table's row rules for the acting role, checked before anything is written (the view's
     grants, the old table's, were already checked by PostgreSQL for the caller)."""
     rules = view.rules
+    inside = sql.SQL("")
+    if view.predicate:  # first, for its clearer message: the row is not this source's at all
+        inside = sql.SQL("IF NOT {} THEN {} END IF;\n    ").format(
+            _passes(view, convert, "NEW", view.predicate), _outside_error(view)
+        )
     return sql.SQL(
-        "IF TG_OP = 'INSERT' THEN\n    {computed}{insert}\n"
-        "  ELSIF TG_OP = 'UPDATE' THEN\n    {skip_update}{computed}{update}\n"
+        "IF TG_OP = 'INSERT' THEN\n    {computed}{inside}{insert}\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n    {skip_update}{computed}{inside}{update}\n"
         "  ELSE\n    {skip_delete}\n"
         "  END IF;"
     ).format(
         computed=_computed(view),
+        inside=inside,
         insert=_refuse_row(view, convert, "NEW", rules.insert_check),
         skip_update=_skip_row(view, convert, rules.update_using),
         update=_refuse_row(view, convert, "NEW", rules.update_check),

@@ -90,7 +90,7 @@ def test_each_view_has_the_old_columns_types_and_order(xbot: Plan, db: psycopg.C
         for source in table.sources:
             assert shape(db, "public", source.table) == shape(db, xbot.archive_schema, source.table), source.table
             options = one(db, "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", f"public.{source.table}")
-            assert options == ["security_invoker=true"]
+            assert options == ["security_barrier=true"]
     # A dropped column is there and NULL; an old type is kept and compares with text as before.
     assert one(db, "SELECT count(*) FROM content_generation_metadata_comprehensive WHERE features IS NOT NULL") == 0
     decision = one(db, "SELECT decision_id FROM posted_content WHERE source_table = 'posts' LIMIT 1")
@@ -256,28 +256,78 @@ def test_views_carry_the_old_grants_and_no_more(dsn: str, db: psycopg.Connection
         )
         == 0
     )
-    # The trigger runs as the caller: without rights on the new table, the write through the view fails.
+    # The old grants hold at the view, whatever the new table grants (nothing: tweets and the other sources
+    # do not grant the reader the same): what it could do works, what it could not is refused.
     with db.transaction():
         db.execute(sql.SQL("SET LOCAL ROLE {}").format(reader))
         with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
-            db.execute("DELETE FROM posts WHERE tweet_id = 't1'")
+            db.execute("SELECT count(*) FROM posted_content")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+            db.execute("UPDATE posts SET topic = 'not granted' WHERE tweet_id = 't1'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+            db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t-no', gen_random_uuid(), 'x')")
+        assert db.execute("UPDATE posts SET content = 'granted' WHERE tweet_id = 't1'").rowcount == 1
+        assert db.execute("DELETE FROM posts WHERE tweet_id = 't1'").rowcount == 1
+    assert one(db, "SELECT count(*) FROM posts WHERE tweet_id = 't1'") == 0
+    # The trigger writes with its owner's rights: nobody but a trigger may run it.
+    function = views.CompatView(plan, plan.table("posted_content"), plan.table("posted_content").source("posts"), (), (), None)
+    assert not one(db, "SELECT has_function_privilege(%s, %s, 'EXECUTE')", two_roles[0], function.function.as_string(db) + "()")
 
 
-def test_row_level_security_of_the_new_table_holds_through_the_view(
-    xbot: Plan, db: psycopg.Connection, two_roles
-) -> None:
+@pytest.fixture
+def policed(dsn: str, db: psycopg.Connection, two_roles) -> sql.Identifier:
+    """The role may read, add and edit the old tweets table (nothing else), under that table's own policies:
+    it sees and edits the t1… tweets, adds only t1… ones, may not write 'forbidden', deletes nothing."""
+    plan = load_plan(PLAN)
+    mappings = filled(dsn, plan)
     role = sql.Identifier(two_roles[0])
-    db.execute(sql.SQL("GRANT SELECT, UPDATE ON tweets, posted_content TO {}").format(role))
-    db.execute("ALTER TABLE posted_content ENABLE ROW LEVEL SECURITY")
-    db.execute(sql.SQL("CREATE POLICY own ON posted_content TO {} USING (tweet_id LIKE 't1%%')").format(role))
-    visible = one(db, "SELECT count(*) FROM posted_content WHERE source_table = 'tweets' AND tweet_id LIKE 't1%'")
-    assert 0 < visible < one(db, "SELECT count(*) FROM tweets")
+    db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON tweets TO {}").format(role))
+    db.execute("ALTER TABLE tweets ENABLE ROW LEVEL SECURITY")
+    for policy in (
+        "CREATE POLICY mine ON tweets FOR SELECT TO {} USING (tweet_id LIKE 't1%%')",
+        "CREATE POLICY edit ON tweets FOR UPDATE TO {} USING (tweet_id LIKE 't1%%') WITH CHECK (text <> 'forbidden')",
+        "CREATE POLICY add ON tweets FOR INSERT TO {} WITH CHECK (tweet_id LIKE 't1%%')",
+    ):
+        db.execute(sql.SQL(policy).format(role))
+    move(db, plan, mappings)
+    return role
+
+
+def test_the_old_tables_row_level_security_holds_through_its_view(policed: sql.Identifier, db: psycopg.Connection):
+    mine = one(db, "SELECT count(*) FROM posted_content WHERE source_table = 'tweets' AND tweet_id LIKE 't1%'")
+    assert 0 < mine < one(db, "SELECT count(*) FROM tweets")
     with db.transaction():
-        db.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
-        assert one(db, "SELECT count(*) FROM tweets") == visible
-        # No rights on dualshift_private are needed: the trigger runs, as the caller, under its policies.
-        assert db.execute("UPDATE tweets SET text = 'seen by rls'").rowcount == visible
-    assert one(db, "SELECT count(*) FROM posted_content WHERE content = 'seen by rls'") == visible
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(policed))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+            db.execute("SELECT count(*) FROM posted_content")  # the new table: not every source grants it
+        assert one(db, "SELECT count(*) FROM tweets") == mine
+        assert db.execute("UPDATE tweets SET text = 'seen'").rowcount == mine
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match='row-level security policy for table "tweets"'):
+            with db.transaction():
+                db.execute("UPDATE tweets SET text = 'forbidden' WHERE tweet_id LIKE 't1%'")
+        assert db.execute("DELETE FROM tweets").rowcount == 0  # no DELETE policy: nothing the role may delete
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match='row-level security policy for table "tweets"'):
+            with db.transaction():
+                db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t9-new', gen_random_uuid(), 'x')")
+        db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t1-new', gen_random_uuid(), 'added')")
+    assert one(db, "SELECT count(*) FROM posted_content WHERE content = 'seen'") == mine
+    assert one(db, "SELECT count(*) FROM posted_content WHERE tweet_id = 't1-new' AND source_table = 'tweets'") == 1
+    assert one(db, "SELECT count(*) FROM posted_content WHERE tweet_id = 't9-new'") == 0
+
+
+def test_a_callers_own_condition_never_sees_a_row_the_view_hides(policed: sql.Identifier, db: psycopg.Connection):
+    """The view reads with its owner's rights: a cheap function of the caller's in WHERE must not run on the
+    rows the old table's policies hid from it (security_barrier), or it could leak them."""
+    db.execute(
+        "CREATE FUNCTION pg_temp.peek(t text) RETURNS boolean LANGUAGE plpgsql COST 0.0001 AS"
+        " $$BEGIN RAISE NOTICE 'peeked %', t; RETURN true; END$$"
+    )
+    seen: list[str] = []
+    db.add_notice_handler(lambda notice: seen.append(notice.message_primary))
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(policed))
+        db.execute("SELECT count(*) FROM tweets WHERE pg_temp.peek(tweet_id)").fetchone()
+    assert seen and all(message.startswith("peeked t1") for message in seen), seen[:5]
 
 
 def test_an_insert_through_a_partition_respects_precedence(xbot: Plan, db: psycopg.Connection) -> None:
