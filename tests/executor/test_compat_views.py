@@ -416,3 +416,33 @@ def test_a_key_an_earlier_partition_holds_is_a_named_duplicate(xbot: Plan, db: p
     assert db.execute(
         "SELECT source_table, content FROM posted_content WHERE decision_id = %s", (later,)
     ).fetchone() == ("tweets", "mine")
+
+
+def test_an_insert_through_the_second_twins_view_merges_into_the_one_row(xbot: Plan, db: psycopg.Connection) -> None:
+    """Twins are one entity: before cleanup the application wrote a decision to both twins; now the second
+    insert lands on the row the first made, fills what only it knows and leaves the first twin's values."""
+    key = uuid.uuid4()
+    db.execute(
+        "INSERT INTO content_metadata (decision_id, content, decision_type, angle) VALUES (%s, 'first', 'single', 'a1')",
+        (key,),
+    )
+    returned = db.execute(
+        "INSERT INTO content_generation_metadata_comprehensive (decision_id, content, angle, tone, predicted_engagement)"
+        " VALUES (%s, 'second', 'a2', 'calm', 0.5) RETURNING content, tone",
+        (key,),
+    ).fetchone()
+    assert returned == ("first", "calm")  # the one row, as the view shows it
+    row = db.execute(
+        "SELECT content, angle, tone, predicted_er FROM content_queue WHERE decision_id = %s", (key,)
+    ).fetchall()
+    assert [tuple(map(str, r)) for r in row] == [("first", "a1", "calm", "0.5000")]
+    # The first twin wins a key the second inserted, as backfill's precedence has it.
+    other = uuid.uuid4()
+    db.execute(
+        "INSERT INTO content_generation_metadata_comprehensive (decision_id, content, angle) VALUES (%s, 'second', 'a2')",
+        (other,),
+    )
+    db.execute("INSERT INTO content_metadata (decision_id, content, angle) VALUES (%s, 'first', 'a1')", (other,))
+    assert db.execute("SELECT content, angle FROM content_queue WHERE decision_id = %s", (other,)).fetchall() == [
+        ("first", "a1")
+    ]
