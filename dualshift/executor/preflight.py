@@ -83,7 +83,12 @@ def before_create(conn: psycopg.Connection, plan: Plan, skip: bool) -> dict:
             "preflight found rows that would be lost or refused; fix them in the data or the plan, "
             "then run create again (or pass --skip-preflight to accept them)",
         )
-    return {"skipped": False, "errors": 0, "warnings": len(findings)}
+    return {"skipped": False, "errors": 0, "warnings": len(findings), "warned": _warned(plan, findings)}
+
+
+def _warned(plan: Plan, findings: list[Finding]) -> list[str]:
+    """The warnings that change what the application sees after cleanup, one line each."""
+    return [f.render(str(plan.path)) for f in findings if f.check == "dropped-generated-key"]
 
 
 @contextmanager
