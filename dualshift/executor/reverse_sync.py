@@ -156,7 +156,10 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
     # A delete through any twin's view removes the one entity: from every twin that holds the key.
     on_delete = [
         sql.SQL("    IF {} THEN {} DELETE FROM {} AS o WHERE {}; END IF;").format(
-            sql.SQL("true") if twins else _owns(table, s.source, "old"), _label(s), s.relation, _key_match(s, table, "old")
+            sql.SQL("true") if twins else _owns(table, s.source, "old"),
+            _label(s),
+            s.relation,
+            _key_match(s, table, "old"),
         )
         for s in sides
     ]

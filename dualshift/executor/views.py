@@ -202,9 +202,7 @@ def describe(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> Co
     fed = table.column_mapping(source.table)
     columns = tuple(ViewColumn(c, by_name.get(fed[c.name]) if c.name in fed else None) for c in old_columns)
     rules = read_row_rules(conn, plan, mapping)
-    return CompatView(
-        plan, table, source, columns, tuple(new_columns), table.partition_predicate(source.table), rules
-    )
+    return CompatView(plan, table, source, columns, tuple(new_columns), table.partition_predicate(source.table), rules)
 
 
 def _read_list(view: CompatView, convert: Converter, alias: str | None) -> sql.Composable:
@@ -446,9 +444,7 @@ def _row_relation(view: CompatView, convert: Converter, record: str) -> sql.Comp
 
 
 def _passes(view: CompatView, convert: Converter, record: str, rule: str) -> sql.Composable:
-    return sql.SQL("COALESCE((SELECT ({}) FROM {}), false)").format(
-        sql.SQL(rule), _row_relation(view, convert, record)
-    )
+    return sql.SQL("COALESCE((SELECT ({}) FROM {}), false)").format(sql.SQL(rule), _row_relation(view, convert, record))
 
 
 def _refuse_row(view: CompatView, convert: Converter, record: str, rule: str) -> sql.Composable:
