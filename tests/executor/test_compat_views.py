@@ -291,9 +291,9 @@ def policed(dsn: str, db: psycopg.Connection, two_roles) -> sql.Identifier:
     db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON tweets TO {}").format(role))
     db.execute("ALTER TABLE tweets ENABLE ROW LEVEL SECURITY")
     for policy in (
-        "CREATE POLICY mine ON tweets FOR SELECT TO {} USING (tweet_id LIKE 't1%%')",
-        "CREATE POLICY edit ON tweets FOR UPDATE TO {} USING (tweet_id LIKE 't1%%') WITH CHECK (text <> 'forbidden')",
-        "CREATE POLICY add ON tweets FOR INSERT TO {} WITH CHECK (tweet_id LIKE 't1%%')",
+        "CREATE POLICY mine ON tweets FOR SELECT TO {} USING (tweet_id LIKE 't1%')",
+        "CREATE POLICY edit ON tweets FOR UPDATE TO {} USING (tweet_id LIKE 't1%') WITH CHECK (text <> 'forbidden')",
+        "CREATE POLICY add ON tweets FOR INSERT TO {} WITH CHECK (tweet_id LIKE 't1%')",
     ):
         db.execute(sql.SQL(policy).format(role))
     move(db, plan, mappings)
