@@ -2,11 +2,15 @@
 
 A view under an old name looks like the old table: the old columns, in the old order, with the old
 names, types and defaults (columns the plan dropped read NULL), over only the rows of its source
-where the sources are partitions of the new table. It runs as the caller (security_invoker), and
-INSTEAD OF triggers carry writes through it to the new table: values cast from the old types to the
-new, the source's constants added, updates and deletes kept inside the source's partition, and the
-written row handed back in the old shape so `RETURNING` works. Where the plan says
-`view_writes = "refuse"`, the trigger refuses every write, naming the view and the setting.
+where the sources are partitions of the new table, and answers to each role as the old table did.
+The new table grants each role only what every source granted it, so the view does not run as the
+caller: it has the old table's grants, reads with its owner's rights (security_barrier), and shows
+the querying role the rows the old table's own policies showed it. SECURITY DEFINER INSTEAD OF
+triggers check those policies for the acting role, then carry writes to the new table: values cast
+from the old types to the new, the source's constants added, updates and deletes kept inside the
+source's partition, a twin's insert merged into the row another twin inserted, and the written row
+handed back in the old shape so `RETURNING` works. Where the plan says `view_writes = "refuse"`,
+the trigger refuses every write, naming the view and the setting.
 
 `compat_view_statements` is the one entry point `cleanup` calls, inside its transaction, after the
 old tables have moved to the archive and the new tables to the target schema. It only reads the
