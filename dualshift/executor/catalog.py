@@ -27,13 +27,15 @@ def columns_of(conn: psycopg.Connection, schema: str, table: str) -> dict[str, s
 
 
 def generated_keys(conn: psycopg.Connection, schema: str, table: str) -> set[str]:
-    """Columns of a primary key or unique constraint the database fills itself: identity or serial."""
+    """Columns of a primary key or unique constraint the database fills itself: identity or serial (a
+    sequence the column owns). Catalog rows only: nothing here waits for a lock on the table."""
     rows = conn.execute(
         "SELECT a.attname FROM pg_attribute a"
         " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
         " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
-        " AND (a.attidentity <> '' OR pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%%')"
+        " AND (a.attidentity <> '' OR EXISTS (SELECT 1 FROM pg_depend o JOIN pg_class s ON s.oid = o.objid"
+        " WHERE o.classid = 'pg_class'::regclass AND s.relkind = 'S' AND o.refclassid = 'pg_class'::regclass"
+        " AND o.refobjid = c.oid AND o.refobjsubid = a.attnum))"
         " AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype IN ('p', 'u')"
         " AND a.attnum = ANY (k.conkey))",
         (schema, table),
