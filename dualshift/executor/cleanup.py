@@ -550,6 +550,10 @@ def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: boo
     for table in plan.tables:
         for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
             sink.run(statement)
+    for table in plan.tables:  # the views' numbering leaves the archived sequences first
+        for source in table.sources:
+            for statement in views.finalize_statements(conn, plan, source):
+                sink.run(statement)
     dropped = []
     if not keep_archive:
         for table in plan.tables:

@@ -72,7 +72,7 @@ class CatalogColumn:
     default: str | None  # pg_get_expr of the column default (never an identity or generation expression)
     identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
     generation: str | None  # the expression of a generated column
-    sequence: str | None  # the identity column's sequence, qualified
+    sequence: str | None  # the sequence the column owns (identity or serial), qualified
 
     @property
     def generated(self) -> bool:
@@ -87,8 +87,7 @@ def catalog_columns(conn: psycopg.Connection, schema: str, table: str) -> list[C
             " CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END,"
             " a.attidentity::text,"
             " CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END,"
-            " CASE WHEN a.attidentity <> '' THEN pg_catalog.pg_get_serial_sequence("
-            "pg_catalog.format('%%I.%%I', %s::text, %s::text), a.attname) END"
+            " pg_catalog.pg_get_serial_sequence(pg_catalog.format('%%I.%%I', %s::text, %s::text), a.attname)"
             " FROM pg_catalog.pg_attribute a"
             " LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
             " WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))"
@@ -251,6 +250,34 @@ def default_statements(view: CompatView) -> list[sql.Composable]:
             )
         )
     return statements
+
+
+def compat_sequence(source: Source, column: str) -> sql.Identifier:
+    """The sequence that numbers a view's kept identity or serial column once `finalize` drops the archive."""
+    return sql.Identifier(names.PRIVATE_SCHEMA, names.fit("compat", source.schema, source.table, column, "seq"))
+
+
+def _numbered(view: CompatView) -> list[ViewColumn]:
+    """Kept columns the old table numbered from a sequence of its own (identity or serial)."""
+    return [c for c in view.columns if c.new is not None and c.old.sequence is not None]
+
+
+def _fill_numbers(view: CompatView, conn: psycopg.Connection) -> sql.Composable:
+    """A numbered column an insert leaves NULL takes the next number: from the archived old sequence while
+    the archive is there (so rollback continues from it), then from the view's own, which `finalize`
+    (`finalize_statements`) starts where the archived one stopped. Names resolved when the insert runs:
+    the view keeps no dependency on the archive."""
+    return sql.SQL("").join(
+        sql.SQL(
+            "IF NEW.{col} IS NULL THEN NEW.{col} := pg_catalog.nextval(COALESCE("
+            "pg_catalog.to_regclass({archived}), pg_catalog.to_regclass({own}))); END IF;\n    "
+        ).format(
+            col=sql.Identifier(c.old.name),
+            archived=sql.Literal(c.old.sequence),
+            own=sql.Literal(compat_sequence(view.source, c.old.name).as_string(conn)),
+        )
+        for c in _numbered(view)
+    )
 
 
 def _writable(view: CompatView) -> list[ViewColumn]:
@@ -502,7 +529,7 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
         "BEGIN\n"
         "  {guards}\n"
         "  {via}\n"
-        "  IF TG_OP = 'INSERT' THEN\n    {mark_insert}\n    {insert}\n    {unmark_insert}\n    {unset}\n"
+        "  IF TG_OP = 'INSERT' THEN\n    {fill_numbers}{mark_insert}\n    {insert}\n    {unmark_insert}\n    {unset}\n"
         "    {check}\n    RETURN NEW;\n"
         "  ELSIF TG_OP = 'UPDATE' THEN\n    {update}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
         "    {check}\n    RETURN NEW;\n"
@@ -524,6 +551,7 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
             sql.Literal(names.VIA_INSERT_SETTING)
         ),
         guards=_guards(view, convert),
+        fill_numbers=_fill_numbers(view, convert.conn),
         insert=_insert(view, convert),
         update=_update(view, convert),
         delete=_delete(view, convert),
@@ -644,6 +672,36 @@ def compat_view_statements(conn: psycopg.Connection, plan: Plan, mapping: Source
         *_same_grants(conn, plan.archive_schema, mapping.source.schema, mapping.source.table),
         *_column_grants(conn, plan.archive_schema, mapping.source.schema, mapping.source.table),
     ]
+
+
+SEQUENCE_DEFAULTS = """SELECT a.attname, pg_catalog.format('%%I.%%I', sn.nspname, s.relname)
+FROM pg_catalog.pg_attrdef d
+JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+JOIN pg_catalog.pg_depend o ON o.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND o.objid = d.oid
+  AND o.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+JOIN pg_catalog.pg_class s ON s.oid = o.refobjid AND s.relkind = 'S'
+JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+WHERE d.adrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text)) AND sn.nspname = %s
+ORDER BY a.attnum"""
+
+
+def finalize_statements(conn: psycopg.Connection, plan: Plan, source: Source) -> list[sql.Composable]:
+    """Before `finalize` drops the archive: each view default numbering from an archived sequence gives way
+    to the view's own sequence, started where the archived one stopped (the write trigger takes it)."""
+    rows = conn.execute(SEQUENCE_DEFAULTS, (source.schema, source.table, plan.archive_schema)).fetchall()
+    statements: list[sql.Composable] = []
+    for column, archived in rows:
+        own = compat_sequence(source, column)
+        statements += [
+            sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} AS bigint").format(own),
+            sql.SQL("SELECT pg_catalog.setval({}, s.last_value, s.is_called) FROM {} AS s").format(
+                sql.Literal(own.as_string(conn)), sql.SQL(archived)
+            ),
+            sql.SQL("ALTER VIEW {} ALTER COLUMN {} DROP DEFAULT").format(
+                sql.Identifier(source.schema, source.table), sql.Identifier(column)
+            ),
+        ]
+    return statements
 
 
 def drop_statements(plan: Plan, mapping: SourceMapping) -> list[sql.Composable]:

@@ -451,3 +451,30 @@ def test_an_insert_through_the_second_twins_view_merges_into_the_one_row(xbot: P
     assert db.execute("SELECT content, angle FROM content_queue WHERE decision_id = %s", (other,)).fetchall() == [
         ("first", "a1")
     ]
+
+
+def test_an_identity_the_plan_keeps_numbers_on_through_the_view_after_finalize(admin_dsn: str, tmp_path) -> None:
+    """fixtures/supabase maps content_metadata's identity `id`: `RETURNING id` through the view gives the
+    old numbering after cleanup, and after `finalize` dropped the archive (and the sequence with it)."""
+    from .supabase_scenario import loaded_database, migrate_here
+
+    insert = (
+        "INSERT INTO public.content_metadata (content) VALUES ('numbered') RETURNING id",
+        "SELECT max(id) FROM public.content_metadata",
+    )
+    with loaded_database(admin_dsn, rows=40) as url, psycopg.connect(url, autocommit=True) as conn:
+        highest = one(conn, insert[1])
+        for args in (
+            ("create",),
+            ("backfill",),
+            ("verify",),
+            ("switch-reads", "100"),
+            ("cleanup", "--backup-dir", str(tmp_path)),
+        ):
+            assert migrate_here(url, *args).ok, args
+        cleaned = one(conn, insert[0])
+        assert cleaned == highest + 1
+        assert migrate_here(url, "finalize").ok
+        assert one(conn, "SELECT to_regclass('archive_supabase.content_metadata')") is None
+        assert one(conn, insert[0]) == cleaned + 1
+        assert one(conn, "SELECT count(*) FROM public.content_queue WHERE id = %s", cleaned + 1) == 1
