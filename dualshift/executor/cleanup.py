@@ -552,7 +552,7 @@ def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: boo
             sink.run(statement)
     for table in plan.tables:  # the views' numbering leaves the archived sequences first
         for source in table.sources:
-            for statement in views.finalize_statements(conn, plan, source):
+            for statement in views.finalize_statements(conn, plan, table, source):
                 sink.run(statement)
     dropped = []
     if not keep_archive:

@@ -233,17 +233,14 @@ def view_statement(view: CompatView, convert: Converter) -> sql.Composable:
 
 def default_statements(view: CompatView) -> list[sql.Composable]:
     """The old table's defaults on the view, so an INSERT that leaves a column out gets what it got before.
-    Only columns the new table still reads: a dropped column's default (an archived sequence) has no use."""
+    Only columns the new table still reads: a dropped column's default (an archived sequence) has no use.
+    An identity has no default: the write trigger numbers it (`_fill_numbers`), as the old table did,
+    without the caller needing rights on its sequence."""
     statements = []
     for column in view.columns:
-        if column.new is None:
+        if column.new is None or column.old.default is None:
             continue
-        if column.old.default is not None:
-            default: sql.Composable = sql.SQL(column.old.default)
-        elif column.old.sequence is not None:  # an identity the plan keeps: the old numbering goes on
-            default = sql.SQL("pg_catalog.nextval({}::pg_catalog.regclass)").format(sql.Literal(column.old.sequence))
-        else:
-            continue
+        default: sql.Composable = sql.SQL(column.old.default)
         statements.append(
             sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
                 view.view, sql.Identifier(column.old.name), default
@@ -505,11 +502,12 @@ def _guards(view: CompatView, convert: Converter) -> sql.Composable:
             _passes(view, convert, "NEW", view.predicate), _outside_error(view)
         )
     return sql.SQL(
-        "IF TG_OP = 'INSERT' THEN\n    {computed}{inside}{insert}\n"
+        "IF TG_OP = 'INSERT' THEN\n    {numbers}{computed}{inside}{insert}\n"
         "  ELSIF TG_OP = 'UPDATE' THEN\n    {skip_update}{computed}{inside}{update}\n"
         "  ELSE\n    {skip_delete}\n"
         "  END IF;"
     ).format(
+        numbers=_fill_numbers(view, convert.conn),
         computed=_computed(view),
         inside=inside,
         insert=_refuse_row(view, convert, "NEW", rules.insert_check),
@@ -529,7 +527,7 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
         "BEGIN\n"
         "  {guards}\n"
         "  {via}\n"
-        "  IF TG_OP = 'INSERT' THEN\n    {fill_numbers}{mark_insert}\n    {insert}\n    {unmark_insert}\n    {unset}\n"
+        "  IF TG_OP = 'INSERT' THEN\n    {mark_insert}\n    {insert}\n    {unmark_insert}\n    {unset}\n"
         "    {check}\n    RETURN NEW;\n"
         "  ELSIF TG_OP = 'UPDATE' THEN\n    {update}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
         "    {check}\n    RETURN NEW;\n"
@@ -551,7 +549,6 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
             sql.Literal(names.VIA_INSERT_SETTING)
         ),
         guards=_guards(view, convert),
-        fill_numbers=_fill_numbers(view, convert.conn),
         insert=_insert(view, convert),
         update=_update(view, convert),
         delete=_delete(view, convert),
@@ -674,23 +671,28 @@ def compat_view_statements(conn: psycopg.Connection, plan: Plan, mapping: Source
     ]
 
 
-SEQUENCE_DEFAULTS = """SELECT a.attname, pg_catalog.format('%%I.%%I', sn.nspname, s.relname)
-FROM pg_catalog.pg_attrdef d
-JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-JOIN pg_catalog.pg_depend o ON o.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND o.objid = d.oid
-  AND o.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-JOIN pg_catalog.pg_class s ON s.oid = o.refobjid AND s.relkind = 'S'
+# The archived old table's columns numbered from a sequence they own (identity or serial), with it.
+OWNED_SEQUENCES = """SELECT a.attname, pg_catalog.format('%%I.%%I', sn.nspname, s.relname)
+FROM pg_catalog.pg_depend o
+JOIN pg_catalog.pg_class s ON s.oid = o.objid AND s.relkind = 'S'
 JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
-WHERE d.adrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text)) AND sn.nspname = %s
+JOIN pg_catalog.pg_attribute a ON a.attrelid = o.refobjid AND a.attnum = o.refobjsubid
+WHERE o.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND o.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND o.refobjid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
 ORDER BY a.attnum"""
 
 
-def finalize_statements(conn: psycopg.Connection, plan: Plan, source: Source) -> list[sql.Composable]:
-    """Before `finalize` drops the archive: each view default numbering from an archived sequence gives way
-    to the view's own sequence, started where the archived one stopped (the write trigger takes it)."""
-    rows = conn.execute(SEQUENCE_DEFAULTS, (source.schema, source.table, plan.archive_schema)).fetchall()
+def finalize_statements(conn: psycopg.Connection, plan: Plan, table: NewTable, source: Source) -> list[sql.Composable]:
+    """Before `finalize` drops the archive, with the sequences its numbered columns own: each column the
+    plan keeps gets the view's own sequence, started where the archived one stopped (the write trigger
+    takes it), and the view loses any default that named the archived one."""
+    kept = table.column_mapping(source.table)
+    rows = conn.execute(OWNED_SEQUENCES, (plan.archive_schema, source.table)).fetchall()
     statements: list[sql.Composable] = []
     for column, archived in rows:
+        if column not in kept:
+            continue
         own = compat_sequence(source, column)
         statements += [
             sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} AS bigint").format(own),
