@@ -26,6 +26,23 @@ def columns_of(conn: psycopg.Connection, schema: str, table: str) -> dict[str, s
     return dict(rows)
 
 
+def generated_keys(conn: psycopg.Connection, schema: str, table: str) -> set[str]:
+    """Columns of a primary key or unique constraint the database fills itself: identity or serial (a
+    sequence the column owns). Catalog rows only: nothing here waits for a lock on the table."""
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_attribute a"
+        " JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
+        " AND (a.attidentity <> '' OR EXISTS (SELECT 1 FROM pg_depend o JOIN pg_class s ON s.oid = o.objid"
+        " WHERE o.classid = 'pg_class'::regclass AND s.relkind = 'S' AND o.refclassid = 'pg_class'::regclass"
+        " AND o.refobjid = c.oid AND o.refobjsubid = a.attnum))"
+        " AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype IN ('p', 'u')"
+        " AND a.attnum = ANY (k.conkey))",
+        (schema, table),
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
 def table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
     return conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()[0] is not None
 
@@ -323,6 +340,17 @@ class _Checker:
                     line=column_line(old),
                     **where,
                 )
+        for old in sorted(generated_keys(self.conn, source.schema, source.table) & set(source.drop)):
+            self.add(
+                "warning",
+                "dropped-generated-key",
+                f"{qualified}.{old}: the database generates this key and the plan drops it, so after cleanup"
+                f" `INSERT … RETURNING {old}` through the view {source.table} gives NULL; map it: add a column"
+                f" {old} to {table.name} and take it out of drop",
+                column=old,
+                line=column_line(old),
+                **where,
+            )
         mapped = table.column_mapping(source.table)
         renamed_into = set(source.rename.values())
         for old in old_columns:

@@ -602,6 +602,9 @@ def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: boo
     for table in plan.tables:
         sink.run_all(reverse_sync.remove_statements(plan, table, plan.target_schema), "reverse_sync_off")
     sink.run_all(reverse_sync.remove_owner_statements(conn, plan), "reverse_sync_off")
+    for table in plan.tables:  # the views' numbering leaves the archived sequences first
+        for source in table.sources:
+            sink.run_all(views.finalize_statements(conn, plan, table, source), "reverse_sync_off")
     dropped: list[str] = []
     kept: list[str] = []
     if not keep_archive:

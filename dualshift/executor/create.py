@@ -86,6 +86,14 @@ def table_ddl(plan: Plan, table: NewTable) -> list[sql.Composable]:
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(plan.new_schema)),
         sql.SQL("CREATE TABLE {} (\n  {}\n)").format(target, sql.SQL(",\n  ").join(parts)),
     ]
+    if sequence is None and all(not table.column(k).nullable for k in table.key if table.column(k)):
+        # No `id` primary key: the key identifies rows for logical replication (a table in a publication,
+        # such as supabase_realtime, refuses UPDATE and DELETE without a replica identity).
+        statements.append(
+            sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}").format(
+                target, sql.Identifier(fit(table.name, *table.key, "key"))
+            )
+        )
     for number, index in enumerate(table.indexes, start=1):
         columns = sql.SQL(", ").join(
             sql.SQL("{} DESC").format(sql.Identifier(c)) if index.descending else sql.Identifier(c)
@@ -457,18 +465,18 @@ def _limit(predicate: str, policy: Policy, expression: str | None) -> str | None
     return f"NOT coalesce(({predicate}), false) OR ({expression})"
 
 
-def _member_of(roles: tuple[str, ...]) -> str:
+def _member_of(roles: tuple[str, ...], who: str = "CURRENT_USER") -> str:
     if PUBLIC in roles:
         return "true"
     # what a policy's TO clause means: the current role is the listed role or a member of it
-    return "(" + " OR ".join(f"pg_catalog.pg_has_role(CURRENT_USER, {_quote(r)}, 'MEMBER')" for r in roles) + ")"
+    return "(" + " OR ".join(f"pg_catalog.pg_has_role({who}, {_quote(r)}, 'MEMBER')" for r in roles) + ")"
 
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _source_allows(found: SourceSecurity, command: str, clause: str) -> str:
+def _source_allows(found: SourceSecurity, command: str, clause: str, who: str = "CURRENT_USER") -> str:
     """One SQL condition: the source's permissive policies for `command` let the current role see the row.
 
     `clause` is "using" or "check"; a policy without WITH CHECK checks with its USING, as PostgreSQL does.
@@ -479,11 +487,11 @@ def _source_allows(found: SourceSecurity, command: str, clause: str) -> str:
             continue
         expression = p.using if clause == "using" else p.check or p.using
         if expression is not None:
-            terms.append(f"({_member_of(p.roles)} AND ({expression}))")
+            terms.append(f"({_member_of(p.roles, who)} AND ({expression}))")
     return " OR ".join(terms) or "false"
 
 
-def _source_restricts(found: SourceSecurity, command: str, clause: str) -> str:
+def _source_restricts(found: SourceSecurity, command: str, clause: str, who: str = "CURRENT_USER") -> str:
     """One SQL condition: every restrictive policy of the source for `command` that applies to the current role passes."""
     terms = []
     for p in found.policies:
@@ -491,18 +499,16 @@ def _source_restricts(found: SourceSecurity, command: str, clause: str) -> str:
             continue
         expression = p.using if clause == "using" else p.check or p.using
         if expression is not None:
-            terms.append(f"(NOT {_member_of(p.roles)} OR ({expression}))")
+            terms.append(f"(NOT {_member_of(p.roles, who)} OR ({expression}))")
     return " AND ".join(terms) or "true"
 
 
-def _bypasses(found: SourceSecurity) -> str:
+def _bypasses(found: SourceSecurity, who: str = "CURRENT_USER") -> str:
     """The roles PostgreSQL exempts from the source's RLS: superusers, BYPASSRLS roles, and (unless FORCE) its owner."""
-    exempt = (
-        "EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER AND (r.rolsuper OR r.rolbypassrls))"
-    )
+    exempt = f"EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = {who} AND (r.rolsuper OR r.rolbypassrls))"
     if found.forced:
         return exempt
-    return f"{exempt} OR pg_catalog.pg_has_role(CURRENT_USER, {_quote(found.owner)}, 'USAGE')"
+    return f"{exempt} OR pg_catalog.pg_has_role({who}, {_quote(found.owner)}, 'USAGE')"
 
 
 def source_row_filter(
@@ -512,6 +518,8 @@ def source_row_filter(
     source_table: str,
     command: str = "SELECT",
     schema: str | None = None,
+    clause: str | None = None,
+    who: str = "CURRENT_USER",
 ) -> str:
     """SQL over the new table's columns: the rows of one source that its RLS let the current role `command`.
 
@@ -519,7 +527,9 @@ def source_row_filter(
     could read this source but not every source of the new table keeps exactly the rows it saw: the
     source's partition, and the source's policies (their TO roles tested with pg_has_role on CURRENT_USER,
     which in a view is the querying role). Subqueries in it may name the new table: select FROM it
-    unaliased. `schema`: where the old table is now (the archive, after cleanup)."""
+    unaliased. `schema`: where the old table is now (the archive, after cleanup). `clause`: "using" or
+    "check" (default: "check" for INSERT, else "using"). `who`: SQL naming the role the policies are
+    tested for (a compatibility view's SECURITY DEFINER write trigger passes the role the session acts as)."""
     source = table.source(source_table)
     if source is None:
         raise KeyError(source_table)
@@ -529,9 +539,9 @@ def source_row_filter(
     if predicate is not None:
         parts.append(f"({predicate})")
     if found.enabled:
-        clause = "check" if command == "INSERT" else "using"
-        allows = f"({_source_allows(found, command, clause)}) AND {_source_restricts(found, command, clause)}"
-        parts.append(f"({_bypasses(found)} OR ({allows}))")
+        clause = clause or ("check" if command == "INSERT" else "using")
+        allows = f"({_source_allows(found, command, clause, who)}) AND {_source_restricts(found, command, clause, who)}"
+        parts.append(f"({_bypasses(found, who)} OR ({allows}))")
     return " AND ".join(parts) or "true"
 
 

@@ -91,8 +91,14 @@ def before_create(conn: psycopg.Connection, plan: Plan, skip: bool) -> dict:
         "skipped": False,
         "errors": 0,
         "warnings": len(findings),
+        "warned": _warned(plan, findings),
         "dependents": {d.key: decided.get(d.key, d.does[0]) for d in dependents},  # an owned sequence: implied
     }
+
+
+def _warned(plan: Plan, findings: list[Finding]) -> list[str]:
+    """The warnings that change what the application sees after cleanup, one line each."""
+    return [f.render(str(plan.path)) for f in findings if f.check == "dropped-generated-key"]
 
 
 @contextmanager

@@ -195,9 +195,13 @@ def _merged_insert(sides: list[_SourceSide], table: NewTable) -> sql.Composable:
 def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
     sides = [_side(conn, plan, table, source) for source in table.sources]
     twins = table.sources_are != "partitions"
+    # A delete through any twin's view removes the one entity: from every twin that holds the key.
     on_delete = [
         sql.SQL("    IF {} THEN {} DELETE FROM {} AS o WHERE {}; END IF;").format(
-            _owns(table, s.source, "old"), _label(s), s.relation, _key_match(s, table, "old")
+            sql.SQL("true") if twins else _owns(table, s.source, "old"),
+            _label(s),
+            s.relation,
+            _key_match(s, table, "old"),
         )
         for s in sides
     ]
@@ -257,7 +261,12 @@ def function_body(conn: psycopg.Connection, plan: Plan, table: NewTable) -> str:
         merged_insert=merged_insert,
         # An update through a twin's old name of a key that twin never held changed nothing there before
         # cleanup: it creates nothing there now either. A direct write to the new table still does.
-        may_insert=sql.SQL("{} = ''").format(_via()) if twins else sql.SQL("true"),
+        # An insert through a twin's view merged into the row another twin inserted is an insert there.
+        may_insert=sql.SQL("({} = '' OR pg_catalog.current_setting({}, true) = 'insert')").format(
+            _via(), sql.Literal(names.VIA_INSERT_SETTING)
+        )
+        if twins
+        else sql.SQL("true"),
         insert_new=insert_new,
         failed=sql.Identifier(names.API_SCHEMA, "failed_writes"),
         new_table=sql.Literal(table.name),  # as the wrapper and the sync triggers name it

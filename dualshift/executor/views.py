@@ -2,11 +2,15 @@
 
 A view under an old name looks like the old table: the old columns, in the old order, with the old
 names, types and defaults (columns the plan dropped read NULL), over only the rows of its source
-where the sources are partitions of the new table. It runs as the caller (security_invoker), and
-INSTEAD OF triggers carry writes through it to the new table: values cast from the old types to the
-new, the source's constants added, updates and deletes kept inside the source's partition, and the
-written row handed back in the old shape so `RETURNING` works. Where the plan says
-`view_writes = "refuse"`, the trigger refuses every write, naming the view and the setting.
+where the sources are partitions of the new table, and answers to each role as the old table did.
+The new table grants each role only what every source granted it, so the view does not run as the
+caller: it has the old table's grants, reads with its owner's rights (security_barrier), and shows
+the querying role the rows the old table's own policies showed it. SECURITY DEFINER INSTEAD OF
+triggers check those policies for the acting role, then carry writes to the new table: values cast
+from the old types to the new, the source's constants added, updates and deletes kept inside the
+source's partition, a twin's insert merged into the row another twin inserted, and the written row
+handed back in the old shape so `RETURNING` works. Where the plan says `view_writes = "refuse"`,
+the trigger refuses every write, naming the view and the setting.
 
 `compat_view_statements` is the one entry point `cleanup` calls, inside its transaction, after the
 old tables have moved to the archive and the new tables to the target schema. It only reads the
@@ -26,9 +30,16 @@ from psycopg import pq, sql
 from dualshift.executor import names
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import ExecutorError
+from dualshift.executor.create import source_row_filter
 from dualshift.plan import NewTable, Plan, Source
 
 PINNED_SEARCH_PATH = "pg_catalog, pg_temp"
+# The role a write through a view acts as, read inside its SECURITY DEFINER trigger (where CURRENT_USER
+# is the trigger's owner): the role SET ROLE chose (PostgREST sets one per request), else the login role.
+ACTING_ROLE = (
+    "CAST(CASE WHEN pg_catalog.current_setting('role') = 'none' THEN SESSION_USER"
+    " ELSE pg_catalog.current_setting('role') END AS pg_catalog.name)"
+)
 TIMESTAMP_TYPE = re.compile(r"^timestamp(?:\(\d+\))? (with|without) time zone$")
 
 
@@ -61,7 +72,7 @@ class CatalogColumn:
     default: str | None  # pg_get_expr of the column default (never an identity or generation expression)
     identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
     generation: str | None  # the expression of a generated column
-    sequence: str | None  # the identity column's sequence, qualified
+    sequence: str | None  # the sequence the column owns (identity or serial), qualified
 
     @property
     def generated(self) -> bool:
@@ -76,8 +87,7 @@ def catalog_columns(conn: psycopg.Connection, schema: str, table: str) -> list[C
             " CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END,"
             " a.attidentity::text,"
             " CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END,"
-            " CASE WHEN a.attidentity <> '' THEN pg_catalog.pg_get_serial_sequence("
-            "pg_catalog.format('%%I.%%I', %s::text, %s::text), a.attname) END"
+            " pg_catalog.pg_get_serial_sequence(pg_catalog.format('%%I.%%I', %s::text, %s::text), a.attname)"
             " FROM pg_catalog.pg_attribute a"
             " LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
             " WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))"
@@ -125,6 +135,33 @@ class ViewColumn:
 
 
 @dataclass(frozen=True)
+class RowRules:
+    """What the old table let a role do with a row, as SQL over the new table's columns (create.py's
+    `source_row_filter`: the source's partition and its row level security for that role)."""
+
+    select: str = "true"  # for the querying role (CURRENT_USER, in the view)
+    update_using: str = "true"  # the rest for the role the write acts as (ACTING_ROLE, in the trigger)
+    update_check: str = "true"
+    insert_check: str = "true"
+    delete_using: str = "true"
+
+
+def read_row_rules(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> RowRules:
+    def rule(command: str, clause: str, who: str = ACTING_ROLE) -> str:
+        return source_row_filter(
+            conn, plan, mapping.table, mapping.source.table, command, plan.archive_schema, clause, who
+        )
+
+    return RowRules(
+        select=rule("SELECT", "using", "CURRENT_USER"),
+        update_using=rule("UPDATE", "using"),
+        update_check=rule("UPDATE", "check"),
+        insert_check=rule("INSERT", "check"),
+        delete_using=rule("DELETE", "using"),
+    )
+
+
+@dataclass(frozen=True)
 class CompatView:
     plan: Plan
     table: NewTable
@@ -132,6 +169,7 @@ class CompatView:
     columns: tuple[ViewColumn, ...]
     new_columns: tuple[CatalogColumn, ...]
     predicate: str | None
+    rules: RowRules = RowRules()
 
     @property
     def view(self) -> sql.Identifier:
@@ -166,7 +204,8 @@ def describe(conn: psycopg.Connection, plan: Plan, mapping: SourceMapping) -> Co
     by_name = {c.name: c for c in new_columns}
     fed = table.column_mapping(source.table)
     columns = tuple(ViewColumn(c, by_name.get(fed[c.name]) if c.name in fed else None) for c in old_columns)
-    return CompatView(plan, table, source, columns, tuple(new_columns), table.partition_predicate(source.table))
+    rules = read_row_rules(conn, plan, mapping)
+    return CompatView(plan, table, source, columns, tuple(new_columns), table.partition_predicate(source.table), rules)
 
 
 def _read_list(view: CompatView, convert: Converter, alias: str | None) -> sql.Composable:
@@ -183,33 +222,59 @@ def _read_list(view: CompatView, convert: Converter, alias: str | None) -> sql.C
 
 
 def view_statement(view: CompatView, convert: Converter) -> sql.Composable:
-    statement = sql.SQL("CREATE VIEW {} WITH (security_invoker = true) AS SELECT {} FROM {} AS n").format(
-        view.view, _read_list(view, convert, "n"), view.new_table
+    """The view reads with its owner's rights and shows the rows the old table showed the querying role
+    (its partition, its policies for CURRENT_USER); security_barrier keeps the caller's own conditions
+    from seeing a row before that filter has. The rules' subqueries name the new table: the alias is its name."""
+    alias = view.table.name
+    return sql.SQL("CREATE VIEW {} WITH (security_barrier = true) AS SELECT {} FROM {} AS {} WHERE ({})").format(
+        view.view, _read_list(view, convert, alias), view.new_table, sql.Identifier(alias), sql.SQL(view.rules.select)
     )
-    if view.predicate:
-        statement = sql.SQL("{} WHERE ({})").format(statement, sql.SQL(view.predicate))
-    return statement
 
 
 def default_statements(view: CompatView) -> list[sql.Composable]:
     """The old table's defaults on the view, so an INSERT that leaves a column out gets what it got before.
-    Only columns the new table still reads: a dropped column's default (an archived sequence) has no use."""
+    Only columns the new table still reads: a dropped column's default (an archived sequence) has no use.
+    An identity has no default: the write trigger numbers it (`_fill_numbers`), as the old table did,
+    without the caller needing rights on its sequence."""
     statements = []
     for column in view.columns:
-        if column.new is None:
+        if column.new is None or column.old.default is None:
             continue
-        if column.old.default is not None:
-            default: sql.Composable = sql.SQL(column.old.default)
-        elif column.old.sequence is not None:  # an identity the plan keeps: the old numbering goes on
-            default = sql.SQL("pg_catalog.nextval({}::pg_catalog.regclass)").format(sql.Literal(column.old.sequence))
-        else:
-            continue
+        default: sql.Composable = sql.SQL(column.old.default)
         statements.append(
             sql.SQL("ALTER VIEW {} ALTER COLUMN {} SET DEFAULT {}").format(
                 view.view, sql.Identifier(column.old.name), default
             )
         )
     return statements
+
+
+def compat_sequence(source: Source, column: str) -> sql.Identifier:
+    """The sequence that numbers a view's kept identity or serial column once `finalize` drops the archive."""
+    return sql.Identifier(names.PRIVATE_SCHEMA, names.fit("compat", source.schema, source.table, column, "seq"))
+
+
+def _numbered(view: CompatView) -> list[ViewColumn]:
+    """Kept columns the old table numbered from a sequence of its own (identity or serial)."""
+    return [c for c in view.columns if c.new is not None and c.old.sequence is not None]
+
+
+def _fill_numbers(view: CompatView, conn: psycopg.Connection) -> sql.Composable:
+    """A numbered column an insert leaves NULL takes the next number: from the archived old sequence while
+    the archive is there (so rollback continues from it), then from the view's own, which `finalize`
+    (`finalize_statements`) starts where the archived one stopped. Names resolved when the insert runs:
+    the view keeps no dependency on the archive."""
+    return sql.SQL("").join(
+        sql.SQL(
+            "IF NEW.{col} IS NULL THEN NEW.{col} := pg_catalog.nextval(COALESCE("
+            "pg_catalog.to_regclass({archived}), pg_catalog.to_regclass({own}))); END IF;\n    "
+        ).format(
+            col=sql.Identifier(c.old.name),
+            archived=sql.Literal(c.old.sequence),
+            own=sql.Literal(compat_sequence(view.source, c.old.name).as_string(conn)),
+        )
+        for c in _numbered(view)
+    )
 
 
 def _writable(view: CompatView) -> list[ViewColumn]:
@@ -237,13 +302,18 @@ def _incoming(view: CompatView, convert: Converter, column: ViewColumn) -> sql.C
     return value
 
 
-def _constants(view: CompatView) -> list[tuple[sql.Composable, sql.Composable]]:
+def _constant_values(view: CompatView) -> dict[str, sql.Composable]:
+    """new column → the source's constant for it, cast to the column's type."""
     by_name = {c.name: c for c in view.new_columns}
-    return [
-        (sql.Identifier(name), sql.SQL("CAST({} AS {})").format(sql.Literal(value), sql.SQL(by_name[name].type)))
+    return {
+        name: sql.SQL("CAST({} AS {})").format(sql.Literal(value), sql.SQL(by_name[name].type))
         for name, value in view.source.constants.items()
         if name in by_name
-    ]
+    }
+
+
+def _constants(view: CompatView) -> list[tuple[sql.Composable, sql.Composable]]:
+    return [(sql.Identifier(name), value) for name, value in _constant_values(view).items()]
 
 
 def _returning(view: CompatView, convert: Converter) -> sql.Composable:
@@ -290,7 +360,7 @@ def _insert(view: CompatView, convert: Converter) -> sql.Composable:
             sql.SQL(", ").join(names_),
             overriding,
             sql.SQL(", ").join(values),
-            _takeover(view, names_),
+            _takeover(view, [c.new.name for c in columns] + list(_constant_values(view))),
             _returning(view, convert),
         )
 
@@ -319,9 +389,36 @@ def _later_partitions(view: CompatView) -> list[str]:
     return [view.table.partition_predicate(s.table) for s in view.table.sources[position + 1 :]]
 
 
-def _takeover(view: CompatView, columns: list[sql.Composable]) -> sql.Composable:
+def _fed_before(view: CompatView) -> set[str]:
+    """New columns some source listed before this one feeds."""
+    position = [s.table for s in view.table.sources].index(view.source.table)
+    return {c for s in view.table.sources[:position] for c in view.table.column_mapping(s.table).values()}
+
+
+def _twin_merge(view: CompatView, columns: list[str]) -> sql.Composable:
+    """An insert through a twin's view of a key the one row already holds (another twin inserted it; this
+    twin, before cleanup, did not hold it and took the insert): the row takes this twin's values, except
+    where an earlier twin feeds the column and the row holds a value (the earlier twin wins, as in backfill)."""
+    key = set(view.table.key)
+    earlier = _fed_before(view)
+    assignments = [
+        sql.SQL("{0} = COALESCE(n.{0}, EXCLUDED.{0})" if c in earlier else "{0} = EXCLUDED.{0}").format(
+            sql.Identifier(c)
+        )
+        for c in columns
+        if c not in key
+    ] or [sql.SQL("{0} = n.{0}").format(sql.Identifier(view.table.key[0]))]
+    return sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, view.table.key)), sql.SQL(", ").join(assignments)
+    )
+
+
+def _takeover(view: CompatView, columns: list[str]) -> sql.Composable:
     """A key a later source holds passes to this one, as backfill's precedence has it (the first source
-    wins); a key this source or an earlier one holds stays a duplicate, as it was in the old table."""
+    wins); a key this source or an earlier one holds stays a duplicate, as it was in the old table.
+    Twins share one row: see `_twin_merge`."""
+    if view.table.sources_are == "twins" and len(view.table.sources) > 1:
+        return _twin_merge(view, columns)
     later = _later_partitions(view)
     if not later:
         return sql.SQL("")
@@ -330,7 +427,7 @@ def _takeover(view: CompatView, columns: list[sql.Composable]) -> sql.Composable
         " ON CONFLICT ({}) DO UPDATE SET {} WHERE EXISTS (SELECT FROM (SELECT n.*) AS held WHERE {})"
     ).format(
         sql.SQL(", ").join(map(sql.Identifier, view.table.key)),
-        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(c) for c in columns),
+        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns),
         sql.SQL(" OR ").join(sql.SQL("COALESCE(({}), false)").format(sql.SQL(p)) for p in later),
     )
 
@@ -356,16 +453,83 @@ def _outside_error(view: CompatView) -> sql.Composable:
     return sql.SQL("RAISE EXCEPTION USING ERRCODE = 'check_violation', MESSAGE = {};").format(sql.Literal(message))
 
 
+def _row_relation(view: CompatView, convert: Converter, record: str) -> sql.Composable:
+    """The row NEW or OLD stands for as a one-row relation shaped (and named) like the new table: the
+    source's columns in the new types, its constants, NULL for the columns it does not feed."""
+    values: dict[str, sql.Composable] = {}
+    for column in view.columns:
+        if column.new is not None:
+            ref = sql.SQL("{}.{}").format(sql.SQL(record), sql.Identifier(column.old.name))
+            values[column.new.name] = convert.convert(ref, column.old, column.new)
+    values.update(_constant_values(view))
+    select = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(
+            values.get(c.name, sql.SQL("CAST(NULL AS {})").format(sql.SQL(c.type))), sql.Identifier(c.name)
+        )
+        for c in view.new_columns
+    )
+    return sql.SQL("(SELECT {}) AS {}").format(select, sql.Identifier(view.table.name))
+
+
+def _passes(view: CompatView, convert: Converter, record: str, rule: str) -> sql.Composable:
+    return sql.SQL("COALESCE((SELECT ({}) FROM {}), false)").format(sql.SQL(rule), _row_relation(view, convert, record))
+
+
+def _refuse_row(view: CompatView, convert: Converter, record: str, rule: str) -> sql.Composable:
+    """Raise as the old table's WITH CHECK did when the written row is not one the role may write."""
+    if rule == "true":
+        return sql.SQL("")
+    message = f'new row violates row-level security policy for table "{view.source.table}"'
+    return sql.SQL(
+        "IF NOT {} THEN RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE = {}; END IF;\n    "
+    ).format(_passes(view, convert, record, rule), sql.Literal(message))
+
+
+def _skip_row(view: CompatView, convert: Converter, rule: str) -> sql.Composable:
+    """Leave OLD untouched, as the old table's USING did for a row the role may see but not change."""
+    if rule == "true":
+        return sql.SQL("")
+    return sql.SQL("IF NOT {} THEN RETURN NULL; END IF;\n    ").format(_passes(view, convert, "OLD", rule))
+
+
+def _guards(view: CompatView, convert: Converter) -> sql.Composable:
+    """The old table's row rules for the acting role, checked before anything is written (the view's
+    grants, the old table's, were already checked by PostgreSQL for the caller)."""
+    rules = view.rules
+    inside = sql.SQL("")
+    if view.predicate:  # first, for its clearer message: the row is not this source's at all
+        inside = sql.SQL("IF NOT {} THEN {} END IF;\n    ").format(
+            _passes(view, convert, "NEW", view.predicate), _outside_error(view)
+        )
+    return sql.SQL(
+        "IF TG_OP = 'INSERT' THEN\n    {numbers}{computed}{inside}{insert}\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n    {skip_update}{computed}{inside}{update}\n"
+        "  ELSE\n    {skip_delete}\n"
+        "  END IF;"
+    ).format(
+        numbers=_fill_numbers(view, convert.conn),
+        computed=_computed(view),
+        inside=inside,
+        insert=_refuse_row(view, convert, "NEW", rules.insert_check),
+        skip_update=_skip_row(view, convert, rules.update_using),
+        update=_refuse_row(view, convert, "NEW", rules.update_check),
+        skip_delete=_skip_row(view, convert, rules.delete_using),
+    )
+
+
 def write_body(view: CompatView, convert: Converter) -> sql.Composable:
-    """plpgsql of the INSTEAD OF trigger: one branch per operation, each returning the row in the old shape."""
+    """plpgsql of the INSTEAD OF trigger: the old table's row rules, then one branch per operation, each
+    returning the row in the old shape."""
     check = sql.SQL("IF NOT inside THEN {} END IF;").format(_outside_error(view))
     return sql.SQL(
         "#variable_conflict use_column\n"
         "DECLARE\n  inside boolean;\n"
         "BEGIN\n"
+        "  {guards}\n"
         "  {via}\n"
-        "  IF TG_OP = 'INSERT' THEN\n    {computed}{insert}\n    {unset}\n    {check}\n    RETURN NEW;\n"
-        "  ELSIF TG_OP = 'UPDATE' THEN\n    {computed}{update}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
+        "  IF TG_OP = 'INSERT' THEN\n    {mark_insert}\n    {insert}\n    {unmark_insert}\n    {unset}\n"
+        "    {check}\n    RETURN NEW;\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n    {update}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
         "    {check}\n    RETURN NEW;\n"
         "  ELSE\n    {delete}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n    RETURN OLD;\n"
         "  END IF;\n"
@@ -377,7 +541,14 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
             sql.Literal(names.VIA_SETTING), sql.Literal(f"{view.source.schema}.{view.source.table}")
         ),
         unset=sql.SQL("PERFORM pg_catalog.set_config({}, '', true);").format(sql.Literal(names.VIA_SETTING)),
-        computed=_computed(view),
+        # An insert that merges into a twin's row reaches the new table as an UPDATE: say it was an insert.
+        mark_insert=sql.SQL("PERFORM pg_catalog.set_config({}, 'insert', true);").format(
+            sql.Literal(names.VIA_INSERT_SETTING)
+        ),
+        unmark_insert=sql.SQL("PERFORM pg_catalog.set_config({}, '', true);").format(
+            sql.Literal(names.VIA_INSERT_SETTING)
+        ),
+        guards=_guards(view, convert),
         insert=_insert(view, convert),
         update=_update(view, convert),
         delete=_delete(view, convert),
@@ -397,15 +568,18 @@ def refuse_body(view: CompatView) -> sql.Composable:
 
 
 def trigger_statements(conn: psycopg.Connection, view: CompatView, convert: Converter) -> list[sql.Composable]:
-    """The INSTEAD OF trigger and its function (SECURITY INVOKER: the caller's rights and RLS on the new
-    table apply; search_path pinned, every name in the body qualified)."""
+    """The INSTEAD OF trigger and its function: SECURITY DEFINER, as the view reads with its owner's rights
+    (the new table's grants are the intersection of the sources', narrower than the old table's), after
+    checking the old table's row rules for the acting role; search_path pinned, every name qualified.
+    Only a trigger can call it; EXECUTE is taken from PUBLIC all the same."""
     body = refuse_body(view) if view.source.view_writes == "refuse" else write_body(view, convert)
     return [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.PRIVATE_SCHEMA)),
         sql.SQL(
-            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER"
+            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
             " SET search_path = pg_catalog, pg_temp AS {}"
         ).format(view.function, sql.Literal(body.as_string(conn))),
+        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(view.function),
         sql.SQL(
             "CREATE TRIGGER {} INSTEAD OF INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
         ).format(view.trigger, view.view, view.function),
@@ -495,6 +669,41 @@ def compat_view_statements(conn: psycopg.Connection, plan: Plan, mapping: Source
         *_same_grants(conn, plan.archive_schema, mapping.source.schema, mapping.source.table),
         *_column_grants(conn, plan.archive_schema, mapping.source.schema, mapping.source.table),
     ]
+
+
+# The archived old table's columns numbered from a sequence they own (identity or serial), with it.
+OWNED_SEQUENCES = """SELECT a.attname, pg_catalog.format('%%I.%%I', sn.nspname, s.relname)
+FROM pg_catalog.pg_depend o
+JOIN pg_catalog.pg_class s ON s.oid = o.objid AND s.relkind = 'S'
+JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = o.refobjid AND a.attnum = o.refobjsubid
+WHERE o.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND o.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+  AND o.refobjid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+ORDER BY a.attnum"""
+
+
+def finalize_statements(conn: psycopg.Connection, plan: Plan, table: NewTable, source: Source) -> list[sql.Composable]:
+    """Before `finalize` drops the archive, with the sequences its numbered columns own: each column the
+    plan keeps gets the view's own sequence, started where the archived one stopped (the write trigger
+    takes it), and the view loses any default that named the archived one."""
+    kept = table.column_mapping(source.table)
+    rows = conn.execute(OWNED_SEQUENCES, (plan.archive_schema, source.table)).fetchall()
+    statements: list[sql.Composable] = []
+    for column, archived in rows:
+        if column not in kept:
+            continue
+        own = compat_sequence(source, column)
+        statements += [
+            sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} AS bigint").format(own),
+            sql.SQL("SELECT pg_catalog.setval({}, s.last_value, s.is_called) FROM {} AS s").format(
+                sql.Literal(own.as_string(conn)), sql.SQL(archived)
+            ),
+            sql.SQL("ALTER VIEW {} ALTER COLUMN {} DROP DEFAULT").format(
+                sql.Identifier(source.schema, source.table), sql.Identifier(column)
+            ),
+        ]
+    return statements
 
 
 def drop_statements(plan: Plan, mapping: SourceMapping) -> list[sql.Composable]:

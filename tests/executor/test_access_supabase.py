@@ -496,3 +496,20 @@ def test_twins_with_the_same_policies_after_renames_get_them_copied(supabase_db)
             "SELECT policyname, permissive, roles, cmd, qual FROM pg_policies WHERE tablename = 'profiles'"
         ).fetchall()
         assert policies == [("mine", "PERMISSIVE", ["authenticated"], "ALL", "(user_id = auth.uid())")]
+
+
+def test_a_new_table_without_an_id_key_can_join_the_realtime_publication(admin_dsn: str) -> None:
+    """fixtures/supabase declares its own `id` on content_queue (mapped from content_metadata's, for
+    `RETURNING id`): no primary key, so the key is the replica identity, or every UPDATE and DELETE of
+    the table fails once cleanup adds it to supabase_realtime."""
+    from .supabase_scenario import loaded_database, migrate_here
+
+    with loaded_database(admin_dsn, rows=40) as url:
+        assert migrate_here(url, "create").ok
+        with psycopg.connect(url, autocommit=True) as conn:
+            identity = conn.execute("SELECT relreplident FROM pg_class WHERE oid = 'public.content_queue'::regclass")
+            assert identity.fetchone()[0] == "i"
+            conn.execute("ALTER PUBLICATION supabase_realtime ADD TABLE public.content_queue")
+            conn.execute("INSERT INTO public.content_queue (content) VALUES ('realtime')")
+            assert conn.execute("UPDATE public.content_queue SET status = 'ready'").rowcount == 1
+            assert conn.execute("DELETE FROM public.content_queue").rowcount == 1

@@ -90,7 +90,7 @@ def test_each_view_has_the_old_columns_types_and_order(xbot: Plan, db: psycopg.C
         for source in table.sources:
             assert shape(db, "public", source.table) == shape(db, xbot.archive_schema, source.table), source.table
             options = one(db, "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", f"public.{source.table}")
-            assert options == ["security_invoker=true"]
+            assert options == ["security_barrier=true"]
     # A dropped column is there and NULL; an old type is kept and compares with text as before.
     assert one(db, "SELECT count(*) FROM content_generation_metadata_comprehensive WHERE features IS NOT NULL") == 0
     decision = one(db, "SELECT decision_id FROM posted_content WHERE source_table = 'posts' LIMIT 1")
@@ -256,28 +256,83 @@ def test_views_carry_the_old_grants_and_no_more(dsn: str, db: psycopg.Connection
         )
         == 0
     )
-    # The trigger runs as the caller: without rights on the new table, the write through the view fails.
+    # The old grants hold at the view, whatever the new table grants (nothing: tweets and the other sources
+    # do not grant the reader the same): what it could do works, what it could not is refused.
     with db.transaction():
         db.execute(sql.SQL("SET LOCAL ROLE {}").format(reader))
         with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
-            db.execute("DELETE FROM posts WHERE tweet_id = 't1'")
+            db.execute("SELECT count(*) FROM posted_content")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+            db.execute("UPDATE posts SET topic = 'not granted' WHERE tweet_id = 't1'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+            db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t-no', gen_random_uuid(), 'x')")
+        assert db.execute("UPDATE posts SET content = 'granted' WHERE tweet_id = 't1'").rowcount == 1
+        assert db.execute("DELETE FROM posts WHERE tweet_id = 't1'").rowcount == 1
+    assert one(db, "SELECT count(*) FROM posts WHERE tweet_id = 't1'") == 0
+    # The trigger writes with its owner's rights: nobody but a trigger may run it.
+    function = views.CompatView(
+        plan, plan.table("posted_content"), plan.table("posted_content").source("posts"), (), (), None
+    )
+    assert not one(
+        db, "SELECT has_function_privilege(%s, %s, 'EXECUTE')", two_roles[0], function.function.as_string(db) + "()"
+    )
 
 
-def test_row_level_security_of_the_new_table_holds_through_the_view(
-    xbot: Plan, db: psycopg.Connection, two_roles
-) -> None:
+REFUSED_BY_POLICY = 'new row violates row-level security policy for table "tweets"'
+
+
+@pytest.fixture
+def policed(dsn: str, db: psycopg.Connection, two_roles) -> sql.Identifier:
+    """The role may read, add and edit the old tweets table (nothing else), under that table's own policies:
+    it sees and edits the t1… tweets, adds only t1… ones, may not write 'forbidden', deletes nothing."""
+    plan = load_plan(PLAN)
+    mappings = filled(dsn, plan)
     role = sql.Identifier(two_roles[0])
-    db.execute(sql.SQL("GRANT SELECT, UPDATE ON tweets, posted_content TO {}").format(role))
-    db.execute("ALTER TABLE posted_content ENABLE ROW LEVEL SECURITY")
-    db.execute(sql.SQL("CREATE POLICY own ON posted_content TO {} USING (tweet_id LIKE 't1%%')").format(role))
-    visible = one(db, "SELECT count(*) FROM posted_content WHERE source_table = 'tweets' AND tweet_id LIKE 't1%'")
-    assert 0 < visible < one(db, "SELECT count(*) FROM tweets")
+    db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON tweets TO {}").format(role))
+    db.execute("ALTER TABLE tweets ENABLE ROW LEVEL SECURITY")
+    for policy in (
+        "CREATE POLICY mine ON tweets FOR SELECT TO {} USING (tweet_id LIKE 't1%')",
+        "CREATE POLICY edit ON tweets FOR UPDATE TO {} USING (tweet_id LIKE 't1%') WITH CHECK (text <> 'forbidden')",
+        "CREATE POLICY add ON tweets FOR INSERT TO {} WITH CHECK (tweet_id LIKE 't1%')",
+    ):
+        db.execute(sql.SQL(policy).format(role))
+    move(db, plan, mappings)
+    return role
+
+
+def test_the_old_tables_row_level_security_holds_through_its_view(policed: sql.Identifier, db: psycopg.Connection):
+    mine = one(db, "SELECT count(*) FROM posted_content WHERE source_table = 'tweets' AND tweet_id LIKE 't1%'")
+    assert 0 < mine < one(db, "SELECT count(*) FROM tweets")
     with db.transaction():
-        db.execute(sql.SQL("SET LOCAL ROLE {}").format(role))
-        assert one(db, "SELECT count(*) FROM tweets") == visible
-        # No rights on dualshift_private are needed: the trigger runs, as the caller, under its policies.
-        assert db.execute("UPDATE tweets SET text = 'seen by rls'").rowcount == visible
-    assert one(db, "SELECT count(*) FROM posted_content WHERE content = 'seen by rls'") == visible
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(policed))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), db.transaction():
+            db.execute("SELECT count(*) FROM posted_content")  # the new table: not every source grants it
+        assert one(db, "SELECT count(*) FROM tweets") == mine
+        assert db.execute("UPDATE tweets SET text = 'seen'").rowcount == mine
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=REFUSED_BY_POLICY), db.transaction():
+            db.execute("UPDATE tweets SET text = 'forbidden' WHERE tweet_id LIKE 't1%'")
+        assert db.execute("DELETE FROM tweets").rowcount == 0  # no DELETE policy: nothing the role may delete
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=REFUSED_BY_POLICY), db.transaction():
+            db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t9-new', gen_random_uuid(), 'x')")
+        db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t1-new', gen_random_uuid(), 'added')")
+    assert one(db, "SELECT count(*) FROM posted_content WHERE content = 'seen'") == mine
+    assert one(db, "SELECT count(*) FROM posted_content WHERE tweet_id = 't1-new' AND source_table = 'tweets'") == 1
+    assert one(db, "SELECT count(*) FROM posted_content WHERE tweet_id = 't9-new'") == 0
+
+
+def test_a_callers_own_condition_never_sees_a_row_the_view_hides(policed: sql.Identifier, db: psycopg.Connection):
+    """The view reads with its owner's rights: a cheap function of the caller's in WHERE must not run on the
+    rows the old table's policies hid from it (security_barrier), or it could leak them."""
+    db.execute(
+        "CREATE FUNCTION pg_temp.peek(t text) RETURNS boolean LANGUAGE plpgsql COST 0.0001 AS"
+        " $$BEGIN RAISE NOTICE 'peeked %', t; RETURN true; END$$"
+    )
+    seen: list[str] = []
+    db.add_notice_handler(lambda notice: seen.append(notice.message_primary))
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(policed))
+        db.execute("SELECT count(*) FROM tweets WHERE pg_temp.peek(tweet_id)").fetchone()
+    assert seen and all(message.startswith("peeked t1") for message in seen), seen[:5]
 
 
 def test_an_insert_through_a_partition_respects_precedence(xbot: Plan, db: psycopg.Connection) -> None:
@@ -324,7 +379,7 @@ columns = [
 
 
 def test_identity_and_generated_columns_the_plan_keeps_work_through_the_view(
-    dsn: str, db: psycopg.Connection, tmp_path
+    dsn: str, db: psycopg.Connection, tmp_path, two_roles
 ) -> None:
     db.execute(
         "CREATE TABLE public.widgets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,"
@@ -353,6 +408,11 @@ def test_identity_and_generated_columns_the_plan_keeps_work_through_the_view(
     # The old generated column is computed as the old table computed it, though the new table stores it.
     assert db.execute("SELECT name, label FROM gadgets WHERE id = 21").fetchone() == ("renamed", "RENAMED-21")
     assert one(db, "SELECT label FROM widgets WHERE id = 3") == "W3-3"  # carried by backfill
+    # A role that may insert into widgets, and nothing on its identity's sequence, still may: as before.
+    db.execute(sql.SQL("GRANT SELECT, INSERT ON widgets TO {}").format(sql.Identifier(two_roles[0])))
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(two_roles[0])))
+        assert one(db, "INSERT INTO widgets (name) VALUES ('by a role') RETURNING id, label") == 22
 
 
 def test_a_key_an_earlier_partition_holds_is_a_named_duplicate(xbot: Plan, db: psycopg.Connection) -> None:
@@ -366,3 +426,60 @@ def test_a_key_an_earlier_partition_holds_is_a_named_duplicate(xbot: Plan, db: p
     assert db.execute(
         "SELECT source_table, content FROM posted_content WHERE decision_id = %s", (later,)
     ).fetchone() == ("tweets", "mine")
+
+
+def test_an_insert_through_the_second_twins_view_merges_into_the_one_row(xbot: Plan, db: psycopg.Connection) -> None:
+    """Twins are one entity: before cleanup the application wrote a decision to both twins; now the second
+    insert lands on the row the first made, fills what only it knows and leaves the first twin's values."""
+    key = uuid.uuid4()
+    db.execute(
+        "INSERT INTO content_metadata (decision_id, content, decision_type, angle) VALUES (%s, 'first', 'single', 'a1')",
+        (key,),
+    )
+    returned = db.execute(
+        "INSERT INTO content_generation_metadata_comprehensive (decision_id, content, angle, tone, predicted_engagement)"
+        " VALUES (%s, 'second', 'a2', 'calm', 0.5) RETURNING content, tone",
+        (key,),
+    ).fetchone()
+    assert returned == ("first", "calm")  # the one row, as the view shows it
+    row = db.execute(
+        "SELECT content, angle, tone, predicted_er FROM content_queue WHERE decision_id = %s", (key,)
+    ).fetchall()
+    assert [tuple(map(str, r)) for r in row] == [("first", "a1", "calm", "0.5000")]
+    # The first twin wins a key the second inserted, as backfill's precedence has it.
+    other = uuid.uuid4()
+    db.execute(
+        "INSERT INTO content_generation_metadata_comprehensive (decision_id, content, angle) VALUES (%s, 'second', 'a2')",
+        (other,),
+    )
+    db.execute("INSERT INTO content_metadata (decision_id, content, angle) VALUES (%s, 'first', 'a1')", (other,))
+    assert db.execute("SELECT content, angle FROM content_queue WHERE decision_id = %s", (other,)).fetchall() == [
+        ("first", "a1")
+    ]
+
+
+def test_an_identity_the_plan_keeps_numbers_on_through_the_view_after_finalize(admin_dsn: str, tmp_path) -> None:
+    """fixtures/supabase maps content_metadata's identity `id`: `RETURNING id` through the view gives the
+    old numbering after cleanup, and after `finalize` dropped the archive (and the sequence with it)."""
+    from .supabase_scenario import loaded_database, migrate_here
+
+    insert = (
+        "INSERT INTO public.content_metadata (content) VALUES ('numbered') RETURNING id",
+        "SELECT max(id) FROM public.content_metadata",
+    )
+    with loaded_database(admin_dsn, rows=40) as url, psycopg.connect(url, autocommit=True) as conn:
+        highest = one(conn, insert[1])
+        for args in (
+            ("create",),
+            ("backfill",),
+            ("verify",),
+            ("switch-reads", "100"),
+            ("cleanup", "--backup-dir", str(tmp_path)),
+        ):
+            assert migrate_here(url, *args).ok, args
+        cleaned = one(conn, insert[0])
+        assert cleaned == highest + 1
+        assert migrate_here(url, "finalize").ok
+        assert one(conn, "SELECT to_regclass('archive_supabase.content_metadata')") is None
+        assert one(conn, insert[0]) == cleaned + 1
+        assert one(conn, "SELECT count(*) FROM public.content_queue WHERE id = %s", cleaned + 1) == 1
