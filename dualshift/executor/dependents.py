@@ -886,7 +886,7 @@ def _readers(conn: psycopg.Connection, view: DependentView) -> list[DependentVie
 
 
 VIEW_COLUMNS = """
-SELECT d.refobjid::int, a.attname::text, a.atttypid::int
+SELECT DISTINCT d.refobjid::int, a.attname::text
 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d ON d.objid = r.oid
 JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
 WHERE r.ev_class = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
@@ -901,26 +901,42 @@ def _repoint_view_refusal(
     """A view reads the new table in place of an old one only when that shows the same rows (one source
     or twins) and every column it uses is a column of the new table under the same name and type."""
     used = conn.execute(VIEW_COLUMNS, (view.schema, view.name, list(old))).fetchall()
-    for relid in sorted({relid for relid, _, _ in used}):
+    for relid in sorted({relid for relid, _ in used}):
         schema, table, new = old[relid]
         target = plan.table(new)
         if target.sources_are == "partitions" and len(target.sources) > 1:
             return f"{new} also holds the other partitions' rows, which {schema}.{table} does not: choose recreate"
         fed = target.column_mapping(table)
-        for relation, column, type_oid in used:
+        for relation, column in used:
             if relation != relid:
                 continue
             if fed.get(column) != column:
                 became = f"is {fed[column]} in {new}" if column in fed else f"has no column in {new}"
                 return f"{table}.{column} {became}: choose recreate"
-            new_type = conn.execute("SELECT pg_catalog.to_regtype(%s)::oid::int", (target.column(column).type,))
-            if new_type.fetchone()[0] != type_oid:
-                return f"{table}.{column} changes type in {new}: choose recreate"
+            was, becomes = _types(conn, relid, column, target.column(column).type)
+            if was != becomes:
+                return f"{table}.{column} is {was} and {new}.{column} is {becomes}: choose recreate"
     try:
         _repointed_definition(conn, plan, old, view)
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def _types(conn: psycopg.Connection, relid: int, column: str, planned: str) -> tuple[str, str]:
+    """The old column's type and the plan's for it, both as format_type spells them (typmod included: a
+    view column may not change either)."""
+    was = conn.execute(
+        "SELECT pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute"
+        " WHERE attrelid = %s AND attname = %s",
+        (relid, column),
+    ).fetchone()[0]
+    modifier = re.search(r"\(([^)]*)\)\s*$", planned)
+    base = conn.execute(
+        "SELECT pg_catalog.format_type(pg_catalog.to_regtype(%s), NULL)",
+        (planned[: modifier.start()] if modifier else planned,),
+    ).fetchone()[0]
+    return was, f"{base}({modifier.group(1).replace(' ', '')})" if modifier else base
 
 
 def _repointed_definition(

@@ -22,7 +22,8 @@ from .supabase_scenario import loaded_database, migrate_here
 # (and its function), 3 memberships of supabase_realtime, 6 identity/serial sequences; no function body,
 # other table's policy or pg_cron job names an old table.
 EXPECTED = [
-    ("view public.owner_content", "public.content_metadata", ("recreate", "repoint", "archive", "drop")),
+    # content_queue.quality_score is numeric(5,4), not numeric: the view cannot read it in place of the old one.
+    ("view public.owner_content", "public.content_metadata", ("recreate", "archive", "drop")),
     # posted_content holds the partitions of posted_decisions and tweets: the view cannot read it in their place.
     ("view public.post_engagement", "public.outcomes, public.posted_decisions", ("recreate", "archive", "drop")),
     ("foreign key public.replies.replies_decision_id_fkey", "public.posted_decisions", ("repoint", "archive", "drop")),
