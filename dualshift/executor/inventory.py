@@ -281,6 +281,22 @@ def findings(conn: psycopg.Connection, plan: Plan) -> tuple[list[Dependent], lis
     return inventory, found
 
 
+def decided(inventory: list[Dependent], plan: Plan) -> list[dict]:
+    """For `plan check --json`: each object, the plan's decision for it (None: missing) and what cleanup can do."""
+    decisions = dict(plan.dependents)
+    return [
+        {
+            "kind": d.kind,
+            "name": d.name,
+            "old_table": d.old_table,
+            "detail": d.detail,
+            "decision": decisions.get(d.key),
+            "can": list(d.does),
+        }
+        for d in inventory
+    ]
+
+
 def _reader_refusals(conn: psycopg.Connection, plan: Plan, decided: dict[str, str]) -> dict[str, str]:
     """Views whose decision other views' decisions make impossible (a view dropped while another still
     reads it), by key."""

@@ -74,6 +74,17 @@ def test_the_inventory_lists_every_dependent_object_of_the_fixture(supabase_dsn:
     assert findings == []  # the fixture's plan decides each
 
 
+def test_plan_check_json_lists_the_inventory_with_each_decision(supabase_dsn: str, tmp_path: Path) -> None:
+    plan = without_decisions(tmp_path, "view public.post_engagement")
+    result = CliRunner().invoke(app, ["plan", "check", "--plan", str(plan), "--dsn", supabase_dsn, "--json"])
+    listed = json.loads(result.stdout)["dependents"]
+    assert [(f"{d['kind']} {d['name']}", d["old_table"], tuple(d["can"])) for d in listed] == EXPECTED
+    decisions = {f"{d['kind']} {d['name']}": d["decision"] for d in listed}
+    assert decisions["view public.post_engagement"] is None  # the missing line (an error finding too)
+    assert decisions["foreign key public.replies.replies_decision_id_fkey"] == "repoint"
+    assert decisions["sequence public.tweets_id_seq"] == "archive"
+
+
 def test_plan_check_names_each_undecided_dependent_and_the_line_to_add(supabase_dsn: str, tmp_path: Path) -> None:
     plan = without_decisions(
         tmp_path,
