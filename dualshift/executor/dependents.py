@@ -17,6 +17,10 @@ steps, all in its one transaction:
    the new table added to every publication an old table was in (and the archived table dropped
    from it), policies of other tables that read an old table written again so they read the old name.
    `Captured.needs_decision` lists what was left for a person (and why).
+   Each object gets the plan's `[dependents]` decision (inventory.py lists what each kind can take):
+   `archive` leaves it on the archived table, `drop` drops it after the move (`Captured.dropped` keeps
+   the statements that create it again, exactly as it was, for the rollback), `repoint` rewrites a view
+   over the new table, `recreate` of a materialized view creates it again over the compatibility view.
 
 `rollback_statements(conn, plan, captured)` undoes step 3 for a rollback after cleanup; call it
 while the compatibility views still exist. `Captured.to_json`/`from_json` let cleanup keep the

@@ -7,19 +7,23 @@ policy of another table that reads one, every publication membership, every pg_c
 names one (when pg_cron is installed) and every sequence owned by one of its columns. The readers are
 cleanup's own (dependents.py), so the inventory lists what cleanup will act on.
 
-Each object needs a line in the plan's `[dependents]` table, `"<kind> <name>" = "<decision>"` (for an
-owned sequence, whose only fate is its table's, a missing line is a warning), and the decision must be
-one cleanup carries out for that object (`Dependent.does`):
+Each object needs a line in the plan's `[dependents]` table, `"<kind> <name>" = "<decision>"`, and the
+decision must be one cleanup carries out for that object (`Dependent.does`, its default first; what
+each does, and how rollback undoes it, is dependents.py's and the README's table):
 
-- `recreate`: over the compatibility view — views are redefined over the old names, other tables'
-  policies are rewritten to read them, and functions and cron jobs that name an old table read the view
-  under that name;
-- `repoint`: foreign keys into an old table are re-pointed to the new table;
-- `carry`: simple updated_at-style triggers are re-created on the new table, whole publication
-  memberships move to it;
-- `archive`: it stays with the archived table (materialized views, other triggers, foreign keys out of
-  an old table, owned sequences, filtered publication memberships, `BEGIN ATOMIC` functions);
-- `drop` is not carried out by dualshift: drop the object yourself, then remove its line.
+- views: `recreate` (over the compatibility view), `repoint` (over the new table, when it shows the same
+  rows and every column read keeps its name and type), `archive`, `drop`; a view read only through
+  other views follows them (`recreate`) or is dropped; materialized views: `archive`, `recreate`, `drop`
+  (a view is dropped only with every view that reads it);
+- foreign keys into an old table: `repoint` (when the columns map to a unique key of the new table),
+  `archive`, `drop`; foreign keys out of one: `archive`, `drop`;
+- triggers: `carry` (updated_at-style only), `archive`, `drop`;
+- functions: `recreate` (they read the old name, the view; `archive` for BEGIN ATOMIC ones), `drop`;
+- other tables' policies and pg_cron jobs: `recreate` (through the view), `drop` (a named job only);
+- publication memberships: `carry`, `archive` or `drop` (listed by name; a filtered one is not carried);
+- owned sequences: `archive` (they go where their table goes).
+
+A decision cleanup cannot carry out is refused with why and what it can do instead.
 """
 
 from __future__ import annotations
