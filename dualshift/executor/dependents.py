@@ -415,7 +415,8 @@ def _repoint_refusal(
         return f"the plan drops {', '.join(c for c in fk.old_columns if c not in fed)}"
     new_oid = _regclass(conn, plan.new_schema, fk.new_table)
     if new_oid is None:  # before `create`: the plan's key
-        keys = [set(plan.table(fk.new_table).key)]
+        planned = plan.table(fk.new_table)
+        keys = [set(planned.key)] + [{c.name} for c in planned.columns if c.unique]
     else:
         keys = [set(k) for (k,) in conn.execute(UNIQUE_KEYS, (new_oid,)).fetchall()]
     if set(fk.new_columns) not in keys:

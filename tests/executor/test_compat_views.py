@@ -320,6 +320,9 @@ columns = [
   [[tables.sources]]
   table = "widgets"
   key = ["id"]
+
+[dependents]
+"sequence public.widgets_id_seq" = "archive"
 """
 
 
