@@ -151,7 +151,7 @@ def test_preflight_refuses_a_decision_cleanup_cannot_carry_out_and_says_what_to_
     admin_dsn: str, tmp_path: Path
 ) -> None:
     with loaded_database(admin_dsn, rows=30, clean=True) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(PLANTED)
+        conn.execute(PLANTED + "CREATE TABLE public.tweet_refs (tweet_id text REFERENCES public.tweets (tweet_id));")
         plan = decided_plan(conn, tmp_path)
         text = plan.read_text(encoding="utf-8")
         for key, decision in {
@@ -160,6 +160,7 @@ def test_preflight_refuses_a_decision_cleanup_cannot_carry_out_and_says_what_to_
             "view public.metric_rows": "carry",
             "sequence public.tweets_id_seq": "carry",
             "materialized view public.tweet_days": "repoint",
+            "foreign key public.tweet_refs.tweet_refs_tweet_id_fkey": "repoint",
         }.items():
             text = "\n".join(
                 f'"{key}" = "{decision}"' if line.startswith(f'"{key}" = ') else line for line in text.splitlines()
@@ -178,6 +179,11 @@ def test_preflight_refuses_a_decision_cleanup_cannot_carry_out_and_says_what_to_
         assert "materialized view public.tweet_days depends on public.tweets (reads it): dualshift cannot repoint" in (
             output
         )
+        assert (
+            "foreign key public.tweet_refs.tweet_refs_tweet_id_fkey depends on public.tweets (FOREIGN KEY (tweet_id)"
+            " REFERENCES public.tweets(tweet_id)): dualshift cannot repoint it (posted_content (tweet_id) is not a"
+            " unique key of the new table); it can archive or drop"
+        ) in output
         assert "posted_content_rows" not in output
         assert one(conn, "SELECT to_regclass('public.content_queue')") is None
 
