@@ -981,7 +981,8 @@ def _policies(
     kept, dropped = [], []
     for policy in policies_over(conn, list(old)):
         key = f"policy {policy.schema}.{policy.table}.{policy.name}"
-        if decided.get(key) != "drop":
+        ours = policy.schema == plan.new_schema and plan.table(policy.table) is not None  # written by `create`
+        if ours or decided.get(key) != "drop":
             kept.append(replace(policy, decision=decided.get(key, "recreate")))
             continue
         permissive, command, roles = conn.execute(
