@@ -125,6 +125,8 @@ def test_cleanup_carries_out_each_decision_and_rollback_undoes_it(admin_dsn: str
         assert one(conn, "SELECT to_regclass('public.outcome_count')") is None
         assert reads(conn, "public.tweet_days") == ["tweets"]  # the compatibility view
         assert one(conn, "SELECT to_regclass('public.tweet_days_day')") is not None
+        acl = {row[0]: row[3] for row in catalog(conn)["views"]}
+        assert acl["tweet_days"] == next(row[3] for row in before["views"] if row[0] == "tweet_days")
         assert one(conn, "SELECT sum(n) FROM tweet_days") == one(conn, "SELECT count(*) FROM tweets")
         # Functions: one kept (it reads the old name, now the view), one dropped.
         assert one(conn, "SELECT tweet_count()") == one(conn, "SELECT count(*) FROM tweets")
