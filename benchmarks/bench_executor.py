@@ -56,6 +56,8 @@ columns = [
   key = ["decision_id"]
   rename = { topic = "raw_topic" }
   drop = ["id"]
+[dependents]
+"sequence public.bench_old_id_seq" = "archive"
 """
 
 OLD = """

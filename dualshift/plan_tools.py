@@ -236,9 +236,12 @@ def precedence_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def report_json(plan_path: str, findings: list[Finding], plan: Plan | None = None) -> str:
+def report_json(
+    plan_path: str, findings: list[Finding], plan: Plan | None = None, dependents: list[dict] | None = None
+) -> str:
     """`{"plan", "passed", "errors", "warnings", "findings": [{severity, check, message, table, source,
-    column, line, count, samples}], "precedence": {new table: {"rule", "columns": {column: rule}}}}`,
+    column, line, count, samples}], "precedence": {new table: {"rule", "columns": {column: rule}}},
+    "dependents": [{kind, name, old_table, detail, decision, can}]}` (dependents: with --dsn only),
     findings in the order they were found."""
     errors = sum(f.is_error for f in findings)
     return json.dumps(
@@ -249,6 +252,7 @@ def report_json(plan_path: str, findings: list[Finding], plan: Plan | None = Non
             "warnings": len(findings) - errors,
             "findings": [f.as_dict() for f in findings],
             "precedence": precedence_summary(plan) if plan is not None else {},
+            "dependents": dependents or [],
         },
         indent=2,
         default=str,

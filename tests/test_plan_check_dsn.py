@@ -60,7 +60,7 @@ def test_json_has_the_documented_shape(dsn: str, tmp_path: Path) -> None:
     result = invoke("--plan", str(plan), "--dsn", dsn, "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)
-    assert set(report) == {"plan", "passed", "errors", "warnings", "findings", "precedence"}
+    assert set(report) == {"plan", "passed", "errors", "warnings", "findings", "precedence", "dependents"}
     assert (report["plan"], report["passed"], report["errors"], report["warnings"]) == (str(plan), False, 2, 10)
     for finding in report["findings"]:
         assert set(finding) == FINDING_KEYS

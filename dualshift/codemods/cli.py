@@ -129,13 +129,13 @@ def plan_check(
     if map_file is None and dsn is None:
         raise fail("plan check: give --map (check against the code), --dsn (against the database), or both")
     loaded = read_plan(plan)
-    database_findings, database_columns = _check_against_database(loaded, dsn) if dsn else ([], None)
+    database_findings, database_columns, dependents = _check_against_database(loaded, dsn) if dsn else ([], None, [])
     findings = todo_findings(plan.read_text(encoding="utf-8"))
     if map_file is not None:
         findings += check_plan(loaded, plan.read_text(encoding="utf-8"), read_calls(map_file), database_columns)
     findings += database_findings
     if as_json:
-        typer.echo(report_json(str(plan), findings, loaded))
+        typer.echo(report_json(str(plan), findings, loaded, dependents))
     else:
         report_table(str(plan), findings, output_console())
         if precedence_text(loaded):
@@ -146,7 +146,8 @@ def plan_check(
 
 
 def _check_against_database(plan: Plan, dsn: str):
-    """The executor's validation and preflight findings, and each old table's columns in the database."""
+    """The executor's validation and preflight findings, each old table's columns in the database, and what
+    depends on the old tables (with the plan's decisions)."""
     import psycopg
 
     from dualshift.executor import preflight
@@ -158,14 +159,14 @@ def _check_against_database(plan: Plan, dsn: str):
     except ExecutorError as exc:
         raise fail(f"--dsn: {exc}") from exc
     try:
-        findings = preflight.check_all(conn, plan)
+        findings, dependents = preflight.check_with_dependents(conn, plan)
         with pinned_search_path(conn):
             columns = {s.table: list(columns_of(conn, s.schema, s.table)) for t in plan.tables for s in t.sources}
     except (ExecutorError, psycopg.Error) as exc:
         raise fail(f"--dsn: {str(exc).strip().splitlines()[0]}") from exc
     finally:
         conn.close()
-    return findings, columns
+    return findings, columns, dependents
 
 
 @generate_app.command(

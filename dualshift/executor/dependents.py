@@ -17,6 +17,10 @@ steps, all in its one transaction:
    the new table added to every publication an old table was in (and the archived table dropped
    from it), policies of other tables that read an old table written again so they read the old name.
    `Captured.needs_decision` lists what was left for a person (and why).
+   Each object gets the plan's `[dependents]` decision (inventory.py lists what each kind can take):
+   `archive` leaves it on the archived table, `drop` drops it after the move (`Captured.dropped` keeps
+   the statements that create it again, exactly as it was, for the rollback), `repoint` rewrites a view
+   over the new table, `recreate` of a materialized view creates it again over the compatibility view.
 
 `rollback_statements(conn, plan, captured)` undoes step 3 for a rollback after cleanup; call it
 while the compatibility views still exist. `Captured.to_json`/`from_json` let cleanup keep the
@@ -27,7 +31,7 @@ returns statements for the caller to run.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -64,6 +68,14 @@ class DependentView:
     comment: str | None
     depth: int  # 1: reads an old table directly; n: through n-1 other views
     direct: bool
+    indexes: tuple[str, ...] = ()  # a materialized view's CREATE INDEX statements
+    populated: bool = True
+    decision: str = ""  # the plan's `[dependents]` decision ("": cleanup's default)
+    repointed: str = ""  # decision "repoint": the definition over the new tables
+
+    @property
+    def key(self) -> str:
+        return f"{'materialized view' if self.kind == 'm' else 'view'} {self.schema}.{self.name}"
 
     @property
     def identifier(self) -> sql.Identifier:
@@ -84,6 +96,7 @@ class ForeignKey:
     tail: str  # MATCH / ON UPDATE / ON DELETE / DEFERRABLE, as the constraint had them
     validated: bool
     definition: str  # pg_get_constraintdef as it was, for the rollback
+    decision: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,7 @@ class OldTrigger:
     enabled: str  # pg_trigger.tgenabled
     recreate: bool
     reason: str  # why it is (or is not) re-created on the new table
+    decision: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,7 @@ class DependentPolicy:
     table: str
     using: str | None  # pg_get_expr under `pg_catalog, pg_temp`
     check: str | None
+    decision: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,17 @@ class Membership:
     explicit: bool  # listed by name (pg_publication_rel), not through FOR ALL TABLES / TABLES IN SCHEMA
     whole: bool  # no column list and no row filter
     add_new: bool  # the new table must be added (it would not be a member otherwise)
+    decision: str = ""
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An object the plan decides to drop: the statements that drop it after the move, and those that
+    create it again, exactly as it was, once a rollback has put the old tables back."""
+
+    key: str
+    drop: tuple[str, ...]
+    restore: tuple[str, ...]
 
 
 @dataclass
@@ -128,6 +154,7 @@ class Captured:
     triggers: list[OldTrigger] = field(default_factory=list)
     publications: list[Membership] = field(default_factory=list)
     policies: list[DependentPolicy] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)  # in the order they are dropped
 
     @property
     def needs_decision(self) -> list[str]:
@@ -135,18 +162,18 @@ class Captured:
         found = [
             f"materialized view {v.schema}.{v.name} reads the archived tables: re-create it over the old names by hand"
             for v in self.views
-            if v.kind == "m"
+            if v.kind == "m" and v.decision in ("", "archive")
         ]
         found += [
             f"trigger {t.name} on {t.old_schema}.{t.old_table} stays on the archived table: {t.reason}"
             for t in self.triggers
-            if not t.recreate
+            if not t.recreate and t.decision != "carry"  # "carry": a twin's copy is already carried
         ]
         found += [
             f"publication {m.publication} publishes {m.old_schema}.{m.old_table} with a column list or row filter:"
             f" add {m.new_table} to it by hand"
             for m in self.publications
-            if m.add_new and not m.whole
+            if m.add_new and not m.whole and m.decision in ("", "archive")
         ]
         return found
 
@@ -167,6 +194,7 @@ class Captured:
             triggers=[OldTrigger(**t) for t in data.get("triggers", [])],
             publications=[Membership(**m) for m in data.get("publications", [])],
             policies=[DependentPolicy(**p) for p in data.get("policies", [])],
+            dropped=[Dropped(**tuples(d)) for d in data.get("dropped", [])],
         )
 
 
@@ -211,11 +239,13 @@ SELECT n.nspname, c.relname, c.relkind::text, pg_catalog.pg_get_viewdef(c.oid),
                      a.privilege_type, a.is_grantable::text]
         FROM pg_catalog.aclexplode(c.relacl) a LEFT JOIN pg_catalog.pg_roles g ON g.oid = a.grantee
         WHERE a.grantee <> c.relowner ORDER BY 1),
-  pg_catalog.obj_description(c.oid, 'pg_class'), max(reading.depth), min(reading.depth) = 1
+  pg_catalog.obj_description(c.oid, 'pg_class'), max(reading.depth), min(reading.depth) = 1,
+  ARRAY(SELECT pg_catalog.pg_get_indexdef(i.indexrelid) FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid
+        ORDER BY i.indexrelid), c.relispopulated
 FROM reading JOIN pg_catalog.pg_class c ON c.oid = reading.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
 WHERE NOT (c.oid = ANY(%(relations)s::oid[]))
-GROUP BY c.oid, n.nspname, c.relname, c.relkind, c.reloptions, o.rolname, c.relacl
+GROUP BY c.oid, n.nspname, c.relname, c.relkind, c.reloptions, o.rolname, c.relacl, c.relispopulated
 ORDER BY max(reading.depth), n.nspname, c.relname
 """
 
@@ -238,8 +268,10 @@ def views_over(conn: psycopg.Connection, relations: list[int]) -> list[Dependent
             comment=comment,
             depth=depth,
             direct=direct,
+            indexes=tuple(indexes),
+            populated=populated,
         )
-        for schema, name, kind, definition, options, owner, grants, comment, depth, direct in rows
+        for schema, name, kind, definition, options, owner, grants, comment, depth, direct, indexes, populated in rows
     ]
 
 
@@ -275,7 +307,23 @@ def _view_extras(view: DependentView) -> list[sql.Composable]:
     ]
     if view.comment is not None:
         statements.append(sql.SQL("COMMENT ON {} {} IS {}").format(kind, view.identifier, sql.Literal(view.comment)))
-    return statements
+    return statements + [sql.SQL(index) for index in view.indexes]
+
+
+def _create_materialized(view: DependentView) -> sql.Composable:
+    return sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {}{}").format(
+        view.identifier,
+        _with_options(view),
+        sql.SQL(view.definition),
+        sql.SQL("") if view.populated else sql.SQL(" WITH NO DATA"),
+    )
+
+
+def _created_anew(conn: psycopg.Connection, view: DependentView) -> list[sql.Composable]:
+    """The view (or materialized view) created again as it was: definition, owner, exactly its grants, comment,
+    indexes."""
+    create = _create_materialized(view) if view.kind == "m" else _create_view(view, replace=False)
+    return [create, revoke_every_grant(conn, view.schema, view.name), *_view_extras(view)]
 
 
 # ─── foreign keys ──────────────────────────────────────────────────────────────────────────────────
@@ -314,10 +362,14 @@ def _fk_tail(match: str, on_update: str, on_delete: str, deferrable: bool, defer
     return tail
 
 
-def _foreign_keys(conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]]) -> list[ForeignKey]:
+def foreign_keys_into(
+    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]]
+) -> list[tuple[ForeignKey, str | None]]:
+    """Each foreign key of another table into an old table, with why it cannot be re-pointed to the new
+    table (None: it can). Before `create` the new table's keys are the plan's."""
     with qualified_names(conn):
         rows = conn.execute(FOREIGN_KEYS, {"old": list(old)}).fetchall()
-    found, refused = [], []
+    found = []
     for (
         name,
         schema,
@@ -336,44 +388,116 @@ def _foreign_keys(conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str
     ) in rows:
         old_schema, old_table, new_table = old[target]
         fed = plan.table(new_table).column_mapping(old_table)
-        new_columns = tuple(fed.get(c) for c in old_columns)
-        where = f"foreign key {name} of {schema}.{table} (into {old_schema}.{old_table} ({', '.join(old_columns)}))"
-        if None in new_columns:
-            refused.append(f"{where}: the plan drops {', '.join(c for c in old_columns if c not in fed)}")
-            continue
-        new_oid = _regclass(conn, plan.new_schema, new_table)
-        keys = [set(k) for (k,) in conn.execute(UNIQUE_KEYS, (new_oid,)).fetchall()] if new_oid else []
-        if set(new_columns) not in keys:
-            refused.append(f"{where}: {new_table} ({', '.join(new_columns)}) is not a unique key of the new table")
-            continue
-        clash = _type_clashes(conn, (schema, table, columns), (plan.new_schema, new_table, new_columns))
-        if clash:
-            refused.append(f"{where}: {clash}")
-            continue
-        if cols:
-            refused.append(f"{where}: ON DELETE SET NULL/DEFAULT with a column list; re-point it by hand")
-            continue
-        found.append(
-            ForeignKey(
-                name=name,
-                schema=schema,
-                table=table,
-                columns=tuple(columns),
-                old_schema=old_schema,
-                old_table=old_table,
-                old_columns=tuple(old_columns),
-                new_table=new_table,
-                new_columns=new_columns,
-                tail=_fk_tail(match, upd, dele, deferrable, deferred),
-                validated=valid,
-                definition=text,
-            )
+        mapped = tuple(fed.get(c) for c in old_columns)
+        fk = ForeignKey(
+            name=name,
+            schema=schema,
+            table=table,
+            columns=tuple(columns),
+            old_schema=old_schema,
+            old_table=old_table,
+            old_columns=tuple(old_columns),
+            new_table=new_table,
+            new_columns=tuple(c or "" for c in mapped),
+            tail=_fk_tail(match, upd, dele, deferrable, deferred),
+            validated=valid,
+            definition=text,
         )
+        found.append((fk, _repoint_refusal(conn, plan, fk, mapped, cols)))
+    return found
+
+
+def _repoint_refusal(
+    conn: psycopg.Connection, plan: Plan, fk: ForeignKey, mapped: tuple[str | None, ...], column_list: bool
+) -> str | None:
+    if None in mapped:
+        fed = plan.table(fk.new_table).column_mapping(fk.old_table)
+        return f"the plan drops {', '.join(c for c in fk.old_columns if c not in fed)}"
+    new_oid = _regclass(conn, plan.new_schema, fk.new_table)
+    if new_oid is None:  # before `create`: the plan's key
+        planned = plan.table(fk.new_table)
+        keys = [set(planned.key)] + [{c.name} for c in planned.columns if c.unique]
+    else:
+        keys = [set(k) for (k,) in conn.execute(UNIQUE_KEYS, (new_oid,)).fetchall()]
+    if set(fk.new_columns) not in keys:
+        return f"{fk.new_table} ({', '.join(fk.new_columns)}) is not a unique key of the new table"
+    if new_oid is not None:
+        clash = _type_clashes(conn, (fk.schema, fk.table, fk.columns), (plan.new_schema, fk.new_table, fk.new_columns))
+        if clash:
+            return clash
+    if column_list:
+        return "ON DELETE SET NULL/DEFAULT with a column list; re-point it by hand"
+    return None
+
+
+def _foreign_keys(
+    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]], decided: dict[str, str]
+) -> tuple[list[ForeignKey], list[Dropped]]:
+    """The foreign keys to re-point (refused by name when one cannot be) and those to drop; the ones kept
+    on the archive are left alone."""
+    repointed, dropped, refused = [], [], []
+    for fk, refusal in foreign_keys_into(conn, plan, old):
+        key = f"foreign key {fk.schema}.{fk.table}.{fk.name}"
+        decision = decided.get(key, "repoint")
+        if decision == "drop":
+            dropped.append(
+                _dropped_constraint(conn, key, (fk.schema, fk.schema, fk.table), fk.name, fk.definition, fk.validated)
+            )
+        elif decision == "repoint" and refusal:
+            refused.append(
+                f"foreign key {fk.name} of {fk.schema}.{fk.table}"
+                f" (into {fk.old_schema}.{fk.old_table} ({', '.join(fk.old_columns)})): {refusal}"
+            )
+        elif decision == "repoint":
+            repointed.append(replace(fk, decision=decision))
     if refused:
         raise DependentsRefused(
             "cleanup cannot re-point these foreign keys to the new tables (nothing was changed): " + "; ".join(refused)
         )
-    return found
+    return repointed, dropped
+
+
+def _dropped_constraint(
+    conn: psycopg.Connection, key: str, where: tuple[str, str, str], name: str, definition: str, validated: bool
+) -> Dropped:
+    """A foreign key dropped after the move (its table then in `schema_after`), added again on rollback."""
+    schema_after, schema_before, table = where
+    before = sql.Identifier(schema_before, table)
+    restore = [
+        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID").format(
+            before, sql.Identifier(name), sql.SQL(definition.removesuffix(" NOT VALID"))
+        )
+    ]
+    if validated:
+        restore.append(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(before, sql.Identifier(name)))
+    drop = sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+        sql.Identifier(schema_after, table), sql.Identifier(name)
+    )
+    return Dropped(key, (drop.as_string(conn),), tuple(s.as_string(conn) for s in restore))
+
+
+FOREIGN_KEYS_FROM = """
+SELECT c.conname, c.conrelid::int, pg_catalog.pg_get_constraintdef(c.oid), c.convalidated
+FROM pg_catalog.pg_constraint c
+WHERE c.contype = 'f' AND c.conrelid = ANY(%(old)s::oid[])
+ORDER BY c.conrelid, c.conname
+"""
+
+
+def _foreign_keys_from(
+    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]], decided: dict[str, str]
+) -> list[Dropped]:
+    """The foreign keys declared on an old table that the plan drops (the others stay with the archive)."""
+    with qualified_names(conn):
+        rows = conn.execute(FOREIGN_KEYS_FROM, {"old": list(old)}).fetchall()
+    dropped = []
+    for name, relid, definition, validated in rows:
+        schema, table, _ = old[relid]
+        key = f"foreign key {schema}.{table}.{name}"
+        if decided.get(key) == "drop":
+            where = (plan.archive_schema, schema, table)
+            dropped.append(_dropped_constraint(conn, key, where, name, definition, validated))
+    return dropped
 
 
 COMPARABLE = """
@@ -458,29 +582,59 @@ def _judge_trigger(tgtype: int, language: str, body: str, definition: str, colum
     return True, "sets only fields of the row, all of them columns of the new table"
 
 
-def _triggers(conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]]) -> list[OldTrigger]:
+def _triggers(
+    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]], decided: dict[str, str]
+) -> tuple[list[OldTrigger], list[Dropped]]:
+    """Each trigger on an old table with the plan's decision (default: carried when it can be, else kept
+    on the archive), and the ones it drops. Raises DependentsRefused for a carry it cannot do."""
     with qualified_names(conn):
         rows = conn.execute(TRIGGERS, {"old": list(old), "ours": [names.API_SCHEMA, names.PRIVATE_SCHEMA]}).fetchall()
     found: list[OldTrigger] = []
+    dropped: list[Dropped] = []
+    refused: list[str] = []
     taken: dict[tuple[str, str], str] = {}  # (new table, trigger name) → the definition re-created under it
     for name, relid, definition, tgtype, enabled, language, body, columns in rows:
         old_schema, old_table, new_table = old[relid]
+        key = f"trigger {old_schema}.{old_table}.{name}"
         new_columns = {c.name for c in plan.table(new_table).columns}
         recreate, reason = _judge_trigger(tgtype, language, body, definition, set(columns), new_columns)
         portable = _portable(conn, name, old_schema, old_table, definition)
-        new_name = name
         if recreate and portable is None:
             recreate, reason = False, "its definition could not be moved to the new table"
-        if recreate:
-            if taken.get((new_table, name)) == portable:
-                continue  # the same trigger on a twin: once on the new table is enough
-            if (new_table, name) in taken:
-                new_name = names.fit(name, old_table)
-            taken[(new_table, new_name)] = portable
-        found.append(
-            OldTrigger(name, old_schema, old_table, new_table, definition, new_name, enabled, recreate, reason)
+        decision = decided.get(key, "carry" if recreate else "archive")
+        if decision == "drop":
+            dropped.append(_dropped_trigger(conn, plan, key, name, (old_schema, old_table), definition, enabled))
+            continue
+        if decision == "carry" and not recreate:
+            refused.append(f"trigger {name} on {old_schema}.{old_table}: {reason}")
+            continue
+        trigger = OldTrigger(name, old_schema, old_table, new_table, definition, name, enabled, False, reason, decision)
+        if decision == "carry":
+            if taken.get((new_table, name)) == portable:  # the same trigger on a twin: once on the new table
+                trigger = replace(trigger, reason="the same trigger of a twin is carried")
+            else:
+                new_name = names.fit(name, old_table) if (new_table, name) in taken else name
+                taken[(new_table, new_name)] = portable
+                trigger = replace(trigger, new_name=new_name, recreate=True)
+        found.append(trigger)
+    if refused:
+        raise DependentsRefused("cleanup cannot carry these triggers to the new tables: " + "; ".join(refused))
+    return found, dropped
+
+
+def _dropped_trigger(
+    conn: psycopg.Connection, plan: Plan, key: str, name: str, table: tuple[str, str], definition: str, enabled: str
+) -> Dropped:
+    drop = sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(name), sql.Identifier(plan.archive_schema, table[1]))
+    restore = [definition]
+    mode = {"D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}.get(enabled)
+    if mode:
+        restore.append(
+            sql.SQL("ALTER TABLE {} {} {}")
+            .format(sql.Identifier(*table), sql.SQL(mode), sql.Identifier(name))
+            .as_string(conn)
         )
-    return found
+    return Dropped(key, (drop.as_string(conn),), tuple(restore))
 
 
 def _portable(conn: psycopg.Connection, name: str, schema: str, table: str, definition: str) -> str | None:
@@ -529,7 +683,11 @@ ORDER BY 1, 2, 3
 """
 
 
-def _publications(conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]]) -> list[Membership]:
+def _publications(
+    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]], decided: dict[str, str]
+) -> tuple[list[Membership], list[Dropped]]:
+    """Each publication membership of an old table with the plan's decision (default: a whole membership
+    is carried to the new table, a filtered one kept on the archive), and the ones it drops."""
     located = {(schema, table): new for schema, table, new in old.values()}
     rows = conn.execute(
         PUBLICATIONS,
@@ -540,15 +698,63 @@ def _publications(conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str
         },
     ).fetchall()
     found: list[Membership] = []
+    dropped: list[Dropped] = []
+    refused: list[str] = []
     added: set[tuple[str, str]] = set()
     for publication, schema, table, explicit, whole, covers_target in rows:
+        key = f"publication {publication} {schema}.{table}"
+        decision = decided.get(key, "carry" if whole else "archive")
         new_table = located[(schema, table)]
+        if decision == "drop" and explicit:
+            dropped.append(_dropped_membership(conn, plan, key, publication, (schema, table)))
+            continue
+        if decision not in ("carry", "archive") or (decision == "carry" and not whole):
+            refused.append(f"{key}: {_membership_limit(explicit, whole)}")
+            continue
         already = _explicit_member(conn, publication, plan.new_schema, new_table)
         add_new = not covers_target and not already and (publication, new_table) not in added
-        if add_new and whole:
+        if add_new and whole and decision == "carry":
             added.add((publication, new_table))
-        found.append(Membership(publication, schema, table, new_table, explicit, whole, add_new))
-    return found
+        found.append(Membership(publication, schema, table, new_table, explicit, whole, add_new, decision))
+    if refused:
+        raise DependentsRefused("cleanup cannot do what the plan says with: " + "; ".join(refused))
+    return found, dropped
+
+
+def _membership_limit(explicit: bool, whole: bool) -> str:
+    """What a publication membership can become, for a refusal."""
+    if not explicit:
+        return "it is published through FOR ALL TABLES / TABLES IN SCHEMA: only carry"
+    return "it has a column list or row filter: archive or drop (add the new table to it by hand)"
+
+
+PUBLICATION_REL = """
+SELECT pr.prattrs IS NOT NULL,
+  ARRAY(SELECT a.attname::text FROM pg_catalog.unnest(pr.prattrs) k(num)
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = k.num ORDER BY a.attnum),
+  pg_catalog.pg_get_expr(pr.prqual, pr.prrelid)
+FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+WHERE p.pubname = %s AND pr.prrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+"""
+
+
+def _dropped_membership(
+    conn: psycopg.Connection, plan: Plan, key: str, publication: str, table: tuple[str, str]
+) -> Dropped:
+    """The old table taken out of the publication (the new one not added); on rollback put back with its
+    column list and row filter."""
+    with qualified_names(conn):
+        listed, columns, where = conn.execute(PUBLICATION_REL, (publication, *table)).fetchone()
+    drop = sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+        sql.Identifier(publication), sql.Identifier(plan.archive_schema, table[1])
+    )
+    restore = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}{}{}").format(
+        sql.Identifier(publication),
+        sql.Identifier(*table),
+        sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.Identifier, columns))) if listed else sql.SQL(""),
+        sql.SQL(" WHERE ({})").format(sql.SQL(where)) if where else sql.SQL(""),
+    )
+    return Dropped(key, (drop.as_string(conn),), (restore.as_string(conn),))
 
 
 def _explicit_member(conn: psycopg.Connection, publication: str, schema: str, table: str) -> bool:
@@ -604,25 +810,291 @@ def _policy_table(plan: Plan, policy: DependentPolicy) -> sql.Identifier:
 
 def capture(conn: psycopg.Connection, plan: Plan) -> Captured:
     """Everything outside the plan that hangs on the old tables, read BEFORE the move (the old tables in
-    their schemas, the new ones in plan.new_schema). Raises DependentsRefused for a foreign key that
-    cannot follow its rows to the new table."""
+    their schemas, the new ones in plan.new_schema), each with the plan's `[dependents]` decision (a
+    missing one: cleanup's default). Raises DependentsRefused for a decision it cannot carry out."""
     old = _old_tables(conn, plan)
+    decided = dict(plan.dependents)
+    views, dropped_views = _views(conn, plan, old, decided)
+    policies, dropped_policies = _policies(conn, plan, old, decided)
+    foreign_keys, dropped_keys = _foreign_keys(conn, plan, old, decided)
+    triggers, dropped_triggers = _triggers(conn, plan, old, decided)
+    publications, dropped_memberships = _publications(conn, plan, old, decided)
     return Captured(
-        views=views_over(conn, list(old)),
-        foreign_keys=_foreign_keys(conn, plan, old),
-        triggers=_triggers(conn, plan, old),
-        publications=_publications(conn, plan, old),
-        policies=policies_over(conn, list(old)),
+        views=views,
+        foreign_keys=foreign_keys,
+        triggers=triggers,
+        publications=publications,
+        policies=policies,
+        # In the order they are dropped (a rollback creates them again the other way round): readers first.
+        dropped=dropped_views
+        + dropped_policies
+        + dropped_triggers
+        + dropped_keys
+        + _foreign_keys_from(conn, plan, old, decided)
+        + dropped_memberships
+        + _cron_jobs(conn, decided)
+        + _functions(conn, decided),
     )
+
+
+def _views(
+    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]], decided: dict[str, str]
+) -> tuple[list[DependentView], list[Dropped]]:
+    kept, dropped, refused = [], [], []
+    for view in views_over(conn, list(old)):
+        default = "archive" if view.kind == "m" else "recreate"
+        view = replace(view, decision=decided.get(view.key, default))
+        refusal = view_refusal(conn, plan, old, view, decided)
+        if refusal:
+            refused.append(f"{view.key}: {refusal}")
+        elif view.decision == "drop":
+            drop = sql.SQL("DROP {} {}").format(
+                sql.SQL("MATERIALIZED VIEW" if view.kind == "m" else "VIEW"), view.identifier
+            )
+            restore = tuple(s.as_string(conn) for s in _created_anew(conn, view))
+            dropped.insert(0, Dropped(view.key, (drop.as_string(conn),), restore))  # the deepest first
+        elif view.decision == "repoint":
+            kept.append(replace(view, repointed=_repointed_definition(conn, plan, old, view)))
+        else:
+            kept.append(view)
+    if refused:
+        raise DependentsRefused("cleanup cannot do what the plan says with: " + "; ".join(refused))
+    return kept, dropped
+
+
+def view_refusal(
+    conn: psycopg.Connection,
+    plan: Plan,
+    old: dict[int, tuple[str, str, str]],
+    view: DependentView,
+    decided: dict[str, str],
+) -> str | None:
+    """Why cleanup cannot do the view's decision (None: it can)."""
+    if view.decision == "repoint":
+        if view.kind == "m" or not view.direct:
+            return "only a view that reads an old table itself can be re-pointed: choose recreate"
+        return _repoint_view_refusal(conn, plan, old, view)
+    if view.decision not in ("drop", "recreate", "archive"):
+        return None
+    if view.decision == "archive" and not (view.kind == "m" or view.direct):
+        return "it reads the old table through other views, which decide for it: choose recreate or drop"
+    if view.decision == "drop" or (view.kind == "m" and view.decision == "recreate"):
+        readers = [r.key for r in _readers(conn, view) if decided.get(r.key) != "drop"]
+        if readers:
+            return f"{', '.join(readers)} read(s) it: drop them too, or choose {'archive' if view.kind == 'm' else 'recreate'}"
+    return None
+
+
+def _readers(conn: psycopg.Connection, view: DependentView) -> list[DependentView]:
+    oid = _regclass(conn, view.schema, view.name)
+    return views_over(conn, [oid]) if oid is not None else []
+
+
+VIEW_COLUMNS = """
+SELECT DISTINCT d.refobjid::int, a.attname::text
+FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_depend d ON d.objid = r.oid
+JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+WHERE r.ev_class = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+  AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.refobjid = ANY(%s::oid[])
+ORDER BY 1, 2
+"""
+
+
+def _repoint_view_refusal(
+    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]], view: DependentView
+) -> str | None:
+    """A view reads the new table in place of an old one only when that shows the same rows (one source
+    or twins) and every column it uses is a column of the new table under the same name and type."""
+    used = conn.execute(VIEW_COLUMNS, (view.schema, view.name, list(old))).fetchall()
+    for relid in sorted({relid for relid, _ in used}):
+        schema, table, new = old[relid]
+        target = plan.table(new)
+        if target.sources_are == "partitions" and len(target.sources) > 1:
+            return f"{new} also holds the other partitions' rows, which {schema}.{table} does not: choose recreate"
+        fed = target.column_mapping(table)
+        for relation, column in used:
+            if relation != relid:
+                continue
+            if fed.get(column) != column:
+                became = f"is {fed[column]} in {new}" if column in fed else f"has no column in {new}"
+                return f"{table}.{column} {became}: choose recreate"
+            was, becomes = _types(conn, relid, column, target.column(column).type)
+            if was != becomes:
+                return f"{table}.{column} is {was} and {new}.{column} is {becomes}: choose recreate"
+    try:
+        _repointed_definition(conn, plan, old, view)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _types(conn: psycopg.Connection, relid: int, column: str, planned: str) -> tuple[str, str]:
+    """The old column's type and the plan's for it, both as format_type spells them (typmod included: a
+    view column may not change either)."""
+    was = conn.execute(
+        "SELECT pg_catalog.format_type(atttypid, atttypmod) FROM pg_catalog.pg_attribute"
+        " WHERE attrelid = %s AND attname = %s",
+        (relid, column),
+    ).fetchone()[0]
+    modifier = re.search(r"\(([^)]*)\)\s*$", planned)
+    base = conn.execute(
+        "SELECT pg_catalog.format_type(pg_catalog.to_regtype(%s), NULL)",
+        (planned[: modifier.start()] if modifier else planned,),
+    ).fetchone()[0]
+    return was, f"{base}({modifier.group(1).replace(' ', '')})" if modifier else base
+
+
+def _repointed_definition(
+    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]], view: DependentView
+) -> str:
+    """The view's definition with each old table in FROM/JOIN replaced by its new table, under the old
+    table's name as alias (pg_get_viewdef qualifies every column by it)."""
+    definition = view.definition
+    for schema, table, new in old.values():
+        qualified, alias, target = conn.execute(
+            "SELECT pg_catalog.format('%%I.%%I', %s::text, %s::text), pg_catalog.quote_ident(%s),"
+            " pg_catalog.format('%%I.%%I', %s::text, %s::text)",
+            (schema, table, table, plan.target_schema, new),
+        ).fetchone()
+        pattern = re.compile(
+            rf"(\b(?:FROM|JOIN)\s+\(*){re.escape(qualified)}(?![\w$.\"])( (?!ON\b|USING\b)[A-Za-z_\"][\w$\"]*)?"
+        )
+        definition = pattern.sub(lambda m, t=target, a=alias: f"{m.group(1)}{t}{m.group(2) or ' ' + a}", definition)
+        if re.search(rf"(?<![\w$.\"]){re.escape(qualified)}(?![\w$\"])", definition):
+            raise ValueError(f"its definition names {qualified} outside FROM/JOIN: choose recreate")
+    return definition
+
+
+DEPENDENT_POLICY_DETAILS = """
+SELECT p.polpermissive, p.polcmd::text,
+  ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(r)) END
+        FROM pg_catalog.unnest(p.polroles) r ORDER BY 1)
+FROM pg_catalog.pg_policy p
+WHERE p.polname = %s AND p.polrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, %s::text))
+"""
+POLICY_COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
+
+
+def _policies(
+    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]], decided: dict[str, str]
+) -> tuple[list[DependentPolicy], list[Dropped]]:
+    kept, dropped = [], []
+    for policy in policies_over(conn, list(old)):
+        key = f"policy {policy.schema}.{policy.table}.{policy.name}"
+        ours = policy.schema == plan.new_schema and plan.table(policy.table) is not None  # written by `create`
+        if ours or decided.get(key) != "drop":
+            kept.append(replace(policy, decision=decided.get(key, "recreate")))
+            continue
+        permissive, command, roles = conn.execute(
+            DEPENDENT_POLICY_DETAILS, (policy.name, policy.schema, policy.table)
+        ).fetchone()
+        table = sql.Identifier(policy.schema, policy.table)
+        restore = sql.SQL("CREATE POLICY {} ON {} AS {} FOR {} TO {}{}{}").format(
+            sql.Identifier(policy.name),
+            table,
+            sql.SQL("PERMISSIVE" if permissive else "RESTRICTIVE"),
+            sql.SQL(POLICY_COMMANDS[command]),
+            sql.SQL(", ").join(sql.SQL(r) for r in roles),
+            sql.SQL(" USING ({})").format(sql.SQL(policy.using)) if policy.using is not None else sql.SQL(""),
+            sql.SQL(" WITH CHECK ({})").format(sql.SQL(policy.check)) if policy.check is not None else sql.SQL(""),
+        )
+        drop = sql.SQL("DROP POLICY {} ON {}").format(sql.Identifier(policy.name), _policy_table(plan, policy))
+        dropped.append(Dropped(key, (drop.as_string(conn),), (restore.as_string(conn),)))
+    return kept, dropped
+
+
+FUNCTION_DETAILS = """
+SELECT p.oid::pg_catalog.regprocedure::text, pg_catalog.pg_get_functiondef(p.oid),
+  pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(p.proowner)),
+  ARRAY(SELECT ARRAY[CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END,
+                     a.is_grantable::text]
+        FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+        WHERE a.grantee <> p.proowner ORDER BY 1),
+  pg_catalog.obj_description(p.oid, 'pg_proc')
+FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure(%s)
+"""
+REVOKE_FUNCTION_GRANTS = """
+DECLARE grantee text;
+BEGIN
+  FOR grantee IN SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END
+    FROM pg_catalog.pg_proc p CROSS JOIN LATERAL pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+    WHERE p.oid = {function}::pg_catalog.regprocedure AND a.grantee <> p.proowner
+  LOOP
+    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM %s', {function}, grantee);
+  END LOOP;
+END
+"""
+
+
+def _functions(conn: psycopg.Connection, decided: dict[str, str]) -> list[Dropped]:
+    """The functions the plan drops (the others keep naming the old table, now the compatibility view);
+    on rollback each is created again with its owner, exactly its grants and its comment."""
+    dropped = []
+    for key, decision in decided.items():
+        if decision != "drop" or not key.startswith("function "):
+            continue
+        with qualified_names(conn):
+            row = conn.execute(FUNCTION_DETAILS, (key.removeprefix("function "),)).fetchone()
+        if row is None:
+            continue
+        signature, definition, owner, grants, comment = row
+        function = sql.SQL(signature)
+        restore = [
+            sql.SQL(definition),
+            sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(function, sql.SQL(owner)),
+            sql.SQL("DO {}").format(
+                sql.Literal(sql.SQL(REVOKE_FUNCTION_GRANTS).format(function=sql.Literal(signature)).as_string(conn))
+            ),
+            *(
+                sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}{}").format(
+                    function, sql.SQL(grantee), sql.SQL(" WITH GRANT OPTION" if grantable == "true" else "")
+                )
+                for grantee, grantable in grants
+            ),
+        ]
+        if comment is not None:
+            restore.append(sql.SQL("COMMENT ON FUNCTION {} IS {}").format(function, sql.Literal(comment)))
+        drop = sql.SQL("DROP FUNCTION {}").format(function)
+        dropped.append(Dropped(key, (drop.as_string(conn),), tuple(s.as_string(conn) for s in restore)))
+    return dropped
+
+
+def _cron_jobs(conn: psycopg.Connection, decided: dict[str, str]) -> list[Dropped]:
+    """The pg_cron jobs the plan drops (unscheduled; on rollback scheduled again as they were)."""
+    wanted = [k.removeprefix("cron job ") for k, d in decided.items() if d == "drop" and k.startswith("cron job ")]
+    if not wanted or not conn.execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'").fetchone():
+        return []
+    rows = conn.execute(
+        "SELECT jobname, schedule, command, database, username, active FROM cron.job WHERE jobname = ANY(%s)"
+        " ORDER BY jobname",
+        (wanted,),
+    ).fetchall()
+    return [
+        Dropped(
+            f"cron job {name}",
+            (sql.SQL("SELECT cron.unschedule({})").format(sql.Literal(name)).as_string(conn),),
+            (
+                sql.SQL("SELECT cron.schedule_in_database({})")
+                .format(sql.SQL(", ").join(map(sql.Literal, (name, schedule, command, database, username, active))))
+                .as_string(conn),
+            ),
+        )
+        for name, schedule, command, database, username, active in rows
+    ]
 
 
 def after_move_statements(conn: psycopg.Connection, plan: Plan, captured: Captured) -> list[sql.Composable]:
     """Run in the cleanup transaction after the compatibility views exist: dependents re-pointed."""
-    statements: list[sql.Composable] = []
+    statements: list[sql.Composable] = [sql.SQL(s) for d in captured.dropped for s in d.drop]
     # A view keeps its OID, owner, grants and dependents: only the ones reading an old table change.
     for view in captured.views:
-        if view.direct and view.kind == "v":
+        if view.decision == "repoint":
+            statements.append(_create_view(replace(view, definition=view.repointed), replace=True))
+        elif view.direct and view.kind == "v" and view.decision in ("", "recreate"):
             statements.append(_create_view(view, replace=True))
+        elif view.kind == "m" and view.decision == "recreate":
+            statements.append(sql.SQL("DROP MATERIALIZED VIEW {}").format(view.identifier))
+            statements += _created_anew(conn, view)
     # A policy's expression holds the old table's OID: written again, it reads the old name, now the view.
     for policy in captured.policies:
         statements.append(_alter_policy(policy, _policy_table(plan, policy), policy.using, policy.check))
@@ -637,13 +1109,14 @@ def after_move_statements(conn: psycopg.Connection, plan: Plan, captured: Captur
         if trigger.recreate:
             statements += _create_trigger(conn, plan, trigger)
     for member in captured.publications:
-        if member.add_new and member.whole:
+        if member.add_new and member.whole and member.decision in ("", "carry"):
             statements.append(
                 sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                     sql.Identifier(member.publication), sql.Identifier(plan.target_schema, member.new_table)
                 )
             )
-        if member.explicit and member.whole:  # the archive no longer serves the application: stop publishing it
+        if member.explicit and member.whole and member.decision in ("", "carry"):
+            # the archive no longer serves the application: stop publishing it
             statements.append(
                 sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
                     sql.Identifier(member.publication), sql.Identifier(plan.archive_schema, member.old_table)
@@ -679,16 +1152,7 @@ def rollback_statements(conn: psycopg.Connection, plan: Plan, captured: Captured
     ]
     after: list[sql.Composable] = []
     for view in dependent:
-        if view.kind == "m":
-            after.append(
-                sql.SQL("CREATE MATERIALIZED VIEW {}{} AS {}").format(
-                    view.identifier, _with_options(view), sql.SQL(view.definition)
-                )
-            )
-        else:
-            after.append(_create_view(view, replace=False))
-        after.append(revoke_every_grant(conn, view.schema, view.name))
-        after += _view_extras(view)
+        after += _created_anew(conn, view)
     for policy in policies_over(conn, compat):
         table = sql.Identifier(policy.schema, policy.table)
         # While the views are dropped and the tables moved back (one transaction: nobody sees it) the
@@ -720,16 +1184,19 @@ def rollback_statements(conn: psycopg.Connection, plan: Plan, captured: Captured
                 )
             )
     for member in captured.publications:
-        if member.add_new and member.whole:
+        if member.add_new and member.whole and member.decision in ("", "carry"):
             before.append(
                 sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
                     sql.Identifier(member.publication), sql.Identifier(plan.target_schema, member.new_table)
                 )
             )
-        if member.explicit and member.whole:
+        if member.explicit and member.whole and member.decision in ("", "carry"):
             after.append(
                 sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                     sql.Identifier(member.publication), sql.Identifier(member.old_schema, member.old_table)
                 )
             )
+    # A re-pointed view reads the old tables again; what cleanup dropped is created again, readers last.
+    after += [_create_view(view, replace=True) for view in captured.views if view.decision == "repoint"]
+    after += [sql.SQL(statement) for dropped in reversed(captured.dropped) for statement in dropped.restore]
     return RollbackStatements(before, after)

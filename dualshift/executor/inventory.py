@@ -7,26 +7,30 @@ policy of another table that reads one, every publication membership, every pg_c
 names one (when pg_cron is installed) and every sequence owned by one of its columns. The readers are
 cleanup's own (dependents.py), so the inventory lists what cleanup will act on.
 
-Each object needs a line in the plan's `[dependents]` table, `"<kind> <name>" = "<decision>"` (for an
-owned sequence, whose only fate is its table's, a missing line is a warning), and the decision must be
-one cleanup carries out for that object (`Dependent.does`):
+Each object needs a line in the plan's `[dependents]` table, `"<kind> <name>" = "<decision>"`, and the
+decision must be one cleanup carries out for that object (`Dependent.does`, its default first; what
+each does, and how rollback undoes it, is dependents.py's and the README's table):
 
-- `recreate`: over the compatibility view — views are redefined over the old names, other tables'
-  policies are rewritten to read them, and functions and cron jobs that name an old table read the view
-  under that name;
-- `repoint`: foreign keys into an old table are re-pointed to the new table;
-- `carry`: simple updated_at-style triggers are re-created on the new table, whole publication
-  memberships move to it;
-- `archive`: it stays with the archived table (materialized views, other triggers, foreign keys out of
-  an old table, owned sequences, filtered publication memberships, `BEGIN ATOMIC` functions);
-- `drop` is not carried out by dualshift: drop the object yourself, then remove its line.
+- views: `recreate` (over the compatibility view), `repoint` (over the new table, when it shows the same
+  rows and every column read keeps its name and type), `archive`, `drop`; a view read only through
+  other views follows them (`recreate`) or is dropped; materialized views: `archive`, `recreate`, `drop`
+  (a view is dropped only with every view that reads it);
+- foreign keys into an old table: `repoint` (when the columns map to a unique key of the new table),
+  `archive`, `drop`; foreign keys out of one: `archive`, `drop`;
+- triggers: `carry` (updated_at-style only), `archive`, `drop`;
+- functions: `recreate` (they read the old name, the view; `archive` for BEGIN ATOMIC ones), `drop`;
+- other tables' policies and pg_cron jobs: `recreate` (through the view), `drop` (a named job only);
+- publication memberships: `carry`, `archive` or `drop` (listed by name; a filtered one is not carried);
+- owned sequences: `archive` (they go where their table goes).
+
+A decision cleanup cannot carry out is refused with why and what it can do instead.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 
@@ -36,9 +40,6 @@ from dualshift.findings import Finding
 from dualshift.plan import Plan, PlanError, line_of, parse_plan, plan_lines
 
 SECTION = "[dependents]"
-# Kinds with one possible fate, whose missing decision is a warning: a sequence owned by a column
-# (serial, identity) belongs to its table and goes wherever the table goes.
-IMPLIED = ("sequence",)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Dependent:
     old_table: str  # the old table it depends on, schema-qualified
     detail: str  # how it depends on it
     does: tuple[str, ...]  # the decisions cleanup carries out for it, the one it takes by default first
+    why_not: str = ""  # why a decision one might expect is not among them
 
     @property
     def key(self) -> str:
@@ -120,13 +122,13 @@ def _names_table(text: str, table: str) -> bool:
 
 
 def take(conn: psycopg.Connection, plan: Plan) -> list[Dependent]:
-    """Every object that depends on an old table of the plan, each with what cleanup does for it."""
+    """Every object that depends on an old table of the plan, each with what cleanup can do for it."""
     old = dependents._old_tables(conn, plan)  # oid → (schema, table, new table)
     where = {oid: f"{schema}.{table}" for oid, (schema, table, _) in old.items()}
     found: list[Dependent] = []
     with qualified_names(conn):
-        found += _views(conn, old, where)
-        found += _foreign_keys(conn, old, where)
+        found += _views(conn, plan, old, where)
+        found += _foreign_keys(conn, plan, old, where)
         found += _triggers(conn, plan, old, where)
         found += _policies(conn, plan, old)
         found += _publications(conn, plan, old)
@@ -136,45 +138,52 @@ def take(conn: psycopg.Connection, plan: Plan) -> list[Dependent]:
     return found
 
 
-def _views(conn: psycopg.Connection, old: dict, where: dict[int, str]) -> list[Dependent]:
+def _views(conn: psycopg.Connection, plan: Plan, old: dict, where: dict[int, str]) -> list[Dependent]:
     found = []
     for view in dependents.views_over(conn, list(old)):
         read = conn.execute(VIEW_READS, {"schema": view.schema, "name": view.name, "old": list(old)}).fetchall()
         reads = ", ".join(sorted(where[oid] for (oid,) in read))
         detail = "reads it" if view.direct else "reads it through other views"
+        kind, name = view.key.rsplit(" ", 1)
         if view.kind == "m":
-            found.append(Dependent("materialized view", f"{view.schema}.{view.name}", reads, detail, ("archive",)))
+            does, why_not = ("archive", "recreate", "drop"), "a materialized view holds rows: it is created again"
+        elif not view.direct:
+            does, why_not = ("recreate", "drop"), "it follows the views it reads"
         else:
-            found.append(Dependent("view", f"{view.schema}.{view.name}", reads, detail, ("recreate",)))
+            why_not = dependents.view_refusal(conn, plan, old, replace(view, decision="repoint"), {}) or ""
+            does = ("recreate", "archive", "drop") if why_not else ("recreate", "repoint", "archive", "drop")
+        found.append(Dependent(kind, name, reads, detail, does, why_not))
     return found
 
 
-def _foreign_keys(conn: psycopg.Connection, old: dict, where: dict[int, str]) -> list[Dependent]:
+def _foreign_keys(conn: psycopg.Connection, plan: Plan, old: dict, where: dict[int, str]) -> list[Dependent]:
     found = []
+    refusals = {(fk.schema, fk.table, fk.name): why for fk, why in dependents.foreign_keys_into(conn, plan, old)}
     rows = conn.execute(FOREIGN_KEYS_OUT, {"old": list(old)}).fetchall()
     for name, schema, table, relid, referenced, definition in rows:
         key = f"{schema}.{table}.{name}"
         if relid in old:  # declared on an old table: it moves with it
-            found.append(Dependent("foreign key", key, where[relid], definition, ("archive",)))
-        else:
-            found.append(Dependent("foreign key", key, where[referenced], definition, ("repoint",)))
+            why = "it is declared on the old table, whose rows stay in the archive"
+            found.append(Dependent("foreign key", key, where[relid], definition, ("archive", "drop"), why))
+            continue
+        why = refusals.get((schema, table, name))
+        does = ("archive", "drop") if why else ("repoint", "archive", "drop")
+        found.append(Dependent("foreign key", key, where[referenced], definition, does, why or ""))
     return found
 
 
 def _triggers(conn: psycopg.Connection, plan: Plan, old: dict, where: dict[int, str]) -> list[Dependent]:
-    judged = {(t.old_schema, t.old_table, t.name): t for t in dependents._triggers(conn, plan, old)}
+    judged = {(t.old_schema, t.old_table, t.name): t for t in dependents._triggers(conn, plan, old, {})[0]}
     rows = conn.execute(TRIGGERS, {"old": list(old), "ours": [names.API_SCHEMA, names.PRIVATE_SCHEMA]}).fetchall()
     found = []
     for name, relid, function in rows:
         schema, table, _ = old[relid]
-        verdict = judged.get((schema, table, name))
-        carried = verdict is None or verdict.recreate  # None: a twin's copy of one already carried
+        verdict = judged[(schema, table, name)]
+        carried = verdict.decision == "carry"
         detail = f"calls {function}" + ("" if carried else f"; stays on the archive: {verdict.reason}")
-        found.append(
-            Dependent(
-                "trigger", f"{schema}.{table}.{name}", where[relid], detail, ("carry",) if carried else ("archive",)
-            )
-        )
+        does = ("carry", "archive", "drop") if carried else ("archive", "drop")
+        why = "" if carried else verdict.reason
+        found.append(Dependent("trigger", f"{schema}.{table}.{name}", where[relid], detail, does, why))
     return found
 
 
@@ -186,20 +195,24 @@ def _policies(conn: psycopg.Connection, plan: Plan, old: dict) -> list[Dependent
             continue  # the new tables' own policies, written by `create`
         text = f"{policy.using or ''} {policy.check or ''}"
         reads = ", ".join(f"{s}.{t}" for s, t, _ in old.values() if _names_table(text, t))
-        found.append(
-            Dependent("policy", f"{policy.schema}.{policy.table}.{policy.name}", reads, "reads it", ("recreate",))
-        )
+        key = f"{policy.schema}.{policy.table}.{policy.name}"
+        found.append(Dependent("policy", key, reads, "reads it", ("recreate", "drop"), "it reads the old name"))
     return found
 
 
 def _publications(conn: psycopg.Connection, plan: Plan, old: dict) -> list[Dependent]:
     found = []
-    for member in dependents._publications(conn, plan, old):
+    for member in dependents._publications(conn, plan, old, {})[0]:
         table = f"{member.old_schema}.{member.old_table}"
-        whole = member.whole
-        detail = "publishes it" if whole else "publishes it with a column list or row filter"
-        does = ("carry",) if whole else ("archive",)
-        found.append(Dependent("publication", f"{member.publication} {table}", table, detail, does))
+        detail = "publishes it" if member.whole else "publishes it with a column list or row filter"
+        if not member.explicit:
+            does: tuple[str, ...] = ("carry",)
+        elif member.whole:
+            does = ("carry", "archive", "drop")
+        else:
+            does = ("archive", "drop")
+        why = "" if member.explicit and member.whole else dependents._membership_limit(member.explicit, member.whole)
+        found.append(Dependent("publication", f"{member.publication} {table}", table, detail, does, why))
     return found
 
 
@@ -208,9 +221,10 @@ def _functions(conn: psycopg.Connection, old: dict) -> list[Dependent]:
     for signature, body, atomic in conn.execute(FUNCTIONS, {"skip": list(NOT_SEARCHED)}).fetchall():
         for schema, table, _ in old.values():
             if _names_table(body, table):
-                does = ("archive",) if atomic else ("recreate",)
+                does = ("archive", "drop") if atomic else ("recreate", "drop")
                 detail = "its body names it" + (" (BEGIN ATOMIC: bound to the archived table)" if atomic else "")
-                found.append(Dependent("function", signature, f"{schema}.{table}", detail, does))
+                why = "it keeps naming the old table, which is then the compatibility view"
+                found.append(Dependent("function", signature, f"{schema}.{table}", detail, does, why))
     return found
 
 
@@ -218,17 +232,21 @@ def _cron_jobs(conn: psycopg.Connection, old: dict) -> list[Dependent]:
     if not conn.execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'").fetchone():
         return []
     found = []
-    for job, command in conn.execute("SELECT coalesce(jobname, jobid::text), command FROM cron.job ORDER BY 1"):
+    jobs = conn.execute("SELECT coalesce(jobname, jobid::text), command, jobname IS NOT NULL FROM cron.job ORDER BY 1")
+    for job, command, named in jobs:
         for schema, table, _ in old.values():
             if _names_table(command, table):
-                found.append(Dependent("cron job", job, f"{schema}.{table}", "its command names it", ("recreate",)))
+                does = ("recreate", "drop") if named else ("recreate",)
+                why = "its command keeps naming the old table" + ("" if named else "; only a named job can be dropped")
+                found.append(Dependent("cron job", job, f"{schema}.{table}", "its command names it", does, why))
     return found
 
 
 def _sequences(conn: psycopg.Connection, where: dict[int, str]) -> list[Dependent]:
     rows = conn.execute(OWNED_SEQUENCES, {"old": list(where)}).fetchall()
+    why = "a sequence owned by a column goes where its table goes"
     return [
-        Dependent("sequence", f"{schema}.{name}", where[relid], f"owned by its column {column}", ("archive",))
+        Dependent("sequence", f"{schema}.{name}", where[relid], f"owned by its column {column}", ("archive",), why)
         for schema, name, relid, column in rows
     ]
 
@@ -241,24 +259,21 @@ def findings(conn: psycopg.Connection, plan: Plan) -> tuple[list[Dependent], lis
     lines = plan_lines(plan)
     section = line_of(lines, SECTION) if lines else None
     found: list[Finding] = []
+    readers = _reader_refusals(conn, plan, decided)
     for dependent in inventory:
         decision = decided.get(dependent.key)
         about = f"{dependent.key} depends on {dependent.old_table} ({dependent.detail})"
+        line = line_of(lines, f'"{dependent.key}"') if lines else section
         if decision is None:
             message = f"{about}: add to {SECTION}: {dependent.plan_line()}"
-            severity = "warning" if dependent.kind in IMPLIED else "error"
-            found.append(Finding(severity, "dependent-undecided", message, source=dependent.old_table, line=section))
+            found.append(Finding("error", "dependent-undecided", message, source=dependent.old_table, line=section))
         elif decision not in dependent.does:
-            found.append(
-                Finding(
-                    "error",
-                    "dependent-decision",
-                    f"{about}: dualshift cannot {decision} it; it can {' or '.join(dependent.does)}"
-                    + (" (drop it yourself before cleanup, then remove the line)" if decision == "drop" else ""),
-                    source=dependent.old_table,
-                    line=line_of(lines, f'"{dependent.key}"') if lines else section,
-                )
-            )
+            why = f" ({dependent.why_not})" if dependent.why_not else ""
+            message = f"{about}: dualshift cannot {decision} it{why}; it can {' or '.join(dependent.does)}"
+            found.append(Finding("error", "dependent-decision", message, source=dependent.old_table, line=line))
+        elif dependent.key in readers:
+            message = f"{about}: dualshift cannot {decision} it: {readers[dependent.key]}"
+            found.append(Finding("error", "dependent-decision", message, source=dependent.old_table, line=line))
     listed = {d.key for d in inventory}
     if len(dependents._old_tables(conn, plan)) < len(plan.old_tables):
         return inventory, found  # an old table is missing (an error already): a decision about it is not stale
@@ -268,6 +283,36 @@ def findings(conn: psycopg.Connection, plan: Plan) -> tuple[list[Dependent], lis
             line = line_of(lines, f'"{key}"') if lines else section
             found.append(Finding("warning", "dependent-unknown", message, line=line))
     return inventory, found
+
+
+def decided(inventory: list[Dependent], plan: Plan) -> list[dict]:
+    """For `plan check --json`: each object, the plan's decision for it (None: missing) and what cleanup can do."""
+    decisions = dict(plan.dependents)
+    return [
+        {
+            "kind": d.kind,
+            "name": d.name,
+            "old_table": d.old_table,
+            "detail": d.detail,
+            "decision": decisions.get(d.key),
+            "can": list(d.does),
+        }
+        for d in inventory
+    ]
+
+
+def _reader_refusals(conn: psycopg.Connection, plan: Plan, decided: dict[str, str]) -> dict[str, str]:
+    """Views whose decision other views' decisions make impossible (a view dropped while another still
+    reads it), by key."""
+    old = dependents._old_tables(conn, plan)
+    found = {}
+    for view in dependents.views_over(conn, list(old)):
+        decision = decided.get(view.key)
+        if decision in ("drop", "recreate", "archive"):
+            refusal = dependents.view_refusal(conn, plan, old, replace(view, decision=decision), decided)
+            if refusal:
+                found[view.key] = refusal
+    return found
 
 
 def draft_section(conn: psycopg.Connection, draft: str) -> str:

@@ -47,8 +47,15 @@ KEPT, CHANGED, NOT_CASTABLE = 0, 1, 2
 
 def check_all(conn: psycopg.Connection, plan: Plan) -> list[Finding]:
     """The plan against the catalog, then (for every source that validates) against the data."""
+    return check_with_dependents(conn, plan)[0]
+
+
+def check_with_dependents(conn: psycopg.Connection, plan: Plan) -> tuple[list[Finding], list[dict]]:
+    """`check_all`, and the inventory of what depends on the old tables with the plan's decision for each."""
     mappings, findings = check(conn, plan)
-    return findings + run(conn, plan, mappings) + inventory.findings(conn, plan)[1]
+    findings += run(conn, plan, mappings)
+    dependents, undecided = inventory.findings(conn, plan)
+    return findings + undecided, inventory.decided(dependents, plan)
 
 
 def run(conn: psycopg.Connection, plan: Plan, mappings: dict[tuple[str, str], SourceMapping]) -> list[Finding]:

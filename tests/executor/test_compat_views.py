@@ -375,6 +375,9 @@ columns = [
   [[tables.sources]]
   table = "widgets"
   key = ["id"]
+
+[dependents]
+"sequence public.widgets_id_seq" = "archive"
 """
 
 

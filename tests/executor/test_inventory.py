@@ -22,13 +22,19 @@ from .supabase_scenario import loaded_database, migrate_here
 # (and its function), 3 memberships of supabase_realtime, 6 identity/serial sequences; no function body,
 # other table's policy or pg_cron job names an old table.
 EXPECTED = [
-    ("view public.owner_content", "public.content_metadata", ("recreate",)),
-    ("view public.post_engagement", "public.outcomes, public.posted_decisions", ("recreate",)),
-    ("foreign key public.replies.replies_decision_id_fkey", "public.posted_decisions", ("repoint",)),
-    ("trigger public.content_metadata.content_metadata_updated_at", "public.content_metadata", ("carry",)),
-    ("publication supabase_realtime public.content_metadata", "public.content_metadata", ("carry",)),
-    ("publication supabase_realtime public.posted_decisions", "public.posted_decisions", ("carry",)),
-    ("publication supabase_realtime public.tweets", "public.tweets", ("carry",)),
+    # content_queue.quality_score is numeric(5,4), not numeric: the view cannot read it in place of the old one.
+    ("view public.owner_content", "public.content_metadata", ("recreate", "archive", "drop")),
+    # posted_content holds the partitions of posted_decisions and tweets: the view cannot read it in their place.
+    ("view public.post_engagement", "public.outcomes, public.posted_decisions", ("recreate", "archive", "drop")),
+    ("foreign key public.replies.replies_decision_id_fkey", "public.posted_decisions", ("repoint", "archive", "drop")),
+    (
+        "trigger public.content_metadata.content_metadata_updated_at",
+        "public.content_metadata",
+        ("carry", "archive", "drop"),
+    ),
+    ("publication supabase_realtime public.content_metadata", "public.content_metadata", ("carry", "archive", "drop")),
+    ("publication supabase_realtime public.posted_decisions", "public.posted_decisions", ("carry", "archive", "drop")),
+    ("publication supabase_realtime public.tweets", "public.tweets", ("carry", "archive", "drop")),
     *(
         (f"sequence public.{table}_id_seq", f"public.{table}", ("archive",))
         for table in (
@@ -68,6 +74,17 @@ def test_the_inventory_lists_every_dependent_object_of_the_fixture(supabase_dsn:
     assert findings == []  # the fixture's plan decides each
 
 
+def test_plan_check_json_lists_the_inventory_with_each_decision(supabase_dsn: str, tmp_path: Path) -> None:
+    plan = without_decisions(tmp_path, "view public.post_engagement")
+    result = CliRunner().invoke(app, ["plan", "check", "--plan", str(plan), "--dsn", supabase_dsn, "--json"])
+    listed = json.loads(result.stdout)["dependents"]
+    assert [(f"{d['kind']} {d['name']}", d["old_table"], tuple(d["can"])) for d in listed] == EXPECTED
+    decisions = {f"{d['kind']} {d['name']}": d["decision"] for d in listed}
+    assert decisions["view public.post_engagement"] is None  # the missing line (an error finding too)
+    assert decisions["foreign key public.replies.replies_decision_id_fkey"] == "repoint"
+    assert decisions["sequence public.tweets_id_seq"] == "archive"
+
+
 def test_plan_check_names_each_undecided_dependent_and_the_line_to_add(supabase_dsn: str, tmp_path: Path) -> None:
     plan = without_decisions(
         tmp_path,
@@ -75,7 +92,7 @@ def test_plan_check_names_each_undecided_dependent_and_the_line_to_add(supabase_
         "foreign key public.replies.replies_decision_id_fkey",
         "sequence public.tweets_id_seq",
         replace={'"trigger public.content_metadata.content_metadata_updated_at" = "carry"': (
-            '"trigger public.content_metadata.content_metadata_updated_at" = "drop"'
+            '"trigger public.content_metadata.content_metadata_updated_at" = "repoint"'
         )},
     )  # fmt: skip
     result = CliRunner().invoke(app, ["plan", "check", "--plan", str(plan), "--dsn", supabase_dsn, "--json"])
@@ -93,9 +110,11 @@ def test_plan_check_names_each_undecided_dependent_and_the_line_to_add(supabase_
     assert view["severity"] == "error" and view["line"] == section
     assert view["message"].endswith('add to [dependents]: "view public.post_engagement" = "recreate"')
     assert about["foreign key public.replies.replies_decision_id_fkey"]["message"].endswith(' = "repoint"')
-    assert about["sequence public.tweets_id_seq"]["severity"] == "warning"  # it can only follow its table
+    assert about["sequence public.tweets_id_seq"]["severity"] == "error"
+    assert about["sequence public.tweets_id_seq"]["message"].endswith(' = "archive"')
     trigger = about["trigger public.content_metadata.content_metadata_updated_at"]
-    assert trigger["check"] == "dependent-decision" and "cannot drop it; it can carry" in trigger["message"]
+    assert trigger["check"] == "dependent-decision"
+    assert "cannot repoint it; it can carry or archive or drop" in trigger["message"]
     assert trigger["line"] == next(
         n for n, line in enumerate(plan.read_text().splitlines(), 1) if line.startswith('"trigger ')
     )
@@ -140,19 +159,23 @@ def test_every_other_kind_of_dependent_is_found_with_what_cleanup_does(admin_dsn
         found = {d.key: (d.old_table, d.detail, d.does) for d in inventory.take(conn, load_plan(PLAN))}
     planted = {key: found[key] for key in found.keys() - {key for key, _, _ in EXPECTED}}
     assert planted == {
-        "view public.owner_content_count": ("public.content_metadata", "reads it through other views", ("recreate",)),
-        "materialized view public.tweet_days": ("public.tweets", "reads it", ("archive",)),
-        "function public.tweet_count()": ("public.tweets", "its body names it", ("recreate",)),
-        "policy public.replies.replies_of_tweets": ("public.tweets", "reads it", ("recreate",)),
+        "view public.owner_content_count": (
+            "public.content_metadata",
+            "reads it through other views",
+            ("recreate", "drop"),
+        ),
+        "materialized view public.tweet_days": ("public.tweets", "reads it", ("archive", "recreate", "drop")),
+        "function public.tweet_count()": ("public.tweets", "its body names it", ("recreate", "drop")),
+        "policy public.replies.replies_of_tweets": ("public.tweets", "reads it", ("recreate", "drop")),
         "foreign key public.tweets.tweets_author_fkey": (
             "public.tweets",
             "FOREIGN KEY (author) REFERENCES public.authors(handle)",
-            ("archive",),
+            ("archive", "drop"),
         ),
         "trigger public.outcomes.note_outcome": (
             "public.outcomes",
             "calls public.note_outcome(); stays on the archive: only row-level BEFORE INSERT/UPDATE triggers are"
             " carried over",
-            ("archive",),
+            ("archive", "drop"),
         ),
     }

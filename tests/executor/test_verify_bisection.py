@@ -32,6 +32,8 @@ columns = [
   key = ["decision_id"]
   rename = { topic = "raw_topic" }
   drop = ["id"]
+[dependents]
+"sequence public.queue_old_id_seq" = "archive"
 """
 
 ROWS = 20_000
