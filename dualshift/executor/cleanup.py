@@ -471,6 +471,7 @@ def after_move(
 ) -> list[str]:
     """With the old tables archived and the new ones promoted: views, dependents, reverse sync."""
     made_views = []
+    sink.run_all(views.owner_statements(conn, plan), "views")  # the role that owns the views' write triggers
     for table in plan.tables:
         for source in table.sources:
             sink.run_all(views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]), "views")
@@ -554,6 +555,8 @@ def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, obj
         for position, source in enumerate(table.sources):  # each view and its INSTEAD OF trigger function
             for statement in views.drop_statements(plan, SourceMapping(table, source, position, ())):
                 sink.run(statement)
+    for statement in views.remove_owner_statements(conn, plan):
+        sink.run(statement)
     for table in plan.tables:
         for statement in reverse_sync.remove_statements(plan, table, plan.target_schema):
             sink.run(statement)

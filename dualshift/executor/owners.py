@@ -1,11 +1,12 @@
 """The roles that own dualshift's SECURITY DEFINER functions.
 
-Each kind of function (the sync triggers, verify's change capture, the reverse sync) of each migration
-in each database is owned by its own role, `dualshift_<kind>_<database>_<plan>`: NOLOGIN, NOINHERIT,
-no attribute, holding exactly the privileges its functions need, granted by the module that makes
-them. The functions pin their settings (`search_path = pg_catalog, pg_temp` first) and PUBLIC may not
-call them. A role is created with its functions and dropped with them: `DROP OWNED BY` takes back its
-grants and policies, so a finished or rolled-back migration leaves no role and no privilege behind.
+Each kind of function (the sync triggers, verify's change capture, the reverse sync, the compatibility
+views' write triggers) of each migration in each database is owned by its own role,
+`dualshift_<kind>_<database>_<plan>`: NOLOGIN, NOINHERIT, no attribute, holding exactly the privileges
+its functions need, granted by the module that makes them. The functions pin their settings
+(`search_path = pg_catalog, pg_temp` first) and PUBLIC may not call them. A role is created with its
+functions and dropped with them: `DROP OWNED BY` takes back its grants and policies, so a rolled-back
+migration leaves no role and no privilege behind, and a finalized one only the compatibility views' role.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dualshift.plan import Plan
 SYNC = "sync"
 CAPTURE = "capture"
 REVERSE_SYNC = "reverse_sync"
+COMPAT = "compat"
 
 
 def role_name(conn: psycopg.Connection, plan: Plan, kind: str) -> str:

@@ -10,11 +10,13 @@ triggers check those policies for the acting role, then carry writes to the new 
 from the old types to the new, the source's constants added, updates and deletes kept inside the
 source's partition, a twin's insert merged into the row another twin inserted, and the written row
 handed back in the old shape so `RETURNING` works. Where the plan says `view_writes = "refuse"`,
-the trigger refuses every write, naming the view and the setting.
+the trigger refuses every write, naming the view and the setting. The trigger functions are owned by
+the migration's compat role (owners.py; `owner_statements`), which holds only what they need; it stays
+as long as the views do (finalize keeps them) and goes with them in the rollback of cleanup.
 
-`compat_view_statements` is the one entry point `cleanup` calls, inside its transaction, after the
-old tables have moved to the archive and the new tables to the target schema. It only reads the
-catalog; the statements it returns are for the caller to run.
+`cleanup` calls `owner_statements` once, then `compat_view_statements` for each old table, inside its
+transaction, after the old tables have moved to the archive and the new tables to the target schema.
+They only read the catalog; the statements they return are for the caller to run.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import pq, sql
 
-from dualshift.executor import names
+from dualshift.executor import names, owners
 from dualshift.executor.catalog import SourceMapping
 from dualshift.executor.connection import ExecutorError
 from dualshift.executor.create import source_row_filter
@@ -570,20 +572,122 @@ def refuse_body(view: CompatView) -> sql.Composable:
 def trigger_statements(conn: psycopg.Connection, view: CompatView, convert: Converter) -> list[sql.Composable]:
     """The INSTEAD OF trigger and its function: SECURITY DEFINER, as the view reads with its owner's rights
     (the new table's grants are the intersection of the sources', narrower than the old table's), after
-    checking the old table's row rules for the acting role; search_path pinned, every name qualified.
-    Only a trigger can call it; EXECUTE is taken from PUBLIC all the same."""
+    checking the old table's row rules for the acting role; its settings pinned as every dualshift
+    function's are (search_path first), every name qualified. Owned by the compat role (`owner_statements` ran first). Only a trigger can call it; EXECUTE is taken
+    from PUBLIC all the same."""
     body = refuse_body(view) if view.source.view_writes == "refuse" else write_body(view, convert)
+    create = sql.SQL(
+        "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER {} AS {}"
+    ).format(view.function, owners.settings_clause(view.plan), sql.Literal(body.as_string(conn)))
     return [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(names.PRIVATE_SCHEMA)),
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
-            " SET search_path = pg_catalog, pg_temp AS {}"
-        ).format(view.function, sql.Literal(body.as_string(conn))),
-        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(view.function),
+        *owners.owned_functions(role_name(conn, view.plan), [(create, view.function, sql.SQL(""))]),
         sql.SQL(
             "CREATE TRIGGER {} INSTEAD OF INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
         ).format(view.trigger, view.view, view.function),
     ]
+
+
+# ─── the role that owns the write triggers ───────────────────────────────────────────────────────
+
+POLICY = "dualshift_compat"
+
+
+def role_name(conn: psycopg.Connection, plan: Plan) -> str:
+    return owners.role_name(conn, plan, owners.COMPAT)
+
+
+# What the write triggers evaluate besides the new tables, outside pg_catalog: the archived old tables'
+# policies (tested for the acting role), the new tables' defaults (a NULL into a NOT NULL column) and the
+# old generation expressions (recomputed from NEW). Relations the policies read, functions they all call.
+REFERENCED = """WITH sources AS (
+  SELECT pg_catalog.to_regclass(name) AS oid FROM pg_catalog.unnest(%(archived)s::pg_catalog.text[]) AS name
+), targets AS (
+  SELECT pg_catalog.to_regclass(name) AS oid FROM pg_catalog.unnest(%(new)s::pg_catalog.text[]) AS name
+), evaluated AS (
+  SELECT 'pg_catalog.pg_policy'::pg_catalog.regclass AS classid, p.oid AS objid FROM pg_catalog.pg_policy p
+  WHERE p.polrelid IN (SELECT oid FROM sources)
+  UNION ALL
+  SELECT 'pg_catalog.pg_attrdef'::pg_catalog.regclass, d.oid FROM pg_catalog.pg_attrdef d
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+  WHERE d.adrelid IN (SELECT oid FROM targets) OR (d.adrelid IN (SELECT oid FROM sources) AND a.attgenerated <> '')
+)
+SELECT DISTINCT 'function', p.oid::pg_catalog.regprocedure::pg_catalog.text, n.nspname, '', false,
+       p.proacl IS NULL OR 0 = ANY (SELECT a.grantee FROM pg_catalog.aclexplode(p.proacl) a
+                                    WHERE a.privilege_type = 'EXECUTE')
+FROM pg_catalog.pg_depend d JOIN evaluated e ON e.classid = d.classid AND e.objid = d.objid
+JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND n.nspname <> 'pg_catalog'
+UNION
+SELECT DISTINCT 'relation', c.oid::pg_catalog.regclass::pg_catalog.text, n.nspname, c.relname, c.relrowsecurity,
+       false
+FROM pg_catalog.pg_depend d JOIN evaluated e ON e.classid = d.classid AND e.objid = d.objid
+JOIN pg_catalog.pg_class c ON c.oid = d.refobjid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND c.oid NOT IN (SELECT oid FROM sources UNION ALL SELECT oid FROM targets) AND n.nspname <> 'pg_catalog'
+ORDER BY 1, 2"""
+
+# Schemas of the types the triggers cast to (the new and the old columns' types), outside pg_catalog.
+TYPE_SCHEMAS = """SELECT DISTINCT n.nspname FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+WHERE a.attrelid IN (SELECT pg_catalog.to_regclass(name) FROM pg_catalog.unnest(%s::pg_catalog.text[]) AS name)
+  AND a.attnum > 0 AND NOT a.attisdropped AND n.nspname <> 'pg_catalog'"""
+
+
+def _numbering_sequences(conn: psycopg.Connection, plan: Plan) -> list[str]:
+    """The archived sequences the triggers number kept identity and serial columns from (`_fill_numbers`)."""
+    found = []
+    for table in plan.tables:
+        for source in table.sources:
+            kept = table.column_mapping(source.table)
+            rows = conn.execute(OWNED_SEQUENCES, (plan.archive_schema, source.table)).fetchall()
+            found += [sequence for column, sequence in rows if column in kept]
+    return found
+
+
+def owner_statements(conn: psycopg.Connection, plan: Plan) -> list[sql.Composable]:
+    """The compat role and exactly what the write triggers need, for `cleanup` to run before the views:
+    membership of the sync group (dualshift's restrictive policies on the new tables let it through, as
+    they let the sync triggers: the trigger has checked the old table's rules itself), USAGE on the
+    schemas it names, writes on the new tables and their sequences, the archived numbering sequences,
+    what the old tables' policies read and call, and a policy where row-level security is on."""
+    role = role_name(conn, plan)
+    who = sql.Identifier(role)
+    new = [sql.Identifier(plan.target_schema, t.name) for t in plan.tables]
+    archived = [sql.Identifier(plan.archive_schema, s.table) for t in plan.tables for s in t.sources]
+    relations = [r.as_string(conn) for r in new + archived]
+    referenced = conn.execute(
+        REFERENCED, {"archived": [r.as_string(conn) for r in archived], "new": [r.as_string(conn) for r in new]}
+    ).fetchall()
+    numbering = _numbering_sequences(conn, plan)
+    schemas = {plan.target_schema, *(schema for _, _, schema, _, _, _ in referenced)}
+    schemas |= {schema for (schema,) in conn.execute(TYPE_SCHEMAS, (relations,)).fetchall()}
+    if numbering:
+        schemas.add(plan.archive_schema)
+    statements: list[sql.Composable] = [
+        sql.SQL(names.ensure_sync_group()),
+        *owners.role_statements(conn, role, (names.SYNC_GROUP,)),
+        owners.schema_usage(role, schemas),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(sql.SQL(", ").join(new), who),
+        *owners.sequence_grants(conn, role, new),
+        *(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(s), who) for s in numbering),
+    ]
+    for kind, name, schema, relation, row_security, public_executes in referenced:
+        if kind == "function" and not public_executes:
+            statements.append(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(name), who))
+        elif kind == "relation":
+            # The owner it replaces read these past their row-level security too (superuser or BYPASSRLS).
+            statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.SQL(name), who))
+            if row_security:
+                statements += owners.policy_statements(conn, POLICY, role, schema, relation)
+    for table in plan.tables:
+        statements += owners.policy_statements(conn, POLICY, role, plan.target_schema, table.name)
+    return statements
+
+
+def remove_owner_statements(conn: psycopg.Connection, plan: Plan) -> list[sql.Composable]:
+    """After the views and their functions are gone: the role, its grants and its policies."""
+    return owners.drop_statements(conn, role_name(conn, plan))
 
 
 REVOKE_EVERY_GRANT = """DECLARE
@@ -689,13 +793,20 @@ def finalize_statements(conn: psycopg.Connection, plan: Plan, table: NewTable, s
     takes it), and the view loses any default that named the archived one."""
     kept = table.column_mapping(source.table)
     rows = conn.execute(OWNED_SEQUENCES, (plan.archive_schema, source.table)).fetchall()
+    role = role_name(conn, plan)
+    owned = owners.role_exists(conn, role)  # else a cleanup of an older dualshift: its triggers run as their owner
     statements: list[sql.Composable] = []
     for column, archived in rows:
         if column not in kept:
             continue
         own = compat_sequence(source, column)
+        statements.append(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} AS bigint").format(own))
+        if owned:
+            statements += [
+                owners.schema_usage(role, {names.PRIVATE_SCHEMA}),
+                sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(own, sql.Identifier(role)),
+            ]
         statements += [
-            sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} AS bigint").format(own),
             sql.SQL("SELECT pg_catalog.setval({}, s.last_value, s.is_called) FROM {} AS s").format(
                 sql.Literal(own.as_string(conn)), sql.SQL(archived)
             ),
@@ -708,7 +819,7 @@ def finalize_statements(conn: psycopg.Connection, plan: Plan, table: NewTable, s
 
 def drop_statements(plan: Plan, mapping: SourceMapping) -> list[sql.Composable]:
     """What rollback after cleanup drops before the old table comes back: the view (its trigger goes with
-    it) and the trigger function."""
+    it) and the trigger function. Then, once for all views, `remove_owner_statements`."""
     view = CompatView(plan, mapping.table, mapping.source, (), (), None)
     return [
         sql.SQL("DROP VIEW IF EXISTS {}").format(view.view),

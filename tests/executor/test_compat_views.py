@@ -47,6 +47,8 @@ def move(conn: psycopg.Connection, plan: Plan, mappings: dict, around=None) -> N
                         sql.Identifier(source.schema, source.table), sql.Identifier(plan.archive_schema)
                     )
                 )
+        for statement in views.owner_statements(conn, plan):
+            conn.execute(statement)
         for table in plan.tables:
             for source in table.sources:
                 for statement in views.compat_view_statements(conn, plan, mappings[(table.name, source.table)]):
