@@ -322,6 +322,55 @@ def test_the_old_tables_row_level_security_holds_through_its_view(policed: sql.I
     assert one(db, "SELECT count(*) FROM posted_content WHERE tweet_id = 't9-new'") == 0
 
 
+def test_a_write_through_the_view_is_checked_by_a_policy_that_reads_a_table_and_calls_a_function(
+    dsn: str, db: psycopg.Connection, two_roles
+) -> None:
+    """The old table's policy reads a table behind row-level security and calls a function PUBLIC may not:
+    the write trigger's role (the compat role, not the executor's) is given just those, so the policy
+    decides as it did on the old table, for the role the session acts as."""
+    plan = load_plan(PLAN)
+    mappings = filled(dsn, plan)
+    app = sql.Identifier(two_roles[0])
+    db.execute("CREATE SCHEMA gate")
+    db.execute("CREATE TABLE gate.allowed (prefix text PRIMARY KEY)")
+    db.execute("INSERT INTO gate.allowed VALUES ('t1')")
+    db.execute("ALTER TABLE gate.allowed ENABLE ROW LEVEL SECURITY")
+    db.execute(
+        "CREATE FUNCTION gate.prefix(t text) RETURNS text LANGUAGE sql IMMUTABLE"
+        " SET search_path = pg_catalog AS $$ SELECT substr(t, 1, 2) $$"
+    )
+    db.execute("REVOKE EXECUTE ON FUNCTION gate.prefix(text) FROM PUBLIC")
+    for grant in (
+        "GRANT USAGE ON SCHEMA gate TO {}",
+        "GRANT SELECT ON gate.allowed TO {}",
+        "GRANT EXECUTE ON FUNCTION gate.prefix(text) TO {}",
+        "CREATE POLICY app_reads ON gate.allowed FOR SELECT TO {} USING (true)",
+        "GRANT SELECT, INSERT ON tweets TO {}",
+        "CREATE POLICY seen ON tweets FOR SELECT TO {} USING (true)",
+        "CREATE POLICY gated ON tweets FOR INSERT TO {}"
+        " WITH CHECK (EXISTS (SELECT FROM gate.allowed a WHERE a.prefix = gate.prefix(tweet_id)))",
+    ):
+        db.execute(sql.SQL(grant).format(app))
+    db.execute("ALTER TABLE tweets ENABLE ROW LEVEL SECURITY")
+    move(db, plan, mappings)
+    with db.transaction():
+        db.execute(sql.SQL("SET LOCAL ROLE {}").format(app))
+        db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t1-gated', gen_random_uuid(), 'in')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=REFUSED_BY_POLICY), db.transaction():
+            db.execute("INSERT INTO tweets (tweet_id, decision_id, text) VALUES ('t9-gated', gen_random_uuid(), 'x')")
+    assert one(db, "SELECT count(*) FROM posted_content WHERE tweet_id LIKE '%-gated'") == 1
+    compat = views.role_name(db, plan)
+    assert db.execute(
+        "SELECT pg_get_userbyid(p.proowner) FROM pg_proc p WHERE p.oid = 'dualshift_private.compat_public_tweets'::regproc"
+    ).fetchone() == (compat,)
+    assert db.execute(
+        "SELECT has_schema_privilege(%s, 'gate', 'USAGE'), has_table_privilege(%s, 'gate.allowed', 'SELECT'),"
+        " has_function_privilege(%s, 'gate.prefix(text)', 'EXECUTE'),"
+        " EXISTS (SELECT FROM pg_policy WHERE polname = 'dualshift_compat' AND polrelid = 'gate.allowed'::regclass)",
+        (compat, compat, compat),
+    ).fetchone() == (True, True, True, True)
+
+
 def test_a_callers_own_condition_never_sees_a_row_the_view_hides(policed: sql.Identifier, db: psycopg.Connection):
     """The view reads with its owner's rights: a cheap function of the caller's in WHERE must not run on the
     rows the old table's policies hid from it (security_barrier), or it could leak them."""
