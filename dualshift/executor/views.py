@@ -573,8 +573,8 @@ def trigger_statements(conn: psycopg.Connection, view: CompatView, convert: Conv
     """The INSTEAD OF trigger and its function: SECURITY DEFINER, as the view reads with its owner's rights
     (the new table's grants are the intersection of the sources', narrower than the old table's), after
     checking the old table's row rules for the acting role; its settings pinned as every dualshift
-    function's are (search_path first), every name qualified. Owned by the compat role (`owner_statements` ran first). Only a trigger can call it; EXECUTE is taken
-    from PUBLIC all the same."""
+    function's are (search_path first), every name qualified. Owned by the compat role (`owner_statements`
+    ran first). Only a trigger can call it; EXECUTE is taken from PUBLIC all the same."""
     body = refuse_body(view) if view.source.view_writes == "refuse" else write_body(view, convert)
     create = sql.SQL(
         "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER {} AS {}"
@@ -794,7 +794,7 @@ def finalize_statements(conn: psycopg.Connection, plan: Plan, table: NewTable, s
     kept = table.column_mapping(source.table)
     rows = conn.execute(OWNED_SEQUENCES, (plan.archive_schema, source.table)).fetchall()
     role = role_name(conn, plan)
-    owned = owners.role_exists(conn, role)  # else a cleanup of an older dualshift: its triggers run as their owner
+    owned = owners.role_exists(conn, role)  # else an older dualshift's cleanup: its triggers keep their owner
     statements: list[sql.Composable] = []
     for column, archived in rows:
         if column not in kept:
