@@ -18,6 +18,23 @@ SAMPLE_ROWS = 3000
 def admin_dsn() -> Iterator[str]:
     with server() as dsn:
         yield dsn
+        drop_orphaned_roles(dsn)
+
+
+def drop_orphaned_roles(dsn: str) -> None:
+    """The functions' roles dualshift made in test databases that are gone (roles are cluster-wide): a
+    role still owning or holding something in a live database is left alone."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            """DO $$ DECLARE r record; BEGIN
+                 FOR r IN SELECT a.rolname FROM pg_catalog.pg_roles a
+                          WHERE a.rolname LIKE 'dualshift\\_%' AND a.rolname <> 'dualshift_sync'
+                            AND NOT EXISTS (SELECT FROM pg_catalog.pg_shdepend d WHERE d.refobjid = a.oid)
+                 LOOP
+                   BEGIN EXECUTE format('DROP ROLE %I', r.rolname);
+                   EXCEPTION WHEN dependent_objects_still_exist OR undefined_object THEN NULL; END;
+                 END LOOP; END $$"""
+        )
 
 
 @pytest.fixture
