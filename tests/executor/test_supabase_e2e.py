@@ -103,11 +103,6 @@ def clean_database(admin_dsn: str) -> Iterator[str]:
         yield dsn
 
 
-@_xfail(
-    "finalize keeps every row (0 lost, wrong or extra; archive dropped), but application writes through the"
-    " views still fail: an insert through the second twin's view of a key the first holds (UniqueViolation)"
-    " and `RETURNING id` of a dropped id ('no application write failed')"
-)
 def test_finalize_after_cleanup_keeps_every_row(clean_database: str, tmp_path: Path) -> None:
     dsn = clean_database
     book = lg.Ledger()
