@@ -43,11 +43,11 @@ def blockers(conn: psycopg.Connection, relations: Sequence[str]) -> list[str]:
     """Other sessions holding locks on these relations ("schema.table"): pid, age and query of each (the age
     by the clock, so that it is right inside a transaction too)."""
     rows = conn.execute(
-        "SELECT DISTINCT a.pid, pg_catalog.clock_timestamp() - coalesce(a.xact_start, a.query_start),"
-        " pg_catalog.left(a.query, 120)"
-        " FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()"
-        " AND l.relation = ANY(SELECT pg_catalog.to_regclass(r)::oid FROM pg_catalog.unnest(%s::text[]) r)",
+        "SELECT a.pid, pg_catalog.clock_timestamp() - coalesce(a.xact_start, a.query_start),"
+        " pg_catalog.left(a.query, 120) FROM pg_catalog.pg_stat_activity a"
+        " WHERE a.pid IN (SELECT l.pid FROM pg_catalog.pg_locks l WHERE l.granted"
+        " AND l.pid <> pg_catalog.pg_backend_pid()"
+        " AND l.relation = ANY(SELECT pg_catalog.to_regclass(r)::oid FROM pg_catalog.unnest(%s::text[]) r))",
         (list(relations),),
     ).fetchall()
     return [_describe(pid, age.total_seconds(), query) for pid, age, query in rows]
