@@ -35,7 +35,7 @@ from psycopg.types.json import Jsonb
 
 from dualshift.executor import dependents, names, reverse_sync, sync, views
 from dualshift.executor.catalog import SourceMapping, table_exists, validate
-from dualshift.executor.connection import ExecutorError, Sink, Timeouts
+from dualshift.executor.connection import ExecutorError, Sink, Timeouts, lock_in_turn
 from dualshift.plan import NewTable, Plan, Source
 
 # libpq's connection parameters and the environment variables that carry them, so that pg_dump
@@ -343,14 +343,16 @@ def cleanup_relations(plan: Plan) -> list[sql.Identifier]:
     )
 
 
-def cleaned_relations(plan: Plan, with_views: bool = False) -> list[sql.Identifier]:
-    """After cleanup: (the views,) the promoted new tables, then the archived old tables."""
-    views_ = _sorted({(s.schema, s.table) for t in plan.tables for s in t.sources}) if with_views else []
-    return (
-        views_
-        + _sorted({(plan.target_schema, t.name) for t in plan.tables})
-        + _sorted({(plan.archive_schema, s.table) for t in plan.tables for s in t.sources})
-    )
+def cleaned_locking_order(plan: Plan) -> list[sql.Identifier]:
+    """After cleanup, what finalize and the rollback of cleanup lock, in the order a write through a view
+    takes it, table by table in the plan's order: its views in precedence order (an application writing
+    both twins in one transaction writes the first one first), the new table, its archived tables."""
+    order: list[tuple[str, str]] = []
+    for table in plan.tables:
+        order += [(s.schema, s.table) for s in table.sources]
+        order.append((plan.target_schema, table.name))
+        order += [(plan.archive_schema, s.table) for s in table.sources]
+    return [sql.Identifier(schema, name) for schema, name in dict.fromkeys(order)]
 
 
 def check_before_cleanup(conn: psycopg.Connection, plan: Plan) -> None:
@@ -544,7 +546,7 @@ def refuse_unless_archive_complete(conn: psycopg.Connection, plan: Plan) -> None
 
 def move_back(conn: psycopg.Connection, plan: Plan, sink: Sink) -> dict[str, object]:
     """The rollback of cleanup inside the caller's transaction: refused unless the archive holds every row."""
-    sink.run(lock_statement(present(conn, cleaned_relations(plan, with_views=True))))
+    lock_in_turn(sink, present(conn, cleaned_locking_order(plan)))
     refuse_unless_archive_complete(conn, plan)  # read-only: a dry run reports the refusal too
     run = _last_run(conn, plan)
     captured = dependents.Captured.from_json(run[2]) if run and run[2] else None
@@ -601,7 +603,7 @@ def restore_sync_triggers(conn: psycopg.Connection, plan: Plan, tables: list[str
 def finalize(conn: psycopg.Connection, plan: Plan, sink: Sink, keep_archive: bool) -> dict[str, object]:
     """Inside the caller's transaction: the reverse sync stops; the archive goes unless kept. The views
     are locked too: none of their defaults may draw from a sequence while it is being replaced."""
-    sink.run(lock_statement(present(conn, cleaned_relations(plan, with_views=True))))
+    lock_in_turn(sink, present(conn, cleaned_locking_order(plan)))
     for table in plan.tables:
         sink.run_all(reverse_sync.remove_statements(plan, table, plan.target_schema), "reverse_sync_off")
     sink.run_all(reverse_sync.remove_owner_statements(conn, plan), "reverse_sync_off")

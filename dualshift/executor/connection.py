@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import random
 import time
@@ -39,15 +40,114 @@ class Timeouts:
 
 
 def blockers(conn: psycopg.Connection, relations: Sequence[str]) -> list[str]:
-    """Other sessions holding locks on these relations ("schema.table"): pid, age and query of each."""
+    """Other sessions holding locks on these relations ("schema.table"): pid, age and query of each (the age
+    by the clock, so that it is right inside a transaction too)."""
     rows = conn.execute(
-        "SELECT DISTINCT a.pid, pg_catalog.now() - coalesce(a.xact_start, a.query_start), pg_catalog.left(a.query, 120)"
-        " FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()"
-        " AND l.relation = ANY(SELECT pg_catalog.to_regclass(r)::oid FROM pg_catalog.unnest(%s::text[]) r)",
+        "SELECT a.pid, pg_catalog.clock_timestamp() - coalesce(a.xact_start, a.query_start),"
+        " pg_catalog.left(a.query, 120) FROM pg_catalog.pg_stat_activity a"
+        " WHERE a.pid IN (SELECT l.pid FROM pg_catalog.pg_locks l WHERE l.granted"
+        " AND l.pid <> pg_catalog.pg_backend_pid()"
+        " AND l.relation = ANY(SELECT pg_catalog.to_regclass(r)::oid FROM pg_catalog.unnest(%s::text[]) r))",
         (list(relations),),
     ).fetchall()
-    return [f"pid {pid} ({age.total_seconds():.1f} s in transaction: {query!r})" for pid, age, query in rows]
+    return [_describe(pid, age.total_seconds(), query) for pid, age, query in rows]
+
+
+class LockBusy(Exception):
+    """A lock `lock_in_turn` could not take within its try, and who held it when the wait began."""
+
+    def __init__(self, relation: str, holding: list[str]) -> None:
+        super().__init__(f"{relation} is locked by {', '.join(holding) or 'another session'}")
+        self.relation = relation
+        self.holding = holding
+
+
+LOCK_STEPS_SETTING = "dualshift.lock_steps"  # what LOCK_IN_TURN locks: {"relations": [...], "share": ...}
+LOCK_RAN_OUT = "dualshift: lock wait ran out"
+# The part of the try's lock timeout the waits may use together; the rest is for the transaction's own
+# work, which the application also waits out once it is queued behind a lock.
+LOCKING_SHARE = 0.8
+
+# Server-side, so that no client round trip (or a client short of CPU) lengthens what the application
+# waits behind the locks already taken; when a wait runs out, every lock taken so far is let go at
+# once (the block is a subtransaction), before the error reaches the client.
+# A view gets its ACCESS EXCLUSIVE lock from an ALTER that changes nothing (its owner to its owner):
+# LOCK TABLE on a view also locks, at once, every table the view reads (PostgreSQL 11+), which would
+# take the new table before the sibling views that writers take first: a writer that has just taken a
+# sibling view would wait for the new table behind us while we wait for its view, a lock cycle.
+# The holders of a relation are read before waiting for it: once a wait is given up, the sessions
+# queued behind it take the lock and would be named instead.
+LOCK_IN_TURN = sql.SQL("""DO $dualshift$
+DECLARE
+  asked jsonb := pg_catalog.current_setting('dualshift.lock_steps')::jsonb;
+  timeout_ms integer := (SELECT s.setting::integer FROM pg_catalog.pg_settings s WHERE s.name = 'lock_timeout');
+  budget_ms integer := (timeout_ms * (asked ->> 'share')::numeric)::integer;
+  started timestamptz := pg_catalog.clock_timestamp();
+  step record;
+  waiting_for text;
+  held jsonb;
+BEGIN
+  BEGIN
+    FOR step IN
+      SELECT c.oid::pg_catalog.regclass AS target, c.relkind, pg_catalog.pg_get_userbyid(c.relowner) AS owner
+      FROM pg_catalog.jsonb_array_elements_text(asked -> 'relations') WITH ORDINALITY AS r(name, position)
+      JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r.name)
+      ORDER BY r.position
+    LOOP
+      waiting_for := step.target::text;
+      SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(a.pid,
+          EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - coalesce(a.xact_start, a.query_start)),
+          pg_catalog.left(a.query, 120)))
+        INTO held
+        FROM pg_catalog.pg_stat_activity a
+        WHERE a.pid IN (SELECT l.pid FROM pg_catalog.pg_locks l WHERE l.granted AND l.relation = step.target
+          AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+          AND l.pid <> pg_catalog.pg_backend_pid());
+      IF timeout_ms > 0 THEN  -- 0: no limit
+        PERFORM pg_catalog.set_config('lock_timeout', GREATEST(1, budget_ms
+          - (EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - started) * 1000)::integer) || 'ms', true);
+      END IF;
+      IF step.relkind = 'v' THEN
+        EXECUTE pg_catalog.format('ALTER VIEW %s OWNER TO %I', step.target, step.owner);
+      ELSE
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', step.target);
+      END IF;
+    END LOOP;
+  EXCEPTION WHEN lock_not_available THEN
+    RAISE EXCEPTION USING ERRCODE = 'lock_not_available', MESSAGE = 'dualshift: lock wait ran out',
+      DETAIL = pg_catalog.jsonb_build_object('relation', waiting_for, 'holders', coalesce(held, '[]'))::text;
+  END;
+  PERFORM pg_catalog.set_config('lock_timeout', timeout_ms || 'ms', true);
+END
+$dualshift$""")
+
+
+def _describe(pid: int, seconds: float, query: str | None) -> str:
+    return f"pid {pid} ({seconds:.1f} s in transaction: {query!r})"
+
+
+def lock_in_turn(sink: Sink, relations: list[sql.Identifier]) -> None:
+    """ACCESS EXCLUSIVE on each relation, in the order given, inside the caller's transaction, all the
+    waits together within LOCKING_SHARE of ONE lock timeout (the try's, set by `with_lock_retries`): a
+    lock held while waiting for the next stalls the application behind it. A wait that runs out lets
+    go of every lock taken and raises LockBusy naming who held that relation. Recorded as the one
+    `LOCK TABLE` statement it amounts to."""
+    sink.statements.append(
+        sink.text(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(relations)))
+    )
+    if sink.dry_run:
+        return
+    conn = sink.conn
+    names = [relation.as_string(conn) for relation in relations]
+    asked = {"relations": names, "share": LOCKING_SHARE}
+    conn.execute("SELECT pg_catalog.set_config(%s, %s, true)", (LOCK_STEPS_SETTING, json.dumps(asked)))
+    try:
+        conn.execute(LOCK_IN_TURN)
+    except psycopg.errors.LockNotAvailable as exc:
+        if exc.diag.message_primary != LOCK_RAN_OUT or not exc.diag.message_detail:
+            raise
+        ran_out = json.loads(exc.diag.message_detail)
+        raise LockBusy(ran_out["relation"], [_describe(*holder) for holder in ran_out["holders"]]) from None
 
 
 def with_lock_retries(
@@ -61,12 +161,14 @@ def with_lock_retries(
             with conn.transaction():
                 conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{timeouts.lock_ms}ms",))
                 return action()
-        except psycopg.errors.LockNotAvailable:
-            holding = blockers(conn, relations)
+        except (psycopg.errors.LockNotAvailable, LockBusy) as exc:
+            holding = exc.holding if isinstance(exc, LockBusy) else blockers(conn, relations)
+            waiting_for = f"waiting for {exc.relation}, " if isinstance(exc, LockBusy) else ""
             if attempt == timeouts.lock_attempts:
                 raise ExecutorError(
                     f"{what}: could not take its locks in {attempt} tries of {timeouts.lock_ms} ms"
-                    f" (nothing of it was kept); blocked by {', '.join(holding) or 'a session that has since ended'}"
+                    f" (nothing of it was kept); {waiting_for}blocked by"
+                    f" {', '.join(holding) or 'a session that has since ended'}"
                 ) from None
             pause = min(timeouts.backoff_max_ms, timeouts.backoff_ms * 2 ** (attempt - 1))
             time.sleep(pause * random.uniform(0.5, 1.0) / 1000)

@@ -469,7 +469,7 @@ class Executor:
                     audit(self.conn, self.key, "finalize", "finalize", "ok", result, sink.statements)
                 return result
 
-            relations = cleanup.relation_names(self.conn, cleanup.cleaned_relations(self.plan))
+            relations = cleanup.relation_names(self.conn, cleanup.cleaned_locking_order(self.plan))
             result = self._in_one_transaction("finalize", drop, relations, timeouts, "kept: everything as it was")
             faults.point("finalize.committed")
         if self.emitter is not None:
@@ -561,7 +561,7 @@ class Executor:
                     audit(self.conn, self.key, "rollback", "rollback cleanup", "ok", result, sink.statements)
                 return result
 
-            relations = cleanup.relation_names(self.conn, cleanup.cleaned_relations(self.plan, with_views=True))
+            relations = cleanup.relation_names(self.conn, cleanup.cleaned_locking_order(self.plan))
             result = self._in_one_transaction("rollback", restore, relations, timeouts, "kept: everything as it was")
             faults.point("rollback.committed")
         result["statements"] = sink.statements
