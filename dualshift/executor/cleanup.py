@@ -323,10 +323,6 @@ def present(conn: psycopg.Connection, relations: list[sql.Identifier]) -> list[s
     ]
 
 
-def lock_statement(relations: list[sql.Identifier]) -> sql.Composable:
-    return sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(relations))
-
-
 def _sorted(pairs: set[tuple[str, str]]) -> list[sql.Identifier]:
     return [sql.Identifier(schema, name) for schema, name in sorted(pairs)]
 
@@ -341,6 +337,17 @@ def cleanup_relations(plan: Plan) -> list[sql.Identifier]:
     return _sorted({(s.schema, s.table) for t in plan.tables for s in t.sources}) + _sorted(
         {(plan.new_schema, t.name) for t in plan.tables}
     )
+
+
+def cleanup_locking_order(plan: Plan) -> list[sql.Identifier]:
+    """Before cleanup, what its move locks, in the order a write takes it, table by table in the plan's
+    order: its old tables in precedence order (a write locks one, its sync trigger the new table), then
+    the new table."""
+    order: list[sql.Identifier] = []
+    for table in plan.tables:
+        order += [sql.Identifier(s.schema, s.table) for s in table.sources]
+        order.append(sql.Identifier(plan.new_schema, table.name))
+    return order
 
 
 def cleaned_locking_order(plan: Plan) -> list[sql.Identifier]:
@@ -434,7 +441,7 @@ def move(
     """Everything of cleanup after the backup, inside the caller's transaction (which holds no lock yet).
     The caller ran `catch_up_all` just before, without these locks; under them the last delta is caught
     up again unless the sync triggers make one impossible (a scan here would stall the application)."""
-    sink.run(lock_statement(cleanup_relations(plan)))
+    lock_in_turn(sink, cleanup_locking_order(plan))
     captured = dependents.capture(conn, plan)  # before anything moves
     caught_up: dict[str, int] | str = "none possible: every source kept its sync trigger and no mirror failed"
     if sink.dry_run or not delta_impossible(conn, plan):

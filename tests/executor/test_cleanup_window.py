@@ -388,7 +388,14 @@ def test_dry_run_prints_the_whole_cleanup_and_changes_nothing(dsn: str, db: psyc
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("-- backup:") and "pg_dump" in lines[0]
-    assert any(line.startswith('LOCK TABLE "public"."content_generation_metadata_comprehensive"') for line in lines)
+    # in the order the application's writes take them: each table's sources in precedence order, then it
+    assert any(
+        line.startswith(
+            'LOCK TABLE "public"."content_metadata", "public"."content_generation_metadata_comprehensive",'
+            ' "public"."content_queue", "public"."posted_decisions"'
+        )
+        for line in lines
+    )
     assert any('SET SCHEMA "archive_xbot"' in line for line in lines)
     assert lines[-1] == "NOTIFY pgrst, 'reload schema';"
     assert not backups.exists()
