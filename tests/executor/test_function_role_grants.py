@@ -25,7 +25,7 @@ from .supabase_scenario import migrate_here
 PLAN = """
 version = 1
 name = "{name}"
-
+{before}
 [[tables]]
 name = "items"
 key = ["id"]
@@ -46,6 +46,19 @@ columns = [
   table = "second_items"
   key = ["id"]
   constants = {{ origin = "second" }}
+"""
+
+
+# A table in public, first in the plan: the refusal of the second table's grants must keep nothing of it.
+NOTES = """
+[[tables]]
+name = "all_notes"
+key = ["id"]
+columns = [{ name = "id", type = "integer", nullable = false, unique = true }, { name = "body", type = "text" }]
+
+  [[tables.sources]]
+  table = "notes"
+  key = ["id"]
 """
 
 
@@ -93,9 +106,9 @@ class Cluster:
             self.admin.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(self.executor)))
             self.admin.execute(statements)
 
-    def plan(self, schema: str = "public") -> Plan:
+    def plan(self, schema: str = "public", before: str = "") -> Plan:
         path = self.tmp_path / "items.toml"
-        path.write_text(PLAN.format(name=f"grants-{uuid.uuid4().hex[:8]}", schema=schema))
+        path.write_text(PLAN.format(name=f"grants-{uuid.uuid4().hex[:8]}", schema=schema, before=before))
         return load_plan(path)
 
     def run(self, plan: Plan, *args: str):
@@ -175,7 +188,10 @@ def test_backfill_refuses_sync_triggers_whose_role_cannot_reach_the_old_tables_s
     cluster.admin.execute(sql.SQL("CREATE SCHEMA legacy AUTHORIZATION {}").format(sql.Identifier(cluster.other)))
     cluster.admin.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA legacy TO {}").format(executor))
     cluster.as_executor(_tables("legacy"))
-    plan = cluster.plan("legacy")
+    cluster.as_executor(
+        "CREATE TABLE public.notes (id integer PRIMARY KEY, body text); INSERT INTO public.notes VALUES (1, 'a')"
+    )
+    plan = cluster.plan("legacy", before=NOTES)
     assert cluster.run(plan, "create", "--skip-preflight").ok
     sync_role = owners.role_name(cluster.admin, plan, owners.SYNC)
 
@@ -196,6 +212,8 @@ def test_backfill_refuses_sync_triggers_whose_role_cannot_reach_the_old_tables_s
     assert step.ok, step.line()
     cluster.admin.execute("UPDATE legacy.first_items SET value = 'mirrored' WHERE id = 1")
     assert cluster.admin.execute("SELECT value FROM public.items WHERE id = 1").fetchone() == ("mirrored",)
+    cluster.admin.execute("UPDATE public.notes SET body = 'mirrored' WHERE id = 1")
+    assert cluster.admin.execute("SELECT body FROM public.all_notes WHERE id = 1").fetchone() == ("mirrored",)
 
 
 def test_an_executor_that_may_not_create_roles_is_refused_before_any_change(cluster: Cluster) -> None:
