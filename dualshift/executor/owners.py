@@ -148,7 +148,7 @@ MISSING = """DO $dualshift$ DECLARE missing record; BEGIN
   ORDER BY v.n LIMIT 1;
   IF FOUND THEN
     RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE = pg_catalog.format(
-      'dualshift: role %s lacks %s on %s, which %s need%s; the executor role %s could not grant it (it lacks the'
+      'role %s lacks %s on %s, which %s need%s; the executor role %s could not grant it (it lacks the'
       ' privilege or its grant option; PostgreSQL only warned "no privileges were granted"); have %s run'
       ' `GRANT %s ON %s TO %s WITH GRANT OPTION`, or run dualshift as %s',
       pg_catalog.quote_ident({role}), missing.what, missing.object, {needed_by}, missing.reason, pg_catalog.quote_ident(current_user),
