@@ -109,9 +109,15 @@ def _role_statements(conn: psycopg.Connection, role: str) -> list[sql.Composable
     """The capture role and its one privilege: recording keys."""
     return [
         *owners.role_statements(conn, role),
-        owners.schema_usage(role, {PRIVATE_SCHEMA}),
-        sql.SQL("GRANT INSERT ON {} TO {}").format(CHANGES, sql.Identifier(role)),
-        *owners.sequence_grants(conn, role, [CHANGES]),
+        *owners.granted(
+            role,
+            [
+                *owners.schema_usage({PRIVATE_SCHEMA}),
+                *owners.relation_grants(conn, ("INSERT",), [CHANGES]),
+                *owners.sequence_grants(conn, [CHANGES]),
+            ],
+            "verify's change-capture triggers",
+        ),
     ]
 
 

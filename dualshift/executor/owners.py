@@ -3,7 +3,10 @@
 Each kind of function (the sync triggers, verify's change capture, the reverse sync, the compatibility
 views' write triggers) of each migration in each database is owned by its own role,
 `dualshift_<kind>_<database>_<plan>`: NOLOGIN, NOINHERIT, no attribute, holding exactly the privileges
-its functions need, granted by the module that makes them. The functions pin their settings
+its functions need, granted by the module that makes them as a list of `Grant`s: the same list emits the
+GRANTs and, in the same transaction, checks that the role holds each one (`granted`). An executor that is
+not superuser may lack the grant option on an object it does not own (on Supabase, schema `auth` for the
+policies' `auth.uid()`); PostgreSQL then only warns, and the check refuses the phase instead. The functions pin their settings
 (`search_path = pg_catalog, pg_temp` first) and PUBLIC may not call them. A role is created with its
 functions and dropped with them: `DROP OWNED BY` takes back its grants and policies, so a rolled-back
 migration leaves no role and no privilege behind, and a finalized one only the compatibility views' role.
@@ -11,10 +14,13 @@ migration leaves no role and no privilege behind, and a finalized one only the c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import psycopg
 from psycopg import sql
 
 from dualshift.executor.backfill import session_settings
+from dualshift.executor.connection import ExecutorError
 from dualshift.executor.names import PRIVATE_SCHEMA, fit
 from dualshift.plan import Plan
 
@@ -64,13 +70,50 @@ def role_statements(conn: psycopg.Connection, role: str, groups: tuple[str, ...]
     return statements
 
 
-def schema_usage(role: str, schemas: set[str]) -> sql.Composable:
-    return sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
-        sql.SQL(", ").join(map(sql.Identifier, sorted(schemas))), sql.Identifier(role)
-    )
+@dataclass(frozen=True)
+class Grant:
+    """One privilege a function role needs: `target` as the has_*_privilege function takes it (a schema's
+    name, a qualified relation, a regprocedure); `reason` where the caller's `needed_by` is not enough."""
+
+    privilege: str
+    kind: str  # "schema" | "table" | "sequence" | "function"
+    target: str
+    reason: str = ""
+
+    def on(self) -> sql.Composable:
+        target = sql.Identifier(self.target) if self.kind == "schema" else sql.SQL(self.target)
+        return sql.SQL("{} {}").format(sql.SQL(self.kind.upper()), target)
 
 
-def sequence_grants(conn: psycopg.Connection, role: str, relations: list[sql.Identifier]) -> list[sql.Composable]:
+# kind → (the has_*_privilege function, the query of the object's owner)
+CHECKS = {
+    "schema": ("has_schema_privilege", "SELECT o.nspowner FROM pg_catalog.pg_namespace o WHERE o.nspname = {}"),
+    "table": (
+        "has_table_privilege",
+        "SELECT o.relowner FROM pg_catalog.pg_class o WHERE o.oid = pg_catalog.to_regclass({})",
+    ),
+    "sequence": (
+        "has_sequence_privilege",
+        "SELECT o.relowner FROM pg_catalog.pg_class o WHERE o.oid = pg_catalog.to_regclass({})",
+    ),
+    "function": (
+        "has_function_privilege",
+        "SELECT o.proowner FROM pg_catalog.pg_proc o WHERE o.oid = pg_catalog.to_regprocedure({})",
+    ),
+}
+
+
+def schema_usage(schemas: set[str]) -> list[Grant]:
+    return [Grant("USAGE", "schema", schema) for schema in sorted(schemas)]
+
+
+def relation_grants(
+    conn: psycopg.Connection, privileges: tuple[str, ...], relations: list[sql.Identifier], reason: str = ""
+) -> list[Grant]:
+    return [Grant(p, "table", r.as_string(conn), reason) for r in relations for p in privileges]
+
+
+def sequence_grants(conn: psycopg.Connection, relations: list[sql.Identifier]) -> list[Grant]:
     """USAGE on the sequences that fill the relations' columns on INSERT (serial, identity, nextval defaults)."""
     sequences = conn.execute(
         "WITH r AS (SELECT pg_catalog.to_regclass(name) AS oid FROM pg_catalog.unnest(%s::text[]) AS name)"
@@ -84,10 +127,84 @@ def sequence_grants(conn: psycopg.Connection, role: str, relations: list[sql.Ide
         " WHERE ad.adrelid IN (SELECT oid FROM r) ORDER BY 1",
         ([r.as_string(conn) for r in relations],),
     ).fetchall()
+    return [Grant("USAGE", "sequence", sequence) for (sequence,) in sequences]
+
+
+def grant_statements(role: str, grants: list[Grant]) -> list[sql.Composable]:
+    """One GRANT per object, its privileges together, in the order first named."""
+    privileges: dict[Grant, list[str]] = {}
+    for grant in grants:
+        key = Grant("", grant.kind, grant.target)
+        if grant.privilege not in privileges.setdefault(key, []):
+            privileges[key].append(grant.privilege)
     return [
-        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(sequence), sql.Identifier(role))
-        for (sequence,) in sequences
+        sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(", ").join(map(sql.SQL, names)), key.on(), sql.Identifier(role))
+        for key, names in privileges.items()
     ]
+
+
+MISSING = """DO $dualshift$ DECLARE missing record; BEGIN
+  SELECT * INTO missing FROM (VALUES {rows}) AS v(n, held, what, object, owner, reason) WHERE NOT v.held
+  ORDER BY v.n LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE = pg_catalog.format(
+      'role %s lacks %s on %s, which %s need%s; the executor role %s could not grant it (it lacks the'
+      ' privilege or its grant option; PostgreSQL only warned "no privileges were granted"); have %s run'
+      ' `GRANT %s ON %s TO %s WITH GRANT OPTION`, or run dualshift as %s',
+      pg_catalog.quote_ident({role}), missing.what, missing.object, {needed_by}, missing.reason, pg_catalog.quote_ident(current_user),
+      missing.owner, missing.what, missing.object, pg_catalog.quote_ident(current_user), missing.owner);
+  END IF;
+END $dualshift$"""
+
+
+def check_statement(role: str, grants: list[Grant], needed_by: str) -> sql.Composable:
+    """A statement that fails, naming the first privilege `role` does not hold, the object's owner and the
+    fix, when a GRANT of `grants` was only warned about: run after the GRANTs, in their transaction."""
+    rows = []
+    for n, grant in enumerate(grants):
+        function, owner = CHECKS[grant.kind]
+        target = sql.Literal(grant.target)
+        rows.append(
+            sql.SQL(
+                "({}, pg_catalog.{}({}, {}, {}), {}, {} || {},"
+                " (SELECT pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(({})))), {})"
+            ).format(
+                sql.Literal(n),
+                sql.SQL(function),
+                sql.Literal(role),
+                target,
+                sql.Literal(grant.privilege),
+                sql.Literal(grant.privilege),
+                sql.Literal(grant.kind.upper() + " "),
+                sql.SQL("pg_catalog.quote_ident({})").format(target) if grant.kind == "schema" else target,
+                sql.SQL(owner).format(target),
+                sql.Literal(f" ({grant.reason})" if grant.reason else ""),
+            )
+        )
+    return sql.SQL(MISSING).format(
+        rows=sql.SQL(", ").join(rows), role=sql.Literal(role), needed_by=sql.Literal(needed_by)
+    )
+
+
+def granted(role: str, grants: list[Grant], needed_by: str) -> list[sql.Composable]:
+    """The GRANTs, then the check that each took (`check_statement`)."""
+    if not grants:
+        return []
+    return [*grant_statements(role, grants), check_statement(role, grants, needed_by)]
+
+
+def require_role_management(conn: psycopg.Connection) -> None:
+    """Refuse, before any change, an executor that may not create and drop the functions' roles."""
+    quoted, superuser, createrole = conn.execute(
+        "SELECT pg_catalog.quote_ident(rolname), rolsuper, rolcreaterole FROM pg_catalog.pg_roles"
+        " WHERE rolname = current_user"
+    ).fetchone()
+    if not (superuser or createrole):
+        raise ExecutorError(
+            f"role {quoted} may not create roles (no CREATEROLE): dualshift makes a role to own each kind of"
+            f" trigger function it installs; run dualshift as a role with CREATEROLE (on Supabase: postgres) or"
+            f" have a superuser run `ALTER ROLE {quoted} CREATEROLE`; nothing was changed"
+        )
 
 
 def _relation(conn: psycopg.Connection, schema: str, table: str) -> str:

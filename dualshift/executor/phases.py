@@ -16,7 +16,19 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from dualshift.executor import backfill, changes, cleanup, create, faults, preflight, snapshot, sync, verify, watch
+from dualshift.executor import (
+    backfill,
+    changes,
+    cleanup,
+    create,
+    faults,
+    owners,
+    preflight,
+    snapshot,
+    sync,
+    verify,
+    watch,
+)
 from dualshift.executor.catalog import SourceMapping, validate
 from dualshift.executor.connection import ExecutorError, Sink, Timeouts, advisory_lock, blockers, with_lock_retries
 from dualshift.executor.migrations import Emitter
@@ -90,6 +102,7 @@ class Executor:
                 require_phase(current, allowed, phase)
                 self._check_catalog(phase, current)
                 mappings = validate(self.conn, validation_plan or self.plan)  # before any SQL changes anything
+                owners.require_role_management(self.conn)
                 if not self.dry_run:
                     ensure_schema(self.conn)
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
@@ -371,6 +384,7 @@ class Executor:
         views, sync triggers off, reverse sync on, state. A failure keeps nothing but the backup."""
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
+            owners.require_role_management(self.conn)
             if not self.dry_run:
                 ensure_schema(self.conn)
             current = self._current()
@@ -443,6 +457,7 @@ class Executor:
         """After cleanup, for good: the reverse sync stops and the archive is dropped (or kept, unsynced)."""
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
+            owners.require_role_management(self.conn)
             current = self._current()
             if current == "finalized":  # a finalize that committed, run again
                 return {"note": "already finalized: nothing to do", "statements": []}
@@ -541,6 +556,7 @@ class Executor:
         back in new_schema, views and reverse triggers gone; refused if the archive misses a row."""
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
+            owners.require_role_management(self.conn)
             current = self._current()
             if current == "finalized":
                 raise ExecutorError(

@@ -281,14 +281,16 @@ def role_name(conn: psycopg.Connection, plan: Plan) -> str:
 
 def _owner_statements(conn: psycopg.Connection, plan: Plan, table: NewTable, role: str) -> list[sql.Composable]:
     """The role (once per migration) and what one new table's function needs: its archived sources."""
-    who = sql.Identifier(role)
     archived = [sql.Identifier(plan.archive_schema, s.table) for s in table.sources]
+    grants = [
+        *owners.schema_usage({plan.archive_schema, names.API_SCHEMA}),
+        *owners.relation_grants(conn, ("SELECT", "INSERT", "UPDATE", "DELETE"), archived),
+        *owners.relation_grants(conn, ("INSERT",), [FAILED_WRITES]),
+        *owners.sequence_grants(conn, [*archived, FAILED_WRITES]),
+    ]
     statements = [
         *owners.role_statements(conn, role),
-        owners.schema_usage(role, {plan.archive_schema, names.API_SCHEMA}),
-        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(sql.SQL(", ").join(archived), who),
-        sql.SQL("GRANT INSERT ON {} TO {}").format(FAILED_WRITES, who),
-        *owners.sequence_grants(conn, role, [*archived, FAILED_WRITES]),
+        *owners.granted(role, grants, f"the reverse sync trigger of {plan.target_schema}.{table.name}"),
     ]
     for source in table.sources:
         statements += owners.policy_statements(conn, POLICY, role, plan.archive_schema, source.table)

@@ -239,18 +239,34 @@ def _policy(conn: psycopg.Connection, role: str, schema: str, table: str) -> lis
 
 
 def _grant_statements(conn: psycopg.Connection, plan: Plan, role: str, mappings: list[SourceMapping]) -> list:
+    """The GRANTs, checked (owners.granted): the triggers read the old tables, write the new one."""
     table = mappings[0].table
-    who = sql.Identifier(role)
     new = sql.Identifier(plan.new_schema, table.name)
-    return [
-        owners.schema_usage(role, {plan.new_schema, API_SCHEMA, PRIVATE_SCHEMA, *(m.source.schema for m in mappings)}),
-        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(new, who),
-        sql.SQL("GRANT SELECT ON {} TO {}").format(
-            sql.SQL(", ").join(sql.Identifier(m.source.schema, m.source.table) for m in mappings), who
-        ),
-        sql.SQL("GRANT INSERT ON {} TO {}").format(FAILED_WRITES, who),
-        *owners.sequence_grants(conn, role, [new, FAILED_WRITES]),
+    grants = [
+        *owners.schema_usage({plan.new_schema, API_SCHEMA, PRIVATE_SCHEMA, *(m.source.schema for m in mappings)}),
+        *owners.relation_grants(conn, ("SELECT", "INSERT", "UPDATE", "DELETE"), [new]),
+        *owners.relation_grants(conn, ("SELECT",), [sql.Identifier(m.source.schema, m.source.table) for m in mappings]),
+        *owners.relation_grants(conn, ("INSERT",), [FAILED_WRITES]),
+        *owners.sequence_grants(conn, [new, FAILED_WRITES]),
     ]
+    sources = ", ".join(f"{m.source.schema}.{m.source.table}" for m in mappings)
+    return owners.granted(
+        role, grants, f"the sync triggers on {sources} (mirroring into {plan.new_schema}.{table.name})"
+    )
+
+
+def grant_statements(
+    conn: psycopg.Connection, plan: Plan, role: str, mappings: dict[tuple[str, str], SourceMapping]
+) -> list[sql.Composable]:
+    """The role and what every new table's functions need, each privilege checked (owners.granted)."""
+    statements = [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(PRIVATE_SCHEMA)),
+        sql.SQL(ensure_sync_group()),
+        *owners.role_statements(conn, role, (SYNC_GROUP,)),
+    ]
+    for table in plan.tables:
+        statements += _grant_statements(conn, plan, role, [mappings[(table.name, s.table)] for s in table.sources])
+    return statements
 
 
 def prepare_statements(
@@ -290,9 +306,19 @@ def install(
     sink: Sink,
     timeouts: Timeouts = Timeouts(),
 ) -> list[str]:
-    """Per new table: one transaction for the role, grants and functions (locking only the new table),
-    then one per old table for its trigger (locking only that table). Safe to run again."""
+    """First one transaction for the role and every table's grants, checked (a grant the executor may not
+    give refuses the phase before anything else is made); then per new table one for the functions
+    (locking only the new table), and one per old table for its trigger (locking only that table). Safe
+    to run again."""
     role = role_name(conn, plan)
+    _in_one_transaction(
+        conn,
+        sink,
+        timeouts,
+        lambda: grant_statements(conn, plan, role, mappings),
+        "granting the sync triggers' role its privileges",
+        [f"{plan.new_schema}.{t.name}" for t in plan.tables],
+    )
     installed = []
     for table in plan.tables:
         table_mappings = [mappings[(table.name, s.table)] for s in table.sources]

@@ -652,7 +652,6 @@ def owner_statements(conn: psycopg.Connection, plan: Plan) -> list[sql.Composabl
     schemas it names, writes on the new tables and their sequences, the archived numbering sequences,
     what the old tables' policies read and call, and a policy where row-level security is on."""
     role = role_name(conn, plan)
-    who = sql.Identifier(role)
     new = [sql.Identifier(plan.target_schema, t.name) for t in plan.tables]
     archived = [sql.Identifier(plan.archive_schema, s.table) for t in plan.tables for s in t.sources]
     relations = [r.as_string(conn) for r in new + archived]
@@ -664,22 +663,28 @@ def owner_statements(conn: psycopg.Connection, plan: Plan) -> list[sql.Composabl
     schemas |= {schema for (schema,) in conn.execute(TYPE_SCHEMAS, (relations,)).fetchall()}
     if numbering:
         schemas.add(plan.archive_schema)
+    evaluated = "the old tables' policies, defaults or generated columns name it"
+    grants = [
+        *(owners.Grant("USAGE", "schema", s, evaluated if s != plan.target_schema else "") for s in sorted(schemas)),
+        *owners.relation_grants(conn, ("SELECT", "INSERT", "UPDATE", "DELETE"), new),
+        *owners.sequence_grants(conn, new),
+        *(owners.Grant("USAGE", "sequence", s, "it numbers kept identity and serial columns") for s in numbering),
+    ]
+    policies: list[sql.Composable] = []
+    for kind, name, schema, relation, row_security, public_executes in referenced:
+        if kind == "function" and not public_executes:
+            grants.append(owners.Grant("EXECUTE", "function", name, evaluated))
+        elif kind == "relation":
+            # The owner it replaces read these past their row-level security too (superuser or BYPASSRLS).
+            grants.append(owners.Grant("SELECT", "table", name, evaluated))
+            if row_security:
+                policies += owners.policy_statements(conn, POLICY, role, schema, relation)
     statements: list[sql.Composable] = [
         sql.SQL(names.ensure_sync_group()),
         *owners.role_statements(conn, role, (names.SYNC_GROUP,)),
-        owners.schema_usage(role, schemas),
-        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(sql.SQL(", ").join(new), who),
-        *owners.sequence_grants(conn, role, new),
-        *(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(s), who) for s in numbering),
+        *owners.granted(role, grants, "the compatibility views' write triggers"),
+        *policies,
     ]
-    for kind, name, schema, relation, row_security, public_executes in referenced:
-        if kind == "function" and not public_executes:
-            statements.append(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(name), who))
-        elif kind == "relation":
-            # The owner it replaces read these past their row-level security too (superuser or BYPASSRLS).
-            statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.SQL(name), who))
-            if row_security:
-                statements += owners.policy_statements(conn, POLICY, role, schema, relation)
     for table in plan.tables:
         statements += owners.policy_statements(conn, POLICY, role, plan.target_schema, table.name)
     return statements
@@ -802,10 +807,11 @@ def finalize_statements(conn: psycopg.Connection, plan: Plan, table: NewTable, s
         own = compat_sequence(source, column)
         statements.append(sql.SQL("CREATE SEQUENCE IF NOT EXISTS {} AS bigint").format(own))
         if owned:
-            statements += [
-                owners.schema_usage(role, {names.PRIVATE_SCHEMA}),
-                sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(own, sql.Identifier(role)),
+            grants = [
+                *owners.schema_usage({names.PRIVATE_SCHEMA}),
+                owners.Grant("USAGE", "sequence", own.as_string(conn)),
             ]
+            statements += owners.granted(role, grants, f"the write trigger of the compatibility view {source.table}")
         statements += [
             sql.SQL("SELECT pg_catalog.setval({}, s.last_value, s.is_called) FROM {} AS s").format(
                 sql.Literal(own.as_string(conn)), sql.SQL(archived)
