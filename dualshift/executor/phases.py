@@ -55,6 +55,10 @@ Body = Callable[[dict[tuple[str, str], SourceMapping], Sink, str], dict[str, Any
 RELOAD_POSTGREST = sql.SQL("NOTIFY pgrst, 'reload schema'")
 
 
+# Phases that create, hand over or drop no function role: an operator role without CREATEROLE may run them.
+ROLE_FREE_PHASES = ("switch-reads", "flags")
+
+
 @dataclass
 class Executor:
     """Runs the phases of one plan on one connection.
@@ -102,7 +106,8 @@ class Executor:
                 require_phase(current, allowed, phase)
                 self._check_catalog(phase, current)
                 mappings = validate(self.conn, validation_plan or self.plan)  # before any SQL changes anything
-                owners.require_role_management(self.conn)
+                if phase not in ROLE_FREE_PHASES:
+                    owners.require_role_management(self.conn)
                 if not self.dry_run:
                     ensure_schema(self.conn)
             except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
