@@ -266,6 +266,14 @@ def _fstring_token(segment: bytes) -> str | None:
     return None
 
 
+def _plain_string(segment: bytes, value: str) -> bool:
+    """Whether a string's source is one token in single quotes with no prefix and no escape (`"outcomes"`):
+    what unwrap may retarget by replacing its text. Concatenations, f-strings, raw, byte or triple-quoted
+    strings and escapes are written by hand."""
+    quote = segment[:1]
+    return quote in (b'"', b"'") and segment[-1:] == quote and segment[1:-1] == value.encode("utf-8")
+
+
 def _arguments(call: ast.Call) -> list[tuple[str | None, ast.expr]]:
     """(keyword, value) of every argument in source order; `*x` and `**x` give (None, x)."""
     items: list[tuple[tuple[int, int], str | None, ast.expr]] = []
@@ -444,21 +452,25 @@ class _Module:
         if path is None or path[-1] in UNRECORDED_CALLEES:
             return
         callee = path[-1]
+        add = self.facts.call_arguments.append
         for index, value in enumerate(_positional(node)):
             literal = self.text.string(value)
             if literal is not None:
-                self.facts.call_arguments.append(CallArgument(callee, index, literal, literal=True))
+                start, end = self.text.span(value)
+                plain = _plain_string(self.source[start:end], literal)
+                add(CallArgument(callee, index, literal, start_byte=start, end_byte=end, literal=plain))
                 continue
             ref_path = self.text.path(value)
             if ref_path is None:
                 continue
+            start, end = self.text.span(value)
             resolved = lookup(self.facts.symbols, ref_path)[0]
             if resolved is None and ref_path[0] in self.facts.imports:
                 module, imported = self.facts.imports[ref_path[0]]
                 reference = Reference("import", ref_path[0], ref_path[1:], module, imported)
-                self.facts.call_arguments.append(CallArgument(callee, index, None, reference))
+                add(CallArgument(callee, index, None, reference, start_byte=start, end_byte=end))
             else:
-                self.facts.call_arguments.append(CallArgument(callee, index, resolved))
+                add(CallArgument(callee, index, resolved, start_byte=start, end_byte=end))
 
     # -- records ----------------------------------------------------------------------------
 

@@ -194,8 +194,17 @@ class _Visitor(cst.CSTVisitor):
         callee = path[-1]
         for index, arg in enumerate(a for a in node.args if a.keyword is None):
             value = _string(arg.value)
+            start, end = self._span(arg.value)
             if value is not None:
-                self.facts.call_arguments.append(CallArgument(callee, index, value, literal=True))
+                plain = (
+                    isinstance(arg.value, cst.SimpleString)
+                    and arg.value.prefix == ""
+                    and arg.value.quote in ('"', "'")
+                    and arg.value.value[1:-1] == value
+                )
+                self.facts.call_arguments.append(
+                    CallArgument(callee, index, value, start_byte=start, end_byte=end, literal=plain)
+                )
                 continue
             ref_path = _path(arg.value)
             if ref_path is None:
@@ -204,9 +213,11 @@ class _Visitor(cst.CSTVisitor):
             if resolved is None and ref_path[0] in self.facts.imports:
                 module, imported = self.facts.imports[ref_path[0]]
                 reference = Reference("import", ref_path[0], ref_path[1:], module, imported)
-                self.facts.call_arguments.append(CallArgument(callee, index, None, reference))
+                self.facts.call_arguments.append(
+                    CallArgument(callee, index, None, reference, start_byte=start, end_byte=end)
+                )
             else:
-                self.facts.call_arguments.append(CallArgument(callee, index, resolved))
+                self.facts.call_arguments.append(CallArgument(callee, index, resolved, start_byte=start, end_byte=end))
 
     # -- records ----------------------------------------------------------------------------
 
