@@ -186,20 +186,14 @@ def _refusal(call: CallSite, plan: Plan, in_scope: Callable[[str], bool]) -> str
     return None
 
 
-def _site_edits(call: CallSite, plan: Plan, raw: bytes, suffix: str) -> tuple[Edit, ...]:
-    """A site's column edits, the same for every table its callers pass, and its receiver when wrapped."""
-    tree = typescript.parse(raw, suffix)
-    symbols = typescript.module_symbols(tree, raw, suffix)
-    chain = typescript.chain_at(tree, call.table_arg_start, call.table_arg_end, symbols)
-    if chain is None:
-        raise CannotMap("the chain could not be found again")
-    quote = detect_style(raw.decode("utf-8")).quote
+def same_edits_for_every_table(
+    call: CallSite, plan: Plan, raw: bytes, column_edits: Callable[[NewTable, Source], list[Edit]]
+) -> tuple[Edit, ...]:
+    """A helper site's column edits (`column_edits` makes them in the site's language), which must be the
+    same for every table its callers pass, and its receiver when wrapped."""
     new_table = plan.new_table_for(call.resolved_tables[0])
     assert new_table is not None  # _refusal has checked every table
-    found = {
-        tuple(_column_edits(chain, _SiteMapper(new_table, new_table.source(old), quote, rows_elsewhere=True)))
-        for old in call.resolved_tables
-    }
+    found = {tuple(column_edits(new_table, new_table.source(old))) for old in call.resolved_tables}
     if len(found) > 1:
         raise CannotMap(
             f"{', '.join(call.resolved_tables)} name their columns differently in {new_table.name}: the helper"
@@ -207,6 +201,24 @@ def _site_edits(call: CallSite, plan: Plan, raw: bytes, suffix: str) -> tuple[Ed
         )
     edits = found.pop()
     return (*edits, _receiver_edit(call, raw)) if is_wrapped(call) else edits
+
+
+def _site_edits(call: CallSite, plan: Plan, raw: bytes, suffix: str) -> tuple[Edit, ...]:
+    if call.language == "python":
+        from dualshift.codemods import python_rewrite  # LibCST: only Python trees need it
+
+        return python_rewrite.helper_site_edits(call, plan, raw)
+    tree = typescript.parse(raw, suffix)
+    symbols = typescript.module_symbols(tree, raw, suffix)
+    chain = typescript.chain_at(tree, call.table_arg_start, call.table_arg_end, symbols)
+    if chain is None:
+        raise CannotMap("the chain could not be found again")
+    quote = detect_style(raw.decode("utf-8")).quote
+
+    def column_edits(table: NewTable, source: Source) -> list[Edit]:
+        return _column_edits(chain, _SiteMapper(table, source, quote, rows_elsewhere=True))
+
+    return same_edits_for_every_table(call, plan, raw, column_edits)
 
 
 def _parameter_groups(calls: list[CallSite]) -> dict[frozenset, list[CallSite]]:
@@ -229,8 +241,6 @@ def _group_edits(
     """The edits of one group (its sites and its callers' arguments) by file, or why it stays as it is."""
     if shared:
         return {}, "a caller's argument also reaches another helper: change the callers by hand"
-    if any(site.language == "python" for site in sites):
-        return {}, callers_reason(sites[0], plan)
     reason = _refusal(sites[0], plan, in_scope)
     if reason is None:
         outside = sorted({site.file for site in sites if not in_scope(site.file)})
@@ -264,8 +274,8 @@ def plan_caller_retargets(
     in_scope: Callable[[str], bool],
     decided: CallerRetargets | None = None,
 ) -> CallerRetargets:
-    """Decide, for the whole tree, every group of wrapped sites whose table the callers pass (TypeScript);
-    into `decided` when given (the one the transform reads)."""
+    """Decide, for the whole tree, every group of wrapped sites whose table the callers pass (TypeScript and
+    Python alike: only the edits differ); into `decided` when given (the one the transforms read)."""
     decided = decided if decided is not None else CallerRetargets()
     every_group = _parameter_groups(calls)
     owners = Counter(argument for key in every_group for argument in key)  # wrapped groups or not
