@@ -307,7 +307,7 @@ CHILD_FIELDS: dict[type, tuple[str, ...]] = {
 
 
 def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tuple[ast.AST, Scope]]:
-    """Calls, assignments and `from` imports with their scopes, in source order (LibCST's visiting order).
+    """Calls, assignments and imports with their scopes, in source order (LibCST's visiting order).
 
     `ast.iter_child_nodes` inlined and pruned (this loop is most of the reading's time): statements
     carry the scope, the nodes inside a statement share it.
@@ -329,7 +329,7 @@ def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tupl
         while nodes:
             node = pop()
             kind = type(node)
-            if kind is ast.Call or kind is ast.Assign or kind is ast.ImportFrom:
+            if kind is ast.Call or kind is ast.Assign or kind is ast.ImportFrom or kind is ast.Import:
                 found.append((node, scope))
             for field in child_fields.get(kind, ()):
                 value = getattr(node, field)
@@ -352,14 +352,14 @@ def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tupl
     return found
 
 
-def _module_statements(tree: ast.Module) -> Iterator[ast.Assign | ast.ImportFrom]:
-    """Assignments and `from` imports outside functions, in source order (what `_walk` gives `read` as
+def _module_statements(tree: ast.Module) -> Iterator[ast.Assign | ast.ImportFrom | ast.Import]:
+    """Assignments and imports outside functions, in source order (what `_walk` gives `read` as
     module facts), found through statements alone."""
     stack: list[ast.AST] = list(reversed(tree.body))
     while stack:
         node = stack.pop()
         kind = type(node)
-        if kind is ast.Assign or kind is ast.ImportFrom:
+        if kind is ast.Assign or kind is ast.ImportFrom or kind is ast.Import:
             yield node  # type: ignore[misc]
         elif kind is not ast.FunctionDef and kind is not ast.AsyncFunctionDef and kind in BLOCK_FIELDS:
             inner: list[ast.AST] = []
@@ -428,7 +428,15 @@ class _Module:
             return members
         return None
 
-    def _import(self, node: ast.ImportFrom) -> None:
+    def _import(self, node: ast.ImportFrom | ast.Import) -> None:
+        """`from m import x [as y]`: y → (m, x), and `m/x` → (m/x, *) should x be a module; `import a.b [as m]`:
+        m → (a/b, *), a namespace, or `a.b` → (a/b, *). Keys with a dot or a slash are never a name looked up:
+        they tell which modules a file may call into (two helpers of one name in two modules)."""
+        if type(node) is ast.Import:
+            for alias in node.names:
+                module = alias.name.replace(".", "/")
+                self.facts.imports[alias.asname or alias.name] = (module, "*")
+            return
         if node.names[0].name == "*":
             return
         module = node.module or ""
@@ -436,8 +444,10 @@ class _Module:
             specifier = ("./" if node.level == 1 else "../" * (node.level - 1)) + module.replace(".", "/")
         else:
             specifier = module.replace(".", "/")
+        specifier = specifier.rstrip("/")
         for alias in node.names:
-            self.facts.imports[alias.asname or alias.name] = (specifier.rstrip("/"), alias.name)
+            self.facts.imports[alias.asname or alias.name] = (specifier, alias.name)
+            self.facts.imports[f"{specifier}/{alias.name}"] = (f"{specifier}/{alias.name}", "*")
 
     def _call(self, node: ast.Call, scope: Scope, may_call_tables: bool) -> None:
         func = node.func

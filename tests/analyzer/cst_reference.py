@@ -168,10 +168,20 @@ class _Visitor(cst.CSTVisitor):
             specifier = ("./" if dots == 1 else "../" * (dots - 1)) + module.replace(".", "/")
         else:
             specifier = module.replace(".", "/")
+        specifier = specifier.rstrip("/")
         for alias in node.names:
             name = cst.Module([]).code_for_node(alias.name)
             local = alias.asname.name.value if alias.asname and isinstance(alias.asname.name, cst.Name) else name
-            self.facts.imports[local] = (specifier.rstrip("/"), name)
+            self.facts.imports[local] = (specifier, name)
+            self.facts.imports[f"{specifier}/{name}"] = (f"{specifier}/{name}", "*")
+
+    def visit_Import(self, node: cst.Import) -> None:
+        if self.functions:
+            return
+        for alias in node.names:
+            name = cst.Module([]).code_for_node(alias.name)
+            local = alias.asname.name.value if alias.asname and isinstance(alias.asname.name, cst.Name) else name
+            self.facts.imports[local] = (name.replace(".", "/"), "*")
 
     def visit_Call(self, node: cst.Call) -> None:
         func = node.func

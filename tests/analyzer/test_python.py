@@ -296,6 +296,12 @@ TRICKY = {
         """,
     "helper_table_arguments": """
         from app.tables import LIKES
+        import app.db.likes, app.db.archive as archive
+        from . import likes as local_likes
+        from ..db import names
+
+        def imports_inside_functions_are_not_module_facts():
+            import app.db.other
 
         def save_likes(client, table, row):
             return client.table(table).insert(row).execute()

@@ -164,3 +164,31 @@ def test_a_git_dirty_caller_keeps_the_whole_group_untouched(tmp_path: Path) -> N
     assert statuses["app/db/likes.py"] == ("failed", "rewritten together with app/jobs/replay.py, which cannot be")
     assert statuses["app/jobs/collect.py"][0] == "failed"
     assert _snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    "replay_import",
+    ["import app.db.likes", "import app.db.likes as likes_module", "from app.db import likes"],
+)
+def test_same_named_helpers_get_the_callers_that_import_their_module(tmp_path: Path, replay_import: str) -> None:
+    """A second `save_likes` in another module, called only with an unplanned table, must not take the
+    callers of the first; a caller through `import x` / `from pkg import x` is the first one's."""
+    spelled = {
+        "import app.db.likes": "app.db.likes.save_likes",
+        "import app.db.likes as likes_module": "likes_module.save_likes",
+        "from app.db import likes": "likes.save_likes",
+    }[replay_import]
+    replay = REPLAY.replace("import app.db.likes", replay_import).replace("app.db.likes.save_likes", spelled)
+    archive = (
+        "from app.db.client import sb\nfrom app.db.archive import save_likes\n\nsave_likes(sb, 'reply_likes', {})\n"
+    )
+    root = _service(
+        tmp_path,
+        {"app/db/archive.py": HELPER, "app/jobs/replay.py": replay, "app/jobs/archive_likes.py": archive},
+    )
+    assert "dual_write" not in (root / "app/db/archive.py").read_text()  # only unplanned tables reach it
+    code, applied = _unwrap(root, "--apply")
+    assert code == 0 and applied["counts"].get("changed") == 3, applied
+    assert (root / "app/jobs/replay.py").read_text() == replay.replace("'outcomes'", "'engagement_metrics'")
+    assert (root / "app/jobs/collect.py").read_text() == COLLECT.replace('"outcomes"', '"engagement_metrics"')
+    assert (root / "app/db/likes.py").read_text() == HELPER
