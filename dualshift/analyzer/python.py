@@ -463,17 +463,20 @@ class _Module:
             return
         callee = path[-1]
         add = self.facts.call_arguments.append
+        starts = self.text.line_starts
         for index, value in enumerate(_positional(node)):
             literal = self.text.string(value)
             if literal is not None:
-                start, end = self.text.span(value)
-                plain = _plain_string(self.source[start:end], literal)
+                start = starts[value.lineno - 1] + value.col_offset
+                end = starts[value.end_lineno - 1] + value.end_col_offset
+                plain = type(value) is ast.Constant and _plain_string(self.source[start:end], literal)
                 add(CallArgument(callee, index, literal, start_byte=start, end_byte=end, literal=plain))
                 continue
             ref_path = self.text.path(value)
             if ref_path is None:
                 continue
-            start, end = self.text.span(value)
+            start = starts[value.lineno - 1] + value.col_offset
+            end = starts[value.end_lineno - 1] + value.end_col_offset
             resolved = lookup(self.facts.symbols, ref_path)[0]
             if resolved is None and ref_path[0] in self.facts.imports:
                 module, imported = self.facts.imports[ref_path[0]]
