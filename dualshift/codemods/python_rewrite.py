@@ -6,8 +6,10 @@ imports are added and removed with LibCST's import visitors, which know Python's
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Callable
 
 import libcst as cst
 from libcst.codemod import CodemodContext
@@ -41,6 +43,24 @@ def _with_import(source: str, module: str, add: bool) -> str:
     return code
 
 
+BOM = "\ufeff"
+
+
+def _after_bom(rewrite) -> Callable[..., Rewrite]:
+    """The analyzer's offsets count from after a byte-order mark (as LibCST's): rewrite the text after it
+    and put the mark back."""
+
+    @functools.wraps(rewrite)
+    def rewrite_body(source: str, *args, **kwargs) -> Rewrite:
+        if not source.startswith(BOM):
+            return rewrite(source, *args, **kwargs)
+        result = rewrite(source[len(BOM) :], *args, **kwargs)
+        return Rewrite(BOM + result.new_source, result.rewritten_sites, result.skipped_sites)
+
+    return rewrite_body
+
+
+@_after_bom
 def wrap_python_source(
     source: str, rel_path: str, plan: Plan, *, wrapper_module: str, reads: bool = False, calls: list[CallSite]
 ) -> Rewrite:
@@ -204,6 +224,7 @@ def helper_site_edits(call: CallSite, plan: Plan, raw: bytes) -> tuple[Edit, ...
     return same_edits_for_every_table(call, plan, raw, column_edits)
 
 
+@_after_bom
 def unwrap_python_source(
     source: str,
     rel_path: str,

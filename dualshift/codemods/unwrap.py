@@ -235,6 +235,12 @@ def _parameter_groups(calls: list[CallSite]) -> dict[frozenset, list[CallSite]]:
     return groups
 
 
+def _analyzed_bytes(root: Path, rel: str) -> bytes:
+    """A file's bytes as the analyzer counted them: a Python file's offsets start after a byte-order mark."""
+    raw = (root / rel).read_bytes()
+    return raw[3:] if rel.endswith(".py") and raw.startswith(b"\xef\xbb\xbf") else raw
+
+
 def _group_edits(
     sites: list[CallSite], plan: Plan, root: Path, in_scope: Callable[[str], bool], shared: bool
 ) -> tuple[dict[str, list[Edit]], str | None]:
@@ -252,10 +258,10 @@ def _group_edits(
     new_table = plan.table_mapping[sites[0].resolved_tables[0]]
     try:
         for site in sites:
-            raw = (root / site.file).read_bytes()
+            raw = _analyzed_bytes(root, site.file)
             edits.setdefault(site.file, []).extend(_site_edits(site, plan, raw, PurePosixPath(site.file).suffix))
         for argument in sites[0].caller_arguments:
-            written = (root / argument.file).read_bytes()[argument.start_byte : argument.end_byte].decode("utf-8")
+            written = _analyzed_bytes(root, argument.file)[argument.start_byte : argument.end_byte].decode("utf-8")
             if written[:1] not in ("'", '"', "`") or written[1:-1] != argument.table:
                 return {}, f"{argument.file} changed since the scan: scan again"
             quoted = _quoted(new_table, written[0])

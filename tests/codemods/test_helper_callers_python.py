@@ -192,3 +192,14 @@ def test_same_named_helpers_get_the_callers_that_import_their_module(tmp_path: P
     assert (root / "app/jobs/replay.py").read_text() == replay.replace("'outcomes'", "'engagement_metrics'")
     assert (root / "app/jobs/collect.py").read_text() == COLLECT.replace('"outcomes"', '"engagement_metrics"')
     assert (root / "app/db/likes.py").read_text() == HELPER
+
+
+def test_modules_that_start_with_a_byte_order_mark_are_rewritten_at_the_right_bytes(tmp_path: Path) -> None:
+    """The analyzer counts offsets from after the mark: wrap and unwrap edit there and keep the mark."""
+    bom = "\ufeff"
+    root = _service(tmp_path, {"app/db/likes.py": bom + HELPER, "app/jobs/collect.py": bom + COLLECT})
+    assert (root / "app/db/likes.py").read_text().startswith(bom + "from app.db.dual_write import dual_write")
+    code, applied = _unwrap(root, "--apply")
+    assert code == 0 and applied["counts"] == {"changed": 3}, applied
+    assert (root / "app/db/likes.py").read_text() == bom + HELPER
+    assert (root / "app/jobs/collect.py").read_text() == bom + COLLECT.replace('"outcomes"', '"engagement_metrics"')
