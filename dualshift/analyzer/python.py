@@ -462,6 +462,8 @@ class _Module:
         if path is None or path[-1] in UNRECORDED_CALLEES:
             return
         callee = path[-1]
+        if len(path) == 1 and callee in self.facts.imports and self.facts.imports[callee][1] != "*":
+            callee = self.facts.imports[callee][1]  # `from m import save_likes as keep`: keep(…) calls save_likes
         add = self.facts.call_arguments.append
         starts = self.text.line_starts
         for index, value in enumerate(_positional(node)):

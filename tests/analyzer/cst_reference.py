@@ -202,6 +202,8 @@ class _Visitor(cst.CSTVisitor):
         if path is None or path[-1] in ANCHORS | {"rpc", "select", "eq", "execute", "print"}:
             return
         callee = path[-1]
+        if len(path) == 1 and callee in self.facts.imports and self.facts.imports[callee][1] != "*":
+            callee = self.facts.imports[callee][1]
         for index, arg in enumerate(a for a in node.args if a.keyword is None):
             value = _string(arg.value)
             start, end = self._span(arg.value)

@@ -296,7 +296,10 @@ TRICKY = {
         """,
     "helper_table_arguments": """
         from app.tables import LIKES
+        from app.db.likes import save_likes as keep
         import app.db.likes, app.db.archive as archive
+
+        keep(sb, "outcomes", r)
         from . import likes as local_likes
         from ..db import names
 
@@ -498,8 +501,10 @@ def test_helper_arguments_carry_their_bytes_and_only_plain_literals_are_literal(
     """unwrap rewrites a caller's argument at these bytes, and only when it is one plain string token."""
     source = textwrap.dedent(TRICKY["helper_table_arguments"]).encode()
     arguments = [a for a in python.analyze_module("pkg/mod.py", source).call_arguments if a.index == 1]
+    assert {a.callee for a in arguments} == {"save_likes"}  # `keep` is save_likes imported under another name
     written = [(source[a.start_byte : a.end_byte].decode(), a.literal) for a in arguments]
     assert written == [
+        ('"outcomes"', True),
         ('"outcomes"', True),
         ("'outcomes'", True),
         ("\"out\" 'comes'", False),

@@ -203,3 +203,13 @@ def test_modules_that_start_with_a_byte_order_mark_are_rewritten_at_the_right_by
     assert code == 0 and applied["counts"] == {"changed": 3}, applied
     assert (root / "app/db/likes.py").read_text() == bom + HELPER
     assert (root / "app/jobs/collect.py").read_text() == bom + COLLECT.replace('"outcomes"', '"engagement_metrics"')
+
+
+def test_a_caller_through_an_alias_is_one_of_the_helpers_callers(tmp_path: Path) -> None:
+    """`from m import save_likes as keep`: its argument moves with the others, or the helper would be
+    unwrapped under a caller still passing the old table."""
+    aliased = "from app.db.client import sb\nfrom app.db.likes import save_likes as keep\n\nkeep(sb, 'outcomes', {})\n"
+    root = _service(tmp_path, {"app/jobs/aliased.py": aliased})
+    code, applied = _unwrap(root, "--apply")
+    assert code == 0 and applied["counts"] == {"changed": 4}, applied
+    assert (root / "app/jobs/aliased.py").read_text() == aliased.replace("'outcomes'", "'engagement_metrics'")
