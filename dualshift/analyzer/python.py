@@ -266,6 +266,14 @@ def _fstring_token(segment: bytes) -> str | None:
     return None
 
 
+def _plain_string(segment: bytes, value: str) -> bool:
+    """Whether a string's source is one token in single quotes with no prefix and no escape (`"outcomes"`):
+    what unwrap may retarget by replacing its text. Concatenations, f-strings, raw, byte or triple-quoted
+    strings and escapes are written by hand."""
+    quote = segment[:1]
+    return quote in (b'"', b"'") and segment[-1:] == quote and segment[1:-1] == value.encode("utf-8")
+
+
 def _arguments(call: ast.Call) -> list[tuple[str | None, ast.expr]]:
     """(keyword, value) of every argument in source order; `*x` and `**x` give (None, x)."""
     items: list[tuple[tuple[int, int], str | None, ast.expr]] = []
@@ -299,7 +307,7 @@ CHILD_FIELDS: dict[type, tuple[str, ...]] = {
 
 
 def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tuple[ast.AST, Scope]]:
-    """Calls, assignments and `from` imports with their scopes, in source order (LibCST's visiting order).
+    """Calls, assignments and imports with their scopes, in source order (LibCST's visiting order).
 
     `ast.iter_child_nodes` inlined and pruned (this loop is most of the reading's time): statements
     carry the scope, the nodes inside a statement share it.
@@ -321,7 +329,7 @@ def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tupl
         while nodes:
             node = pop()
             kind = type(node)
-            if kind is ast.Call or kind is ast.Assign or kind is ast.ImportFrom:
+            if kind is ast.Call or kind is ast.Assign or kind is ast.ImportFrom or kind is ast.Import:
                 found.append((node, scope))
             for field in child_fields.get(kind, ()):
                 value = getattr(node, field)
@@ -344,14 +352,14 @@ def _walk(tree: ast.Module, parents: dict[ast.AST, ast.AST] | None) -> list[tupl
     return found
 
 
-def _module_statements(tree: ast.Module) -> Iterator[ast.Assign | ast.ImportFrom]:
-    """Assignments and `from` imports outside functions, in source order (what `_walk` gives `read` as
+def _module_statements(tree: ast.Module) -> Iterator[ast.Assign | ast.ImportFrom | ast.Import]:
+    """Assignments and imports outside functions, in source order (what `_walk` gives `read` as
     module facts), found through statements alone."""
     stack: list[ast.AST] = list(reversed(tree.body))
     while stack:
         node = stack.pop()
         kind = type(node)
-        if kind is ast.Assign or kind is ast.ImportFrom:
+        if kind is ast.Assign or kind is ast.ImportFrom or kind is ast.Import:
             yield node  # type: ignore[misc]
         elif kind is not ast.FunctionDef and kind is not ast.AsyncFunctionDef and kind in BLOCK_FIELDS:
             inner: list[ast.AST] = []
@@ -420,7 +428,15 @@ class _Module:
             return members
         return None
 
-    def _import(self, node: ast.ImportFrom) -> None:
+    def _import(self, node: ast.ImportFrom | ast.Import) -> None:
+        """`from m import x [as y]`: y → (m, x), and `m/x` → (m/x, *) should x be a module; `import a.b [as m]`:
+        m → (a/b, *), a namespace, or `a.b` → (a/b, *). Keys with a dot or a slash are never a name looked up:
+        they tell which modules a file may call into (two helpers of one name in two modules)."""
+        if type(node) is ast.Import:
+            for alias in node.names:
+                module = alias.name.replace(".", "/")
+                self.facts.imports[alias.asname or alias.name] = (module, "*")
+            return
         if node.names[0].name == "*":
             return
         module = node.module or ""
@@ -428,8 +444,10 @@ class _Module:
             specifier = ("./" if node.level == 1 else "../" * (node.level - 1)) + module.replace(".", "/")
         else:
             specifier = module.replace(".", "/")
+        specifier = specifier.rstrip("/")
         for alias in node.names:
-            self.facts.imports[alias.asname or alias.name] = (specifier.rstrip("/"), alias.name)
+            self.facts.imports[alias.asname or alias.name] = (specifier, alias.name)
+            self.facts.imports[f"{specifier}/{alias.name}"] = (f"{specifier}/{alias.name}", "*")
 
     def _call(self, node: ast.Call, scope: Scope, may_call_tables: bool) -> None:
         func = node.func
@@ -444,21 +462,30 @@ class _Module:
         if path is None or path[-1] in UNRECORDED_CALLEES:
             return
         callee = path[-1]
+        if len(path) == 1 and callee in self.facts.imports and self.facts.imports[callee][1] != "*":
+            callee = self.facts.imports[callee][1]  # `from m import save_likes as keep`: keep(…) calls save_likes
+        add = self.facts.call_arguments.append
+        starts = self.text.line_starts
         for index, value in enumerate(_positional(node)):
             literal = self.text.string(value)
             if literal is not None:
-                self.facts.call_arguments.append(CallArgument(callee, index, literal, literal=True))
+                start = starts[value.lineno - 1] + value.col_offset
+                end = starts[value.end_lineno - 1] + value.end_col_offset
+                plain = type(value) is ast.Constant and _plain_string(self.source[start:end], literal)
+                add(CallArgument(callee, index, literal, start_byte=start, end_byte=end, literal=plain))
                 continue
             ref_path = self.text.path(value)
             if ref_path is None:
                 continue
+            start = starts[value.lineno - 1] + value.col_offset
+            end = starts[value.end_lineno - 1] + value.end_col_offset
             resolved = lookup(self.facts.symbols, ref_path)[0]
             if resolved is None and ref_path[0] in self.facts.imports:
                 module, imported = self.facts.imports[ref_path[0]]
                 reference = Reference("import", ref_path[0], ref_path[1:], module, imported)
-                self.facts.call_arguments.append(CallArgument(callee, index, None, reference))
+                add(CallArgument(callee, index, None, reference, start_byte=start, end_byte=end))
             else:
-                self.facts.call_arguments.append(CallArgument(callee, index, resolved))
+                add(CallArgument(callee, index, resolved, start_byte=start, end_byte=end))
 
     # -- records ----------------------------------------------------------------------------
 

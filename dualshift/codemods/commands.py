@@ -64,7 +64,9 @@ def _transform(
                 return python_rewrite.wrap_python_source(
                     source, rel, plan, wrapper_module=module, reads=reads, calls=calls
                 )
-            return python_rewrite.unwrap_python_source(source, rel, plan, calls=calls, wrapper_module=module)
+            return python_rewrite.unwrap_python_source(
+                source, rel, plan, calls=calls, wrapper_module=module, retargets=retargets
+            )
         wrapper = target.wrapper_for(rel)
         if kind == "wrap":  # refuses a cross-package import
             return wrap_typescript(source, rel, calls, plan, wrapper, reads, target.specifier_for(rel))

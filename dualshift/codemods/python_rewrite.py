@@ -6,8 +6,10 @@ imports are added and removed with LibCST's import visitors, which know Python's
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Callable
 
 import libcst as cst
 from libcst.codemod import CodemodContext
@@ -18,6 +20,7 @@ from dualshift.analyzer.postgrest import PYTHON_COLUMN_FILTERS, map_column_list,
 from dualshift.analyzer.records import CallSite
 from dualshift.codemods.edits import Edit, apply_edits
 from dualshift.codemods.result import Rewrite, SkippedSite
+from dualshift.codemods.unwrap import CallerRetargets, CannotMap, same_edits_for_every_table
 from dualshift.codemods.wrap import PYTHON_WRAPPER_NAME, callers_reason, is_wrapped, receiver_edits
 from dualshift.plan import NewTable, Plan, Source
 
@@ -34,9 +37,30 @@ def _with_import(source: str, module: str, add: bool) -> str:
         AddImportsVisitor.add_needed_import(context, module, PYTHON_WRAPPER_NAME)
         return AddImportsVisitor(context).transform_module(tree).code
     RemoveImportsVisitor.remove_unused_import(context, module, PYTHON_WRAPPER_NAME)
-    return RemoveImportsVisitor(context).transform_module(tree).code
+    code = RemoveImportsVisitor(context).transform_module(tree).code
+    if code.startswith(("\n", "\r")) and not source.startswith(("\n", "\r")):
+        code = code.lstrip("\r\n")  # the import was the first line: the blank line wrap put after it goes too
+    return code
 
 
+BOM = "\ufeff"
+
+
+def _after_bom(rewrite) -> Callable[..., Rewrite]:
+    """The analyzer's offsets count from after a byte-order mark (as LibCST's): rewrite the text after it
+    and put the mark back."""
+
+    @functools.wraps(rewrite)
+    def rewrite_body(source: str, *args, **kwargs) -> Rewrite:
+        if not source.startswith(BOM):
+            return rewrite(source, *args, **kwargs)
+        result = rewrite(source[len(BOM) :], *args, **kwargs)
+        return Rewrite(BOM + result.new_source, result.rewritten_sites, result.skipped_sites)
+
+    return rewrite_body
+
+
+@_after_bom
 def wrap_python_source(
     source: str, rel_path: str, plan: Plan, *, wrapper_module: str, reads: bool = False, calls: list[CallSite]
 ) -> Rewrite:
@@ -49,10 +73,6 @@ def wrap_python_source(
 
 # ---------------------------------------------------------------------------------------------
 # unwrap
-
-
-class CannotMap(ValueError):
-    pass
 
 
 def _string_value(node: cst.BaseExpression) -> str | None:
@@ -68,8 +88,9 @@ def _quoted(text: str, like: cst.SimpleString | None) -> str:
 
 
 class _Mapper:
-    def __init__(self, table: NewTable, source: Source, spans) -> None:
+    def __init__(self, table: NewTable, source: Source, spans, rows_elsewhere: bool = False) -> None:
         self.table, self.source, self.spans = table, source, spans
+        self.rows_elsewhere = rows_elsewhere  # a helper's rows come from its callers
         self.mapping = table.column_mapping(source.table)
         self.edits: list[Edit] = []
 
@@ -96,6 +117,10 @@ class _Mapper:
                 self.rows(element.value, constants)
             return
         if not isinstance(node, cst.Dict):
+            if constants and self.source.constants:
+                raise CannotMap("rows built elsewhere: add the constant columns by hand")
+            if self.rows_elsewhere and not self.source.rename:
+                return  # the new table names every column of this source as it does: nothing to rename
             raise CannotMap("rows built elsewhere cannot have their columns renamed here")
         present = set()
         for element in node.elements:
@@ -147,54 +172,98 @@ def _chain_calls(call: cst.Call, parents) -> list[tuple[str, cst.Call]]:
             return steps
 
 
+def _column_edits(arg: cst.Arg, parents, mapper: _Mapper) -> list[Edit]:
+    for method, node in _chain_calls(parents[arg], parents):
+        positional = [a.value for a in node.args if a.keyword is None]
+        keywords = {a.keyword.value: a.value for a in node.args if a.keyword is not None}
+        first = positional[0] if positional else None
+        if method in ("insert", "upsert") and first is not None:
+            mapper.rows(first, constants=True)
+            if "on_conflict" in keywords:
+                mapper.string(keywords["on_conflict"], mapper.conflict)
+        elif (method == "update" and first is not None) or (method == "match" and first is not None):
+            mapper.rows(first, constants=False)
+        elif method == "select":
+            for value in positional:
+                mapper.string(value, mapper.select)
+        elif method == "or_" and first is not None:
+            mapper.string(first, mapper.expression)
+        elif method in FILTERS and first is not None:
+            mapper.string(first, mapper.column)
+    return mapper.edits
+
+
+class _Tree:
+    """A file read once with the spans and parents the rewrites need, and its table arguments by span."""
+
+    def __init__(self, source: str) -> None:
+        wrapper = MetadataWrapper(cst.parse_module(source), unsafe_skip_copy=True)
+        self.spans = wrapper.resolve(ByteSpanPositionProvider)
+        self.parents = wrapper.resolve(ParentNodeProvider)
+        self.anchors = {
+            (span.start, span.start + span.length): node
+            for node, span in self.spans.items()
+            if isinstance(node, cst.Arg) and isinstance(self.parents.get(node), cst.Call)
+        }
+
+    def table_arg(self, call: CallSite) -> cst.Arg | None:
+        return self.anchors.get((call.table_arg_start, call.table_arg_end))
+
+
+def helper_site_edits(call: CallSite, plan: Plan, raw: bytes) -> tuple[Edit, ...]:
+    """A helper's site whose table its callers pass: its column edits, the same for every table the callers
+    pass, and its receiver when wrapped (the callers' arguments are retargeted by `unwrap`)."""
+    tree = _Tree(raw.decode("utf-8"))
+    arg = tree.table_arg(call)
+    if arg is None:
+        raise CannotMap("the chain could not be found again")
+
+    def column_edits(table: NewTable, source: Source) -> list[Edit]:
+        return _column_edits(arg, tree.parents, _Mapper(table, source, tree.spans, rows_elsewhere=True))
+
+    return same_edits_for_every_table(call, plan, raw, column_edits)
+
+
+@_after_bom
 def unwrap_python_source(
-    source: str, rel_path: str, plan: Plan, *, calls: list[CallSite], wrapper_module: str
+    source: str,
+    rel_path: str,
+    plan: Plan,
+    *,
+    calls: list[CallSite],
+    wrapper_module: str,
+    retargets: CallerRetargets | None = None,
 ) -> Rewrite:
-    wrapper = MetadataWrapper(cst.parse_module(source), unsafe_skip_copy=True)
-    spans = wrapper.resolve(ByteSpanPositionProvider)
-    parents = wrapper.resolve(ParentNodeProvider)
-    anchors = {
-        (span.start, span.start + span.length): node
-        for node, span in spans.items()
-        if isinstance(node, cst.Arg) and isinstance(parents.get(node), cst.Call)
-    }
+    """`retargets`: the whole tree's decisions on helpers whose callers pass the table (the same
+    `plan_caller_retargets` as TypeScript's); without them every such helper is left as it is."""
+    retargets = retargets or CallerRetargets()
+    tree = _Tree(source) if any(is_wrapped(c) and c.table_kind != "callers" for c in calls) else None
     raw = source.encode("utf-8")
     edits: list[Edit] = []
     skipped: list[SkippedSite] = []
     done = 0
+    seen: set[int] = set()
     for call in calls:
-        if not is_wrapped(call):
+        if not is_wrapped(call) or call.receiver_start in seen:
             continue
+        seen.add(call.receiver_start)
         if call.table_kind == "callers":
-            if not any(s.line == call.line and s.reason == callers_reason(call, plan) for s in skipped):
-                skipped.append(SkippedSite(call.line, call.table, callers_reason(call, plan)))
+            if (rel_path, call.receiver_start) in retargets.accepted:
+                done += 1
+                continue
+            reason = retargets.reasons.get((rel_path, call.receiver_start)) or callers_reason(call, plan)
+            skipped.append(SkippedSite(call.line, ", ".join(call.resolved_tables), reason))
             continue
         table = plan.new_table_for(call.table or "")
-        arg = anchors.get((call.table_arg_start, call.table_arg_end))
+        arg = tree.table_arg(call) if tree is not None else None
         if table is None or arg is None:
             skipped.append(
                 SkippedSite(call.line, call.table, "not an old table of the plan: remove dual_write( ) by hand")
             )
             continue
-        mapper = _Mapper(table, table.source(call.table), spans)
+        mapper = _Mapper(table, table.source(call.table), tree.spans)
         try:
-            for method, node in _chain_calls(parents[arg], parents):
-                positional = [a.value for a in node.args if a.keyword is None]
-                keywords = {a.keyword.value: a.value for a in node.args if a.keyword is not None}
-                first = positional[0] if positional else None
-                if method in ("insert", "upsert") and first is not None:
-                    mapper.rows(first, constants=True)
-                    if "on_conflict" in keywords:
-                        mapper.string(keywords["on_conflict"], mapper.conflict)
-                elif (method == "update" and first is not None) or (method == "match" and first is not None):
-                    mapper.rows(first, constants=False)
-                elif method == "select":
-                    for value in positional:
-                        mapper.string(value, mapper.select)
-                elif method == "or_" and first is not None:
-                    mapper.string(first, mapper.expression)
-                elif method in FILTERS and first is not None:
-                    mapper.string(first, mapper.column)
+            _column_edits(arg, tree.parents, mapper)
         except CannotMap as exc:
             skipped.append(SkippedSite(call.line, call.table, str(exc)))
             continue
@@ -211,9 +280,11 @@ def unwrap_python_source(
             )
         )
         done += 1
+    edits.extend(retargets.edits.get(rel_path, []))
+    done += retargets.arguments[rel_path]
     if not edits:
         return Rewrite(source, 0, tuple(skipped))
     rewritten = apply_edits(raw, edits).decode("utf-8")
-    if not re.search(rf"\b{PYTHON_WRAPPER_NAME}\s*\(", rewritten):
+    if PYTHON_WRAPPER_NAME in source and not re.search(rf"\b{PYTHON_WRAPPER_NAME}\s*\(", rewritten):
         rewritten = _with_import(rewritten, wrapper_module_name(wrapper_module), False)
     return Rewrite(rewritten, done, tuple(skipped))

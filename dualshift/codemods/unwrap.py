@@ -186,20 +186,14 @@ def _refusal(call: CallSite, plan: Plan, in_scope: Callable[[str], bool]) -> str
     return None
 
 
-def _site_edits(call: CallSite, plan: Plan, raw: bytes, suffix: str) -> tuple[Edit, ...]:
-    """A site's column edits, the same for every table its callers pass, and its receiver when wrapped."""
-    tree = typescript.parse(raw, suffix)
-    symbols = typescript.module_symbols(tree, raw, suffix)
-    chain = typescript.chain_at(tree, call.table_arg_start, call.table_arg_end, symbols)
-    if chain is None:
-        raise CannotMap("the chain could not be found again")
-    quote = detect_style(raw.decode("utf-8")).quote
+def same_edits_for_every_table(
+    call: CallSite, plan: Plan, raw: bytes, column_edits: Callable[[NewTable, Source], list[Edit]]
+) -> tuple[Edit, ...]:
+    """A helper site's column edits (`column_edits` makes them in the site's language), which must be the
+    same for every table its callers pass, and its receiver when wrapped."""
     new_table = plan.new_table_for(call.resolved_tables[0])
     assert new_table is not None  # _refusal has checked every table
-    found = {
-        tuple(_column_edits(chain, _SiteMapper(new_table, new_table.source(old), quote, rows_elsewhere=True)))
-        for old in call.resolved_tables
-    }
+    found = {tuple(column_edits(new_table, new_table.source(old))) for old in call.resolved_tables}
     if len(found) > 1:
         raise CannotMap(
             f"{', '.join(call.resolved_tables)} name their columns differently in {new_table.name}: the helper"
@@ -207,6 +201,24 @@ def _site_edits(call: CallSite, plan: Plan, raw: bytes, suffix: str) -> tuple[Ed
         )
     edits = found.pop()
     return (*edits, _receiver_edit(call, raw)) if is_wrapped(call) else edits
+
+
+def _site_edits(call: CallSite, plan: Plan, raw: bytes, suffix: str) -> tuple[Edit, ...]:
+    if call.language == "python":
+        from dualshift.codemods import python_rewrite  # LibCST: only Python trees need it
+
+        return python_rewrite.helper_site_edits(call, plan, raw)
+    tree = typescript.parse(raw, suffix)
+    symbols = typescript.module_symbols(tree, raw, suffix)
+    chain = typescript.chain_at(tree, call.table_arg_start, call.table_arg_end, symbols)
+    if chain is None:
+        raise CannotMap("the chain could not be found again")
+    quote = detect_style(raw.decode("utf-8")).quote
+
+    def column_edits(table: NewTable, source: Source) -> list[Edit]:
+        return _column_edits(chain, _SiteMapper(table, source, quote, rows_elsewhere=True))
+
+    return same_edits_for_every_table(call, plan, raw, column_edits)
 
 
 def _parameter_groups(calls: list[CallSite]) -> dict[frozenset, list[CallSite]]:
@@ -223,14 +235,18 @@ def _parameter_groups(calls: list[CallSite]) -> dict[frozenset, list[CallSite]]:
     return groups
 
 
+def _analyzed_bytes(root: Path, rel: str) -> bytes:
+    """A file's bytes as the analyzer counted them: a Python file's offsets start after a byte-order mark."""
+    raw = (root / rel).read_bytes()
+    return raw[3:] if rel.endswith(".py") and raw.startswith(b"\xef\xbb\xbf") else raw
+
+
 def _group_edits(
     sites: list[CallSite], plan: Plan, root: Path, in_scope: Callable[[str], bool], shared: bool
 ) -> tuple[dict[str, list[Edit]], str | None]:
     """The edits of one group (its sites and its callers' arguments) by file, or why it stays as it is."""
     if shared:
         return {}, "a caller's argument also reaches another helper: change the callers by hand"
-    if any(site.language == "python" for site in sites):
-        return {}, callers_reason(sites[0], plan)
     reason = _refusal(sites[0], plan, in_scope)
     if reason is None:
         outside = sorted({site.file for site in sites if not in_scope(site.file)})
@@ -242,10 +258,10 @@ def _group_edits(
     new_table = plan.table_mapping[sites[0].resolved_tables[0]]
     try:
         for site in sites:
-            raw = (root / site.file).read_bytes()
+            raw = _analyzed_bytes(root, site.file)
             edits.setdefault(site.file, []).extend(_site_edits(site, plan, raw, PurePosixPath(site.file).suffix))
         for argument in sites[0].caller_arguments:
-            written = (root / argument.file).read_bytes()[argument.start_byte : argument.end_byte].decode("utf-8")
+            written = _analyzed_bytes(root, argument.file)[argument.start_byte : argument.end_byte].decode("utf-8")
             if written[:1] not in ("'", '"', "`") or written[1:-1] != argument.table:
                 return {}, f"{argument.file} changed since the scan: scan again"
             quoted = _quoted(new_table, written[0])
@@ -264,8 +280,8 @@ def plan_caller_retargets(
     in_scope: Callable[[str], bool],
     decided: CallerRetargets | None = None,
 ) -> CallerRetargets:
-    """Decide, for the whole tree, every group of wrapped sites whose table the callers pass (TypeScript);
-    into `decided` when given (the one the transform reads)."""
+    """Decide, for the whole tree, every group of wrapped sites whose table the callers pass (TypeScript and
+    Python alike: only the edits differ); into `decided` when given (the one the transforms read)."""
     decided = decided if decided is not None else CallerRetargets()
     every_group = _parameter_groups(calls)
     owners = Counter(argument for key in every_group for argument in key)  # wrapped groups or not

@@ -168,10 +168,20 @@ class _Visitor(cst.CSTVisitor):
             specifier = ("./" if dots == 1 else "../" * (dots - 1)) + module.replace(".", "/")
         else:
             specifier = module.replace(".", "/")
+        specifier = specifier.rstrip("/")
         for alias in node.names:
             name = cst.Module([]).code_for_node(alias.name)
             local = alias.asname.name.value if alias.asname and isinstance(alias.asname.name, cst.Name) else name
-            self.facts.imports[local] = (specifier.rstrip("/"), name)
+            self.facts.imports[local] = (specifier, name)
+            self.facts.imports[f"{specifier}/{name}"] = (f"{specifier}/{name}", "*")
+
+    def visit_Import(self, node: cst.Import) -> None:
+        if self.functions:
+            return
+        for alias in node.names:
+            name = cst.Module([]).code_for_node(alias.name)
+            local = alias.asname.name.value if alias.asname and isinstance(alias.asname.name, cst.Name) else name
+            self.facts.imports[local] = (name.replace(".", "/"), "*")
 
     def visit_Call(self, node: cst.Call) -> None:
         func = node.func
@@ -192,10 +202,21 @@ class _Visitor(cst.CSTVisitor):
         if path is None or path[-1] in ANCHORS | {"rpc", "select", "eq", "execute", "print"}:
             return
         callee = path[-1]
+        if len(path) == 1 and callee in self.facts.imports and self.facts.imports[callee][1] != "*":
+            callee = self.facts.imports[callee][1]
         for index, arg in enumerate(a for a in node.args if a.keyword is None):
             value = _string(arg.value)
+            start, end = self._span(arg.value)
             if value is not None:
-                self.facts.call_arguments.append(CallArgument(callee, index, value, literal=True))
+                plain = (
+                    isinstance(arg.value, cst.SimpleString)
+                    and arg.value.prefix == ""
+                    and arg.value.quote in ('"', "'")
+                    and arg.value.value[1:-1] == value
+                )
+                self.facts.call_arguments.append(
+                    CallArgument(callee, index, value, start_byte=start, end_byte=end, literal=plain)
+                )
                 continue
             ref_path = _path(arg.value)
             if ref_path is None:
@@ -204,9 +225,11 @@ class _Visitor(cst.CSTVisitor):
             if resolved is None and ref_path[0] in self.facts.imports:
                 module, imported = self.facts.imports[ref_path[0]]
                 reference = Reference("import", ref_path[0], ref_path[1:], module, imported)
-                self.facts.call_arguments.append(CallArgument(callee, index, None, reference))
+                self.facts.call_arguments.append(
+                    CallArgument(callee, index, None, reference, start_byte=start, end_byte=end)
+                )
             else:
-                self.facts.call_arguments.append(CallArgument(callee, index, resolved))
+                self.facts.call_arguments.append(CallArgument(callee, index, resolved, start_byte=start, end_byte=end))
 
     # -- records ----------------------------------------------------------------------------
 

@@ -294,6 +294,30 @@ TRICKY = {
             call(X, Y["k"]["m"], Z, y, sibling.attr, None, True, ..., 3, -1)
         call(d, e, d.f, sibling)
         """,
+    "helper_table_arguments": """
+        from app.tables import LIKES
+        from app.db.likes import save_likes as keep
+        import app.db.likes, app.db.archive as archive
+
+        keep(sb, "outcomes", r)
+        from . import likes as local_likes
+        from ..db import names
+
+        def imports_inside_functions_are_not_module_facts():
+            import app.db.other
+
+        def save_likes(client, table, row):
+            return client.table(table).insert(row).execute()
+
+        save_likes(sb, "outcomes", r)
+        save_likes(sb, ( 'outcomes' ), r)
+        save_likes(sb, "out" 'comes', r)
+        save_likes(sb, f"outcomes", r)
+        save_likes(sb, r"outcomes", r)
+        save_likes(sb, '''outcomes''', r)
+        save_likes(sb, "out\\x63omes", r)
+        save_likes(sb, "é—outcomes", r); save_likes(sb, LIKES, r)
+        """,
 }
 
 
@@ -471,3 +495,23 @@ def test_a_caller_without_table_calls_still_resolves_the_helper(tmp_path: Path) 
     )
     (call,) = scan_tree(tmp_path, use_cache=False, jobs=1).calls
     assert (call.table, call.table_kind) == ("outcomes", "callers")
+
+
+def test_helper_arguments_carry_their_bytes_and_only_plain_literals_are_literal() -> None:
+    """unwrap rewrites a caller's argument at these bytes, and only when it is one plain string token."""
+    source = textwrap.dedent(TRICKY["helper_table_arguments"]).encode()
+    arguments = [a for a in python.analyze_module("pkg/mod.py", source).call_arguments if a.index == 1]
+    assert {a.callee for a in arguments} == {"save_likes"}  # `keep` is save_likes imported under another name
+    written = [(source[a.start_byte : a.end_byte].decode(), a.literal) for a in arguments]
+    assert written == [
+        ('"outcomes"', True),
+        ('"outcomes"', True),
+        ("'outcomes'", True),
+        ("\"out\" 'comes'", False),
+        ('f"outcomes"', False),
+        ('r"outcomes"', False),
+        ("'''outcomes'''", False),
+        ('"out\\x63omes"', False),
+        ('"é—outcomes"', True),
+        ("LIKES", False),
+    ]
