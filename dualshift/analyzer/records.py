@@ -42,7 +42,7 @@ class CallerArgument:
     """Where a caller passes a helper its table (table_kind "callers"): what unwrap rewrites."""
 
     file: str
-    start_byte: int  # the argument's bytes in that file; -1 where unknown (a Python caller)
+    start_byte: int  # the argument's bytes in that file; -1 where unknown
     end_byte: int
     table: str | None
     literal: bool  # a string literal in the source; False for a constant or an imported name

@@ -409,7 +409,8 @@ def _add_helper_callers(root: Path, modules: dict[str, typescript.ModuleFacts]) 
             data = (root / rel).read_bytes()
         except OSError:
             continue
-        if not any(needle in data for needle in (names if python else needles)):
+        aliased = any(imported in helpers for _, imported in facts.imports.values())  # `{ saveLikes as keep }`
+        if not aliased and not any(needle in data for needle in (names if python else needles)):
             continue
         if python:
             from dualshift.analyzer import python as python_analyzer

@@ -995,6 +995,9 @@ def _collect_call_arguments(facts: ModuleFacts, matches: list[dict[str, list[ts.
         callee = _text(captures["callee"][0])
         if callee in _NOT_HELPERS or callee[:1].isupper():  # String(x), Number(x): classes, not helpers
             continue
+        imported = facts.imports.get(callee)
+        if imported is not None and imported[1] not in ("*", "default"):
+            callee = imported[1]  # `import { saveLikes as keep }`: keep(…) calls saveLikes
         arguments = [a for a in captures["args"][0].named_children if a.type != "comment"]
         for index, arg in enumerate(arguments):
             span = {"start_byte": arg.start_byte, "end_byte": arg.end_byte}

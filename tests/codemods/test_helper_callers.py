@@ -187,3 +187,19 @@ def test_an_argument_that_may_reach_two_helpers_of_one_name_moves_neither(tmp_pa
     assert code == 0 and report["counts"].get("changed", 0) == 0
     assert "a caller's argument also reaches another helper" in " ".join(_skipped(report))
     assert _snapshot(root) == before
+
+
+@pytest.mark.skipif(not TSC.exists(), reason="npm packages not installed (bash .ci/setup)")
+def test_a_caller_through_an_alias_is_one_of_the_helpers_callers(tmp_path: Path) -> None:
+    """`import { saveLikes as keep }`: its argument moves with the others, or the helper would be unwrapped
+    under a caller still passing the old table."""
+    aliased = (
+        "import { saveLikes as keep } from '../db/likes';\n\n"
+        "export const again = (tweetId: string) => keep('outcomes', { tweet_id: tweetId, likes: 2 });\n"
+    )
+    root = _service(tmp_path, {"src/jobs/again.ts": aliased})
+    code, applied = _unwrap(root, "--apply")
+    assert code == 0 and applied["counts"] == {"changed": 4}, applied
+    assert (root / "src/jobs/again.ts").read_text() == aliased.replace("'outcomes'", "'engagement_metrics'")
+    assert (root / "src/db/likes.ts").read_text() == HELPER
+    assert _tsc_errors(root) == []
