@@ -21,7 +21,7 @@ from dualshift.analyzer.records import CallSite
 from dualshift.codemods.edits import Edit, apply_edits
 from dualshift.codemods.result import Rewrite, SkippedSite
 from dualshift.codemods.unwrap import CallerRetargets, CannotMap, same_edits_for_every_table
-from dualshift.codemods.wrap import PYTHON_WRAPPER_NAME, callers_reason, is_wrapped, receiver_edits
+from dualshift.codemods.wrap import PYTHON_WRAPPER_NAME, is_wrapped, receiver_edits
 from dualshift.plan import NewTable, Plan, Source
 
 
@@ -248,11 +248,11 @@ def unwrap_python_source(
             continue
         seen.add(call.receiver_start)
         if call.table_kind == "callers":
-            if (rel_path, call.receiver_start) in retargets.accepted:
+            kept = retargets.kept_site(rel_path, call, plan)
+            if kept is None:
                 done += 1
-                continue
-            reason = retargets.reasons.get((rel_path, call.receiver_start)) or callers_reason(call, plan)
-            skipped.append(SkippedSite(call.line, ", ".join(call.resolved_tables), reason))
+            else:
+                skipped.append(kept)
             continue
         table = plan.new_table_for(call.table or "")
         arg = tree.table_arg(call) if tree is not None else None

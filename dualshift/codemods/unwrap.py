@@ -162,6 +162,14 @@ class CallerRetargets:
     groups: list[frozenset[str]] = field(default_factory=list)
     arguments: Counter[str] = field(default_factory=Counter)  # file → callers' arguments retargeted
 
+    def kept_site(self, rel_path: str, call: CallSite, plan: Plan) -> SkippedSite | None:
+        """A site whose table its callers pass: None when it is unwrapped with its callers' arguments,
+        else the site as it stays, and why (the same words in both languages)."""
+        if (rel_path, call.receiver_start) in self.accepted:
+            return None
+        reason = self.reasons.get((rel_path, call.receiver_start)) or callers_reason(call, plan)
+        return SkippedSite(call.line, ", ".join(call.resolved_tables), reason)
+
 
 def _refusal(call: CallSite, plan: Plan, in_scope: Callable[[str], bool]) -> str | None:
     passed = call.caller_arguments
@@ -328,11 +336,11 @@ def unwrap_typescript(
             continue
         seen.add(call.receiver_start)
         if call.table_kind == "callers":
-            if (rel_path, call.receiver_start) in retargets.accepted:
+            kept = retargets.kept_site(rel_path, call, plan)
+            if kept is None:
                 done += 1
-                continue
-            reason = retargets.reasons.get((rel_path, call.receiver_start)) or callers_reason(call, plan)
-            skipped.append(SkippedSite(call.line, ", ".join(call.resolved_tables), reason))
+            else:
+                skipped.append(kept)
             continue
         if call.table is None and call.resolution:
             skipped.append(SkippedSite(call.line, None, f"{call.resolution}: remove dualWrite( ) by hand"))
