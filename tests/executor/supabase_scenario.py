@@ -90,6 +90,24 @@ def migrate_here(dsn: str, *args: str, plan: Path = PLAN) -> Step:
     return Step(" ".join(args), result.exit_code, output, time.monotonic() - started)
 
 
+def through_cleanup(backup_dir: Path) -> list[tuple[str, ...]]:
+    """The phases from nothing to cleaned, as the README runs them."""
+    return [
+        ("create",),
+        ("backfill", "--sync", "triggers"),
+        ("verify",),
+        ("switch-reads", "100"),
+        ("cleanup", "--backup-dir", str(backup_dir)),
+    ]
+
+
+def run_in_turn(dsn: str, phases: list[tuple[str, ...]], steps: list[Step]) -> None:
+    """Each phase in this process, appended to `steps`; the first that fails stops the test with them all."""
+    for args in phases:
+        steps.append(migrate_here(dsn, *args))
+        assert steps[-1].ok, "\n".join(s.line() for s in steps)
+
+
 def _create_database(admin_dsn: str, name: str, template: str | None = None) -> str:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))

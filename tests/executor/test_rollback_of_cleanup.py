@@ -26,7 +26,7 @@ from dualshift.plan import load_plan
 
 from . import ledger as lg
 from .conftest import PLAN
-from .supabase_scenario import NEW_TABLES, SEED_ROWS, loaded_database, migrate_here
+from .supabase_scenario import NEW_TABLES, SEED_ROWS, loaded_database, migrate_here, run_in_turn, through_cleanup
 
 SYNC_TRIGGER = "dualshift_sync"  # the trigger every old table carries under `backfill --sync triggers`
 
@@ -54,15 +54,7 @@ def test_rollback_of_cleanup_turns_the_sync_triggers_back_on_and_leaves_the_new_
             team.start()
             steps = []
             try:
-                for args in (
-                    ("create",),
-                    ("backfill", "--sync", "triggers"),
-                    ("verify",),
-                    ("switch-reads", "100"),
-                    ("cleanup", "--backup-dir", str(tmp_path)),
-                ):
-                    steps.append(migrate_here(dsn, *args))
-                    assert steps[-1].ok, "\n".join(s.line() for s in steps)
+                run_in_turn(dsn, through_cleanup(tmp_path), steps)
                 assert _old_tables_with_sync_trigger(conn) == set()  # the old names are views now
                 time.sleep(1.0)  # the application writes through the views
                 steps.append(migrate_here(dsn, "rollback"))

@@ -31,7 +31,9 @@ from .supabase_scenario import (
     loaded_database,
     migrate_here,
     refusal_problem,
+    run_in_turn,
     run_supabase_migration,
+    through_cleanup,
 )
 
 
@@ -113,16 +115,7 @@ def test_finalize_after_cleanup_keeps_every_row(clean_database: str, tmp_path: P
         team.start()
         steps = []
         try:
-            for args in (
-                ("create",),
-                ("backfill", "--sync", "triggers"),
-                ("verify",),
-                ("switch-reads", "100"),
-                ("cleanup", "--backup-dir", str(tmp_path)),
-                ("finalize",),
-            ):
-                steps.append(migrate_here(dsn, *args))
-                assert steps[-1].ok, "\n".join(s.line() for s in steps)
+            run_in_turn(dsn, [*through_cleanup(tmp_path), ("finalize",)], steps)
             time.sleep(0.5)
         finally:
             crashes = team.finish()
