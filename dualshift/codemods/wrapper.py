@@ -36,6 +36,8 @@ def source_maps(plan: Plan) -> dict[str, dict[str, Any]]:
                 "sourceKey": list(source.key),
                 "columns": table.column_mapping(source.table),
                 "constants": dict(source.constants),
+                # The merge of several sources' values is the database's (merge.py): only its triggers write.
+                "mirroredByTriggers": table.merges_sources,
             }
     return maps
 
