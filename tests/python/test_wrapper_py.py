@@ -250,3 +250,56 @@ def test_async_reads_served_from_the_new_table_are_compared_with_the_old_one(wra
     assert [(m["key"], m["columns"], m["served_from"]) for m in recorded[0]["body"]] == [
         ({"decision_id": "d"}, ["topic"], "new")
     ]
+
+
+@pytest.fixture(scope="module")
+def coalesce_wrapper(tmp_path_factory):
+    """The wrapper of the xbot plan with content_queue merging its twins (precedence = "coalesce")."""
+    directory = tmp_path_factory.mktemp("pycoalesce")
+    head = 'name = "content_queue"\nkey = ["decision_id"]\n'
+    text = PLAN.read_text()
+    assert head in text
+    plan = directory / "dualshift.toml"
+    plan.write_text(text.replace(head, head + 'precedence = "coalesce"\n', 1))
+    out = directory / "dual_write_coalesce.py"
+    result = CliRunner().invoke(app, ["generate", "wrapper", "--plan", str(plan), "--lang", "py", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = importlib.util.spec_from_file_location("generated_dual_write_coalesce", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fresh_coalesce_wrapper(coalesce_wrapper):
+    coalesce_wrapper.reset_flags()
+    coalesce_wrapper.STATS.update(dict.fromkeys(coalesce_wrapper.STATS, 0))
+    return coalesce_wrapper
+
+
+def test_a_merging_table_is_left_to_the_sync_triggers(fresh_coalesce_wrapper) -> None:
+    coalesce_wrapper = fresh_coalesce_wrapper
+    recorder = Recorder()
+    client = coalesce_wrapper.dual_write(recorder.sync_client())
+    response = client.table("content_metadata").insert({"decision_id": "d1", "content": "x"}).execute()
+    assert response.data == [{"decision_id": "d1", "content": "x"}]
+    client.table("content_generation_metadata_comprehensive").update({"topic": "t"}).eq("decision_id", "d1").execute()
+    client.table("tweets").insert({"tweet_id": "t1", "decision_id": "d1", "text": "hi", "url": "u"}).execute()
+    tables = [w["table"] for w in recorder.writes()]
+    assert tables == ["content_metadata", "content_generation_metadata_comprehensive", "tweets", "posted_content"]
+    assert coalesce_wrapper.STATS["mirrored_by_triggers"] == 2
+    assert coalesce_wrapper.STATS["mirrored"] == 1 and coalesce_wrapper.STATS["failed"] == 0
+
+
+def test_a_merging_table_is_left_to_the_sync_triggers_async(fresh_coalesce_wrapper) -> None:
+    coalesce_wrapper = fresh_coalesce_wrapper
+
+    async def scenario(recorder: Recorder) -> None:
+        client = coalesce_wrapper.dual_write(await recorder.async_client())
+        await client.table("content_metadata").delete().eq("decision_id", "d1").execute()
+        await client.table("posts").update({"content": "y"}).eq("decision_id", "d2").execute()
+
+    recorder = Recorder()
+    asyncio.run(scenario(recorder))
+    assert [w["table"] for w in recorder.writes()] == ["content_metadata", "posts", "posted_content"]
+    assert coalesce_wrapper.STATS["mirrored_by_triggers"] == 1 and coalesce_wrapper.STATS["mirrored"] == 1
