@@ -269,6 +269,8 @@ class Executor:
             raise ExecutorError(f"max batches {options.max_batches}: give at least 1, or none for no limit")
 
         def body(mappings: dict[tuple[str, str], SourceMapping], sink: Sink, current: str) -> dict:
+            if not sync_triggers:
+                self._require_sync_for_merging_tables()
             if current in ("backfilled", "verified"):
                 backfill.reset_checkpoints(self.conn, self.plan)  # a new full pass: re-sync and replay
             triggers = sync.install(self.conn, self.plan, mappings, sink) if sync_triggers else []
@@ -281,6 +283,18 @@ class Executor:
             return result
 
         return self._run("backfill", ("created", "backfilled", "verified"), body)
+
+    def _require_sync_for_merging_tables(self) -> None:
+        """A table that merges its sources is written by the sync triggers only (the wrapper skips it):
+        a backfill without them would leave every later write out of it."""
+        covered = sync.covered_tables(self.conn, self.plan)
+        for table in self.plan.tables:
+            if table.merges_sources and any(s.table not in covered for s in table.sources):
+                raise ExecutorError(
+                    f"backfill refused: {table.name} merges its sources (precedence = \"coalesce\") and only the"
+                    " sync triggers write it, the dual-write wrapper does not; run `dualshift migrate backfill"
+                    " --sync triggers`"
+                )
 
     def verify(self, incremental: bool = False) -> dict[str, Any]:
         def body(mappings, sink: Sink, current: str) -> dict:

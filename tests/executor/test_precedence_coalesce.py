@@ -22,6 +22,7 @@ import pytest
 from dualshift.executor import verify
 from dualshift.executor.backfill import BackfillOptions
 from dualshift.executor.catalog import validate
+from dualshift.executor.connection import ExecutorError
 from dualshift.executor.preflight import check_all
 from dualshift.plan import PlanError, parse_plan
 
@@ -226,7 +227,7 @@ def test_backfill_merges_the_twins_and_verify_passes(twins) -> None:
     _seed(db)
     ex = executor(dsn, twins_plan())
     ex.create()
-    ex.backfill(BackfillOptions(batch_size=7))
+    ex.backfill(BackfillOptions(batch_size=7), sync_triggers=True)
     assert actual(db) == expected(db)
     merged = db.execute(
         "SELECT count(*) FROM content_queue WHERE generator_name IS NOT NULL AND features IS NOT NULL"
@@ -241,7 +242,7 @@ def test_verify_under_coalesce_fails_on_a_planted_value(twins) -> None:
     keys = _seed(db)
     ex = executor(dsn, twins_plan())
     ex.create()
-    ex.backfill(BackfillOptions())
+    ex.backfill(BackfillOptions(), sync_triggers=True)
     # decision 6 is in both twins, content_metadata's owner is NULL there: the new row takes the twin's owner
     assert db.execute("SELECT owner_id FROM content_metadata WHERE decision_id = %s", (keys[6],)).fetchone()[0] is None
     assert actual(db)[keys[6]][COLUMNS.index("owner_id")] is not None
@@ -267,6 +268,25 @@ def test_verify_under_coalesce_fails_on_a_table_backfilled_under_first(twins) ->
         report = verify.run(conn, coalesce, validate(conn, coalesce), capture=False)
     assert not report["passed"]
     assert report["tables"][0]["mismatched_rows"] > 0
+
+
+def test_backfill_without_the_sync_triggers_is_refused(twins) -> None:
+    """The dual-write wrapper leaves a merging table to the sync triggers: without them, refused, nothing copied."""
+    dsn, db = twins
+    _seed(db, 8)
+    ex = executor(dsn, twins_plan())
+    ex.create()
+    with pytest.raises(ExecutorError) as raised:
+        ex.backfill(BackfillOptions())
+    message = str(raised.value)
+    assert message.startswith("backfill refused: content_queue merges its sources")
+    assert "--sync triggers" in message and "\n" not in message
+    assert db.execute("SELECT count(*) FROM content_queue").fetchone()[0] == 0
+    assert db.execute("SELECT phase FROM dualshift_private.state").fetchone()[0] == "created"
+    ex.backfill(BackfillOptions(), sync_triggers=True)
+    assert actual(db) == expected(db)
+    executor(dsn, ex.plan).backfill(BackfillOptions())  # a later pass: the triggers are in place
+    assert actual(db) == expected(db)
 
 
 # -- the sync triggers, with writers racing ---------------------------------------------------------
