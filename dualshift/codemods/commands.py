@@ -257,11 +257,15 @@ def revert_command(
 )
 def status(root: Path = ROOT, plan: Path = PLAN, as_json: bool = AS_JSON) -> None:
     """Per old table of the plan: files whose write call sites are all wrapped, files still pending, and
-    whether the table is ready (no pending file, and no unwrapped write whose table is a run-time name)."""
+    whether the table is ready (no pending file, and no unwrapped write whose table is a run-time name).
+    A table whose new table merges its sources (precedence = "coalesce") is ready only with the sync
+    triggers, which write that new table (the wrapper does not): wrapping does not make it ready."""
     from dualshift.analyzer.scan import scan_tree
     from dualshift.codemods.cli import read_plan
+    from dualshift.guard.readiness import merging_old_tables
 
     loaded = read_plan(plan)
+    by_triggers = merging_old_tables(loaded)
     writes = [c for c in scan_tree(root).calls if c.is_write]
     calls = [c for c in writes if c.table in loaded.table_mapping]
     runtime = [c for c in writes if c.table is None and not is_wrapped(c)]  # could be any planned table
@@ -278,7 +282,8 @@ def status(root: Path = ROOT, plan: Path = PLAN, as_json: bool = AS_JSON) -> Non
                 "new_table": loaded.table_mapping[old],
                 "files_done": sorted(done[old]),
                 "files_pending": sorted(pending[old]),
-                "ready": not pending[old] and not runtime,
+                "ready": not pending[old] and not runtime and old not in by_triggers,
+                "needs_sync_triggers": old in by_triggers,
             }
             for old in loaded.old_tables
         ]
@@ -294,6 +299,7 @@ def status(root: Path = ROOT, plan: Path = PLAN, as_json: bool = AS_JSON) -> Non
     for old in loaded.old_tables:
         blockers = [f"{len(pending[old])} file(s)"] if pending[old] else []
         blockers += [f"{len(runtime)} run-time write(s)"] if runtime else []
+        blockers = ["only with the sync triggers (merges its sources)"] if old in by_triggers else blockers
         table.add_row(
             old,
             loaded.table_mapping[old],

@@ -60,6 +60,12 @@ ROLE_FREE_PHASES = ("switch-reads", "flags")
 
 
 @dataclass
+def _table_readiness(around_wrapper: list, needs_triggers: bool) -> str:
+    blocks = [f"{len(around_wrapper)} write(s) around the wrapper"] if around_wrapper else []
+    blocks += ["merges its sources: needs the sync triggers"] if needs_triggers else []
+    return "; ".join(blocks) or "ready"
+
+
 class Executor:
     """Runs the phases of one plan on one connection.
 
@@ -291,7 +297,7 @@ class Executor:
         for table in self.plan.tables:
             if table.merges_sources and any(s.table not in covered for s in table.sources):
                 raise ExecutorError(
-                    f"backfill refused: {table.name} merges its sources (precedence = \"coalesce\") and only the"
+                    f'backfill refused: {table.name} merges its sources (precedence = "coalesce") and only the'
                     " sync triggers write it, the dual-write wrapper does not; run `dualshift migrate backfill"
                     " --sync triggers`"
                 )
@@ -341,10 +347,10 @@ class Executor:
         if not self.code_roots:
             return {"checked": False, "note": "no --code ROOT given: the code was not checked"}
         readiness = assess_tree(self.code_roots, self.plan, sync.covered_tables(self.conn, self.plan))
-        sites = readiness.lines()
+        sites = readiness.lines() + readiness.trigger_lines()
         if sites and not self.force_unready:
             raise ExecutorError(
-                f"{phase} refused: {len(sites)} write(s) can reach an old table around the dual-write wrapper"
+                f"{phase} refused: {len(sites)} way(s) a write can reach an old table and not its new table"
                 f" ({'; '.join(sites)}); wrap them (`dualshift codemod wrap ROOT --plan PLAN`), or install the"
                 " sync triggers (`dualshift migrate backfill --sync triggers`), or pass --force (audited)"
             )
@@ -360,7 +366,7 @@ class Executor:
             return {}
         readiness = assess_tree(self.code_roots, self.plan, sync.covered_tables(self.conn, self.plan))
         return {
-            table: "ready" if not found else f"{len(found)} write(s) around the wrapper"
+            table: _table_readiness(found, table in readiness.needs_triggers)
             for table, found in sorted(readiness.blockers.items())
         }
 

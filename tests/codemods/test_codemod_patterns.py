@@ -200,4 +200,34 @@ def test_wrap_and_status_speak_json(tmp_path) -> None:
         "files_done": [],
         "files_pending": ["src/a.ts"],
         "ready": False,
+        "needs_sync_triggers": False,
     }
+
+
+def test_status_says_a_merging_table_is_ready_only_with_the_sync_triggers(tmp_path) -> None:
+    """Under precedence = "coalesce" the wrapper leaves content_queue to the sync triggers: wrapped code
+    does not make its twins ready, while the other tables are ready once wrapped."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from dualshift.cli import app
+
+    from .helpers import PLAN
+
+    head = 'name = "content_queue"\nkey = ["decision_id"]\n'
+    plan = tmp_path / "dualshift.toml"
+    plan.write_text(Path(PLAN.path).read_text().replace(head, head + 'precedence = "coalesce"\n', 1))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.ts").write_text(
+        "import { dualWrite } from './db/dualWrite';\n"
+        "export const a = (db: any) => dualWrite(db).from('content_metadata').insert({ content: 'x' });\n"
+        "export const b = (db: any) => dualWrite(db).from('tweets').insert({ text: 'x' });\n"
+    )
+    run = CliRunner().invoke(app, ["codemod", "status", str(tmp_path / "src"), "--plan", str(plan), "--json"])
+    tables = {t["old_table"]: t for t in json.loads(run.stdout)["tables"]}
+    assert tables["content_metadata"]["files_done"] == ["a.ts"]
+    assert (tables["content_metadata"]["ready"], tables["content_metadata"]["needs_sync_triggers"]) == (False, True)
+    assert tables["content_generation_metadata_comprehensive"]["needs_sync_triggers"] is True
+    assert (tables["tweets"]["ready"], tables["tweets"]["needs_sync_triggers"]) == (True, False)

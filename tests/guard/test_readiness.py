@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dualshift.analyzer.scan import scan_tree
 from dualshift.guard.readiness import assess
-from dualshift.plan import load_plan
+from dualshift.plan import load_plan, parse_plan
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = load_plan(REPO / "fixtures" / "xbot" / "dualshift.toml")
@@ -60,3 +60,28 @@ def test_the_fixture_service_is_ready_once_wrapped(tmp_path: Path) -> None:
     # Wrapped, but a delete through a run-time name is left: only the sync triggers can cover it.
     assert [line.split(":")[0] for line in gate.lines()] == ["src/db/db.ts"]
     assert assess(scan_tree(root, use_cache=False).calls, root, PLAN, PLAN.old_tables).ready
+
+
+def test_a_merging_table_is_ready_only_under_the_sync_triggers(tmp_path: Path) -> None:
+    """Under precedence = "coalesce" the wrapper leaves content_queue to the sync triggers: its twins are
+    not ready on wrapped code alone, and are once the triggers cover them (the other tables as before)."""
+    text = (REPO / "fixtures" / "xbot" / "dualshift.toml").read_text()
+    head = 'name = "content_queue"\nkey = ["decision_id"]\n'
+    plan = parse_plan(text.replace(head, head + 'precedence = "coalesce"\n', 1), "dualshift.toml")
+    root = _tree(
+        tmp_path,
+        {
+            "src/a.ts": "import { dualWrite } from './db/dualWrite';\n"
+            "export const a = (db: any) => dualWrite(db).from('content_metadata').insert({ content: 'x' });\n"
+            "export const b = (db: any) => dualWrite(db).from('tweets').insert({ text: 'x' });\n",
+        },
+    )
+    calls = scan_tree(root, use_cache=False).calls
+    gate = assess(calls, root, plan)
+    twins = {"content_metadata", "content_generation_metadata_comprehensive"}
+    assert not gate.ready and gate.needs_triggers == twins
+    assert all(found == [] for found in gate.blockers.values()) and gate.lines() == []
+    assert [line.split(":")[0] for line in gate.trigger_lines()] == sorted(twins)
+    assert "--sync triggers" in gate.trigger_lines()[0]
+    assert assess(calls, root, plan, covered_by_triggers=twins).ready
+    assert assess(calls, root, PLAN).ready  # the same code under "first": the wrapper writes content_queue
