@@ -59,13 +59,13 @@ RELOAD_POSTGREST = sql.SQL("NOTIFY pgrst, 'reload schema'")
 ROLE_FREE_PHASES = ("switch-reads", "flags")
 
 
-@dataclass
 def _table_readiness(around_wrapper: list, needs_triggers: bool) -> str:
     blocks = [f"{len(around_wrapper)} write(s) around the wrapper"] if around_wrapper else []
     blocks += ["merges its sources: needs the sync triggers"] if needs_triggers else []
     return "; ".join(blocks) or "ready"
 
 
+@dataclass
 class Executor:
     """Runs the phases of one plan on one connection.
 
