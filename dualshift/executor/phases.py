@@ -350,7 +350,7 @@ class Executor:
         sites = readiness.lines() + readiness.trigger_lines()
         if sites and not self.force_unready:
             raise ExecutorError(
-                f"{phase} refused: {len(sites)} way(s) a write can reach an old table and not its new table"
+                f"{phase} refused: {len(sites)} write(s) can reach an old table around the dual-write wrapper"
                 f" ({'; '.join(sites)}); wrap them (`dualshift codemod wrap ROOT --plan PLAN`), or install the"
                 " sync triggers (`dualshift migrate backfill --sync triggers`), or pass --force (audited)"
             )
