@@ -67,7 +67,7 @@ def test_a_draft_from_the_code_and_the_catalog_passes_check_and_runs(dsn: str, t
     assert todos and all("TODO" in lines[line - 1] for line, _ in todos)
     assert (5, "the migration's id; the executor keys its state by it") in todos
 
-    for phase in (["create"], ["backfill", "--batch-size", "500"]):
+    for phase in (["create"], ["backfill", "--batch-size", "500", "--sync", "triggers"]):
         result = run("migrate", "--dsn", dsn, "--plan", str(out), *phase)
         assert result.exit_code == 0, (phase, result.output)
 
@@ -75,7 +75,7 @@ def test_a_draft_from_the_code_and_the_catalog_passes_check_and_runs(dsn: str, t
 def test_a_draft_from_the_code_and_the_catalog_verifies(dsn: str, tmp_path: Path) -> None:
     out = tmp_path / "draft.toml"
     draft(dsn, out, "--map", str(MAP))
-    for phase in (["create"], ["backfill"], ["verify"]):
+    for phase in (["create"], ["backfill", "--sync", "triggers"], ["verify"]):
         result = run("migrate", "--dsn", dsn, "--plan", str(out), *phase)
         assert result.exit_code == 0, (phase, result.output)
 
