@@ -192,19 +192,37 @@ def _perform(context: typer.Context, action, progress=None, skip_preflight: bool
     try:
         return action(executor)
     except KeyboardInterrupt:
-        _record_interruption(executor, context.info_name or "migrate")
-        raise fail(
-            "interrupted (Ctrl-C): every step that committed is kept (backfill resumes from its last batch);"
-            " the interrupted transaction was rolled back; `dualshift migrate status` shows where it stands,"
-            " and running the same command again resumes",
-            130,
-        ) from None
-    except ExecutorError as exc:
-        raise fail(str(exc)) from None
-    except psycopg.Error as exc:
+        raise _interruption(executor, context) from None
+    except (ExecutorError, psycopg.Error) as exc:
+        if _raised_by_ctrl_c(exc):  # e.g. the rollback of the cancelled query: "another command is in progress"
+            raise _interruption(executor, context) from None
+        if isinstance(exc, ExecutorError):
+            raise fail(str(exc)) from None
         raise fail(f"database error: {str(exc).strip().splitlines()[0]} (nothing of this step was kept)") from None
     finally:
         executor.conn.close()
+
+
+def _raised_by_ctrl_c(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions this one was raised while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _interruption(executor, context: typer.Context) -> BaseException:
+    _record_interruption(executor, context.info_name or "migrate")
+    return fail(
+        "interrupted (Ctrl-C): every step that committed is kept (backfill resumes from its last batch);"
+        " the interrupted transaction was rolled back; `dualshift migrate status` shows where it stands,"
+        " and running the same command again resumes",
+        130,
+    )
 
 
 def _record_interruption(executor, command: str) -> None:

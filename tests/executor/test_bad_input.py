@@ -188,3 +188,20 @@ def test_ctrl_c_during_backfill_says_what_was_kept_audits_it_and_resumes(dsn: st
     resumed = subprocess.run([*base, "backfill"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     db.close()
+
+
+def test_a_database_error_raised_while_ctrl_c_unwinds_counts_as_the_interruption() -> None:
+    """psycopg cancels the query on Ctrl-C; the rollback on the way out can then fail with "another command
+    is already in progress", which must still read as the interruption (exit 130), not a database error."""
+    from dualshift.executor.cli import _raised_by_ctrl_c
+
+    def unwinding() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise psycopg.OperationalError("another command is already in progress") from None
+
+    with pytest.raises(psycopg.OperationalError) as raised:
+        unwinding()
+    assert _raised_by_ctrl_c(raised.value)
+    assert not _raised_by_ctrl_c(psycopg.OperationalError("server closed the connection unexpectedly"))
