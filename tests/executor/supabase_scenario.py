@@ -165,6 +165,107 @@ def loaded_database(
         yield dsn
 
 
+# ─── Hosted Supabase: the executor is `postgres` that is not superuser ─────────────────────────
+
+
+@dataclass(frozen=True)
+class Hosted:
+    """Hosted Supabase's roles, per test: `executor` plays its `postgres` (NOSUPERUSER, CREATEROLE, and
+    BYPASSRLS as hosted Supabase has it, or NOBYPASSRLS, the stricter case), owner of the database, of
+    `public` and of everything in it; `auth_admin` plays supabase_auth_admin, owner of schema `auth`, on
+    which the executor has USAGE WITH GRANT OPTION (and, stricter than hosted, no membership in it)."""
+
+    executor: str
+    auth_admin: str
+    bypassrls: bool
+
+    def dsn(self, dsn: str) -> str:
+        return psycopg.conninfo.make_conninfo(dsn, user=self.executor)
+
+
+@contextmanager
+def hosted_roles(admin_dsn: str, bypassrls: bool = False) -> Iterator[Hosted]:
+    suffix = uuid.uuid4().hex[:8]
+    roles = Hosted(f"ds_hosted_pg_{suffix}", f"ds_hosted_auth_{suffix}", bypassrls)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER CREATEROLE {}").format(
+                sql.Identifier(roles.executor), sql.SQL("BYPASSRLS" if bypassrls else "NOBYPASSRLS")
+            )
+        )
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER").format(sql.Identifier(roles.auth_admin)))
+    try:
+        yield roles
+    finally:  # the databases are gone by now, and what the roles held in them
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            for role in (roles.executor, roles.auth_admin):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+# What hosted Supabase's `postgres` owns in a project: every object of `public` the migrations made.
+HAND_OVER = """
+DO $hand$
+DECLARE
+  item record;
+BEGIN
+  FOR item IN
+    SELECT c.oid::regclass AS name, c.relkind FROM pg_catalog.pg_class c
+    WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
+  LOOP
+    EXECUTE format(
+      CASE item.relkind WHEN 'v' THEN 'ALTER VIEW %s OWNER TO %I' WHEN 'm' THEN 'ALTER MATERIALIZED VIEW %s OWNER TO %I'
+      ELSE 'ALTER TABLE %s OWNER TO %I' END, item.name, {executor});
+  END LOOP;
+  FOR item IN
+    SELECT c.oid::regclass AS name FROM pg_catalog.pg_class c
+    WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S'
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i'))
+  LOOP
+    EXECUTE format('ALTER SEQUENCE %s OWNER TO %I', item.name, {executor});
+  END LOOP;
+  FOR item IN SELECT p.oid::regprocedure AS name FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+  LOOP
+    EXECUTE format('ALTER ROUTINE %s OWNER TO %I', item.name, {executor});
+  END LOOP;
+  FOR item IN
+    SELECT t.oid::regtype AS name FROM pg_catalog.pg_type t
+    WHERE t.typnamespace = 'public'::regnamespace AND t.typtype = 'e'
+  LOOP
+    EXECUTE format('ALTER TYPE %s OWNER TO %I', item.name, {executor});
+  END LOOP;
+  FOR item IN SELECT p.oid::regprocedure AS name FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'auth'::regnamespace
+  LOOP
+    EXECUTE format('ALTER ROUTINE %s OWNER TO %I', item.name, {auth_admin});
+  END LOOP;
+END
+$hand$;
+ALTER SCHEMA public OWNER TO {executor_id};
+ALTER SCHEMA auth OWNER TO {auth_admin_id};
+GRANT USAGE ON SCHEMA auth TO {executor_id} WITH GRANT OPTION;
+ALTER PUBLICATION supabase_realtime OWNER TO {executor_id};
+ALTER DEFAULT PRIVILEGES FOR ROLE {executor_id} IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES FOR ROLE {executor_id} IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES FOR ROLE {executor_id} IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+"""
+
+
+def hand_to_hosted_roles(conn: psycopg.Connection, roles: Hosted) -> None:
+    """Make a fixture database (loaded by the superuser) look as hosted Supabase's: `postgres` owns `public`
+    and what is in it and sets its default privileges, supabase_auth_admin owns `auth`."""
+    database = conn.execute("SELECT current_database()").fetchone()[0]
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(roles.executor))
+    )
+    conn.execute(
+        sql.SQL(HAND_OVER).format(
+            executor=sql.Literal(roles.executor),
+            auth_admin=sql.Literal(roles.auth_admin),
+            executor_id=sql.Identifier(roles.executor),
+            auth_admin_id=sql.Identifier(roles.auth_admin),
+        )
+    )
+
+
 # ─── The story: a cleaned Supabase database migrated and rolled back under writers ─────────────
 
 WRITES_THROUGH_VIEWS_S = 2.0
@@ -182,6 +283,7 @@ class Run:
     counts: dict[str, dict[str, Any]] = field(default_factory=dict)
     ledger: lg.Ledger = field(default_factory=lg.Ledger)
     writer_crashes: list[str] = field(default_factory=list)
+    executor: dict[str, Any] = field(default_factory=dict)  # who ran `migrate`, as the database saw it
     report: Callable[[str], None] = field(default=lambda line: None, repr=False)
 
     def step(self, dsn: str, *args: str) -> bool:
@@ -221,19 +323,59 @@ def run_supabase_migration(
     per_kind: int = 1,
     backup_dir: Path | None = None,
     report: Callable[[str], None] = lambda line: None,
+    hosted: Hosted | None = None,
 ) -> Run:
-    """The dirty fixture, cleaned, migrated and rolled back under writers; the ledger's findings."""
+    """The dirty fixture, cleaned, migrated and rolled back under writers; the ledger's findings.
+
+    With `hosted`, the database is built as hosted Supabase's and the executor connects as its `postgres`
+    that is not superuser (the writers and the judge stay the local superuser and the API roles)."""
     run = Run(report=report)
     with (
         template_database(admin_dsn, rows, DIRT_KINDS, clean=True) as template,
         copy_of(admin_dsn, template) as dsn,
         copy_of(admin_dsn, template, "supafix_ref") as ref_dsn,
     ):
-        _migrate_under_writers(run, dsn, ref_dsn, rows, per_kind, backup_dir)
+        if hosted:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                hand_to_hosted_roles(conn, hosted)
+            with psycopg.connect(ref_dsn, autocommit=True) as conn:
+                hand_to_hosted_roles(conn, hosted)
+        executor_dsn = hosted.dsn(dsn) if hosted else dsn
+        run.executor = executor_as_seen(executor_dsn)
+        _migrate_under_writers(run, dsn, ref_dsn, rows, per_kind, backup_dir, executor_dsn)
     return run
 
 
-def _migrate_under_writers(run: Run, dsn: str, ref_dsn: str, rows: int, per_kind: int, backup_dir: Path | None) -> None:
+EXECUTOR_AS_SEEN = """
+SELECT r.rolname, r.rolsuper, r.rolbypassrls, r.rolcreaterole,
+  pg_catalog.pg_get_userbyid(a.nspowner) AS auth_owner,
+  pg_catalog.has_schema_privilege(r.rolname, 'auth', 'USAGE WITH GRANT OPTION') AS auth_usage_grantable,
+  (SELECT pg_catalog.array_agg(DISTINCT pg_catalog.pg_get_userbyid(c.relowner)) FROM pg_catalog.pg_class c
+   WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'v')) AS public_owners
+FROM pg_catalog.pg_roles r, pg_catalog.pg_namespace a
+WHERE r.rolname = current_user AND a.nspname = 'auth'
+"""
+
+
+def executor_as_seen(dsn: str) -> dict[str, Any]:
+    """The role `migrate` connects as, its attributes, and who owns what it migrates."""
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute(EXECUTOR_AS_SEEN)
+        row = cursor.fetchone()
+        return dict(zip([c.name for c in cursor.description], row, strict=True))
+
+
+def _migrate_under_writers(
+    run: Run,
+    dsn: str,
+    ref_dsn: str,
+    rows: int,
+    per_kind: int,
+    backup_dir: Path | None,
+    executor_dsn: str | None = None,
+) -> None:
+    """`dsn` is the writers' and the judge's; `executor_dsn` (default `dsn`) is the `migrate` commands'."""
+    executor = executor_dsn or dsn
     checker = lg.Checker(run.ledger)
     who = lg.viewers()
     conn = psycopg.connect(dsn, autocommit=True, options="-c TimeZone=UTC")
@@ -270,24 +412,24 @@ def _migrate_under_writers(run: Run, dsn: str, ref_dsn: str, rows: int, per_kind
                     run.counts[point] = {"expected": expected, "actual": actual}
                     run.count_differences[point] = lg.count_differences(expected, actual)
 
-        if not run.step(dsn, "create"):
+        if not run.step(executor, "create"):
             return
-        if not run.step(dsn, "backfill", "--sync", "triggers", "--batch-size", "250"):
+        if not run.step(executor, "backfill", "--sync", "triggers", "--batch-size", "250"):
             return
         measure("after backfill")
-        if not run.step(dsn, "verify"):
+        if not run.step(executor, "verify"):
             with team.held():  # a verdict taken while writers write may race them; ask once more at rest
-                if not run.step(dsn, "verify"):
+                if not run.step(executor, "verify"):
                     return
-        if not run.step(dsn, "switch-reads", "100"):
+        if not run.step(executor, "switch-reads", "100"):
             return
         backup = ["--backup-dir", str(backup_dir)] if backup_dir else []
-        if not run.step(dsn, "cleanup", *backup):
+        if not run.step(executor, "cleanup", *backup):
             return
         measure("after cleanup", old="views", counts=True)
         time.sleep(WRITES_THROUGH_VIEWS_S)  # the application keeps writing through the old names
         measure("writes through the views", old="views", counts=True)
-        if not run.step(dsn, "rollback"):
+        if not run.step(executor, "rollback"):
             return
         time.sleep(0.5)
         measure("after rollback", new=False, counts=True)

@@ -7,6 +7,10 @@
     The independent ledger judges it: rows lost, wrongly changed or extra, application writes that
     failed, privileges gained, and what each role sees through each old name compared with a twin
     database that received the same writes and was never migrated.
+(c) The same run with the executor as hosted Supabase runs it: `postgres` not superuser (CREATEROLE,
+    NOBYPASSRLS, the stricter case), owner of the database, `public` and the old tables, views,
+    functions, enum and publication; schema `auth` owned by another role (supabase_auth_admin's part),
+    with USAGE WITH GRANT OPTION for the executor. The writers and the judge are unchanged.
 
 Each assertion is its own case, so that the lead can flip the ones other helpers' fixes make pass.
 """
@@ -28,6 +32,7 @@ from .supabase_scenario import (
     CHECKS,
     SEED_ROWS,
     Run,
+    hosted_roles,
     loaded_database,
     migrate_here,
     refusal_problem,
@@ -40,6 +45,16 @@ from .supabase_scenario import (
 @pytest.fixture(scope="module")
 def supabase_run(admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
     return run_supabase_migration(admin_dsn, backup_dir=tmp_path_factory.mktemp("backups"))
+
+
+@pytest.fixture(scope="module", params=["BYPASSRLS", "NOBYPASSRLS"])
+def hosted_supabase_run(
+    admin_dsn: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Run:
+    """The same run with the executor as hosted Supabase's `postgres`: not superuser, with BYPASSRLS as
+    hosted Supabase gives it, and without (the stricter case); see Hosted."""
+    with hosted_roles(admin_dsn, bypassrls=request.param == "BYPASSRLS") as roles:
+        return run_supabase_migration(admin_dsn, backup_dir=tmp_path_factory.mktemp("hosted_backups"), hosted=roles)
 
 
 def _xfail(reason: str) -> Any:
@@ -94,6 +109,38 @@ def test_supabase_migration_under_writers(supabase_run: Run, name: str) -> None:
         function(supabase_run)
     except AssertionError as exc:
         raise AssertionError(f"{name}: {exc}\n{_fmt(supabase_run)}") from None
+
+
+# ─── (c) the same run, the executor not superuser as on hosted Supabase ─────────────────────────
+
+# Each check that fails only when the executor is not superuser, with its cause.
+HOSTED_FAILS_TODAY: dict[str, str] = {}
+
+
+def test_hosted_executor_is_not_superuser_and_owns_what_it_migrates(
+    hosted_supabase_run: Run, request: pytest.FixtureRequest
+) -> None:
+    seen = hosted_supabase_run.executor
+    assert seen["rolname"].startswith("ds_hosted_pg_"), seen
+    assert not seen["rolsuper"] and seen["rolcreaterole"], seen
+    assert seen["rolbypassrls"] == (request.node.callspec.params["hosted_supabase_run"] == "BYPASSRLS"), seen
+    assert seen["auth_owner"].startswith("ds_hosted_auth_") and seen["auth_usage_grantable"], seen
+    assert seen["public_owners"] == [seen["rolname"]], seen
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=_xfail(HOSTED_FAILS_TODAY[name])) if name in HOSTED_FAILS_TODAY else name
+        for name in CHECKS
+    ],
+)
+def test_supabase_migration_under_writers_with_a_hosted_executor(hosted_supabase_run: Run, name: str) -> None:
+    _, function = CHECKS[name]
+    try:
+        function(hosted_supabase_run)
+    except AssertionError as exc:
+        raise AssertionError(f"{name}: {exc}\n{_fmt(hosted_supabase_run)}") from None
 
 
 # ─── finalize, at the end of a second run ────────────────────────────────────────────────────
