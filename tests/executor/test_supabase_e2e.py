@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from .supabase_scenario import (
     CHECKS,
     SEED_ROWS,
     Run,
+    hand_to_hosted_roles,
     hosted_roles,
     loaded_database,
     migrate_here,
@@ -146,14 +148,22 @@ def test_supabase_migration_under_writers_with_a_hosted_executor(hosted_supabase
 # ─── finalize, at the end of a second run ────────────────────────────────────────────────────
 
 
-@pytest.fixture
-def clean_database(admin_dsn: str) -> Iterator[str]:
-    with loaded_database(admin_dsn, dirt=DIRT_KINDS, clean=True) as dsn:
-        yield dsn
+@pytest.fixture(params=["superuser", "hosted"])
+def clean_database(admin_dsn: str, request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """The cleaned fixture: the writers' DSN and the executor's (the same, or hosted Supabase's `postgres`)."""
+    with ExitStack() as stack:
+        hosted = stack.enter_context(hosted_roles(admin_dsn)) if request.param == "hosted" else None
+        dsn = stack.enter_context(loaded_database(admin_dsn, dirt=DIRT_KINDS, clean=True))
+        if hosted is None:
+            yield dsn, dsn
+            return
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            hand_to_hosted_roles(conn, hosted)
+        yield dsn, hosted.dsn(dsn)
 
 
-def test_finalize_after_cleanup_keeps_every_row(clean_database: str, tmp_path: Path) -> None:
-    dsn = clean_database
+def test_finalize_after_cleanup_keeps_every_row(clean_database: tuple[str, str], tmp_path: Path) -> None:
+    dsn, executor_dsn = clean_database
     book = lg.Ledger()
     checker = lg.Checker(book)
     with psycopg.connect(dsn, autocommit=True, options="-c TimeZone=UTC") as conn:
@@ -162,7 +172,7 @@ def test_finalize_after_cleanup_keeps_every_row(clean_database: str, tmp_path: P
         team.start()
         steps = []
         try:
-            run_in_turn(dsn, [*through_cleanup(tmp_path), ("finalize",)], steps)
+            run_in_turn(executor_dsn, [*through_cleanup(tmp_path), ("finalize",)], steps)
             time.sleep(0.5)
         finally:
             crashes = team.finish()
