@@ -701,12 +701,14 @@ def _publications(
     dropped: list[Dropped] = []
     refused: list[str] = []
     added: set[tuple[str, str]] = set()
+    altered: set[str] = set()  # the publications cleanup must ALTER: only their owner may
     for publication, schema, table, explicit, whole, covers_target in rows:
         key = f"publication {publication} {schema}.{table}"
         decision = decided.get(key, "carry" if whole else "archive")
         new_table = located[(schema, table)]
         if decision == "drop" and explicit:
             dropped.append(_dropped_membership(conn, plan, key, publication, (schema, table)))
+            altered.add(publication)
             continue
         if decision not in ("carry", "archive") or (decision == "carry" and not whole):
             refused.append(f"{key}: {_membership_limit(explicit, whole)}")
@@ -716,9 +718,37 @@ def _publications(
         if add_new and whole and decision == "carry":
             added.add((publication, new_table))
         found.append(Membership(publication, schema, table, new_table, explicit, whole, add_new, decision))
+        if decision == "carry" and whole and (add_new or explicit):
+            altered.add(publication)
     if refused:
         raise DependentsRefused("cleanup cannot do what the plan says with: " + "; ".join(refused))
+    _refuse_publications_not_owned(conn, sorted(altered))
     return found, dropped
+
+
+NOT_OWNED_PUBLICATIONS = """
+SELECT pg_catalog.quote_ident(p.pubname), pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(p.pubowner)),
+  pg_catalog.quote_ident(current_user)
+FROM pg_catalog.pg_publication p
+WHERE p.pubname = ANY(%s::text[]) AND NOT pg_catalog.pg_has_role(current_user, p.pubowner, 'USAGE')
+ORDER BY 1
+"""
+
+
+def _refuse_publications_not_owned(conn: psycopg.Connection, publications: list[str]) -> None:
+    """Only a publication's owner may add or drop its tables (hosted Supabase's `postgres` is not superuser):
+    refuse up front with the fix rather than fail midway on `must be owner of publication`."""
+    rows = conn.execute(NOT_OWNED_PUBLICATIONS, (publications,)).fetchall()
+    if not rows:
+        return
+    executor = rows[0][2]
+    fixes = "; ".join(f"have {owner} run `ALTER PUBLICATION {name} OWNER TO {executor}`" for name, owner, _ in rows)
+    names = ", ".join(f"{name} (owner {owner})" for name, owner, _ in rows)
+    raise DependentsRefused(
+        f"cleanup must add the new tables to publication {names} and drop the archived tables from it, which only"
+        f" its owner may do, not the executor role {executor}: {fixes}, or run dualshift as the owner, or decide"
+        f" `archive` for these memberships in the plan"
+    )
 
 
 def _membership_limit(explicit: bool, whole: bool) -> str:

@@ -196,3 +196,24 @@ def test_demo_names_the_fixtures_it_knows() -> None:
     outcome = CliRunner().invoke(app, ["demo", "--fixture", "nosuch"])
     assert outcome.exit_code == 2
     assert "--fixture nosuch: choose xbot or supabase" in outcome.output
+
+
+def test_create_refuses_a_publication_the_hosted_executor_does_not_own(admin_dsn: str) -> None:
+    """cleanup must add the new tables to supabase_realtime: only its owner may, so `create` says so first."""
+    with (
+        hosted_roles(admin_dsn) as roles,
+        loaded_database(admin_dsn, dirt=DIRT_KINDS, clean=True) as dsn,
+        psycopg.connect(dsn, autocommit=True) as conn,
+    ):
+        hand_to_hosted_roles(conn, roles)
+        conn.execute(f'ALTER PUBLICATION supabase_realtime OWNER TO "{roles.auth_admin}"')
+        step = migrate_here(roles.dsn(dsn), "create")
+        assert step.exit_code == 2, step.line()
+        line = step.output.strip().splitlines()[-1]
+        assert f"publication supabase_realtime (owner {roles.auth_admin})" in line, line
+        assert f"`ALTER PUBLICATION supabase_realtime OWNER TO {roles.executor}`" in line, line
+        assert conn.execute("SELECT to_regclass('public.content_queue')").fetchone()[0] is None
+
+        conn.execute(f'ALTER PUBLICATION supabase_realtime OWNER TO "{roles.executor}"')
+        step = migrate_here(roles.dsn(dsn), "create")
+        assert step.ok, step.line()
