@@ -36,6 +36,16 @@ def role_name(conn: psycopg.Connection, plan: Plan, kind: str) -> str:
     return fit(f"dualshift_{kind}", database, plan.name)
 
 
+def function_owner(conn: psycopg.Connection, function: str) -> str | None:
+    """The owner of a function without arguments (`schema.name`), or None when there is none."""
+    row = conn.execute(
+        "SELECT pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.pg_proc p"
+        " WHERE p.oid = pg_catalog.to_regprocedure(%s || '()')",
+        (function,),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def role_exists(conn: psycopg.Connection, role: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
 

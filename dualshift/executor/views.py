@@ -798,8 +798,12 @@ def finalize_statements(conn: psycopg.Connection, plan: Plan, table: NewTable, s
     takes it), and the view loses any default that named the archived one."""
     kept = table.column_mapping(source.table)
     rows = conn.execute(OWNED_SEQUENCES, (plan.archive_schema, source.table)).fetchall()
-    role = role_name(conn, plan)
-    owned = owners.role_exists(conn, role)  # else an older dualshift's cleanup: its triggers keep their owner
+    function = CompatView(plan, table, source, (), (), None).function
+    # The role that owns the write trigger now: named after the database at cleanup, which a database
+    # copied or renamed since (a branch, a restore) no longer matches.
+    role = owners.function_owner(conn, function.as_string(conn)) or role_name(conn, plan)
+    owned = role.startswith(f"dualshift_{owners.COMPAT}_") and owners.role_exists(conn, role)  # else an older
+    # dualshift's cleanup, whose triggers kept the executor as owner
     statements: list[sql.Composable] = []
     for column, archived in rows:
         if column not in kept:

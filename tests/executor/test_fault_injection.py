@@ -194,6 +194,7 @@ def test_crash_at_commit_boundary_loses_nothing(
     assert outcome.writes > 0, "the writer committed nothing"
     assert outcome.findings, f"nothing was checked\n{outcome.transcript()}"
     assert not outcome.problems(), f"{outcome.problems()}\n{outcome.transcript()}"
+    assert outcome.failures == 0, f"{outcome.failures} application write(s) failed\n{outcome.transcript()}"
 
 
 def test_every_fault_point_has_a_case() -> None:
