@@ -131,7 +131,9 @@ def lock_in_turn(sink: Sink, relations: list[sql.Identifier]) -> None:
     waits together within LOCKING_SHARE of ONE lock timeout (the try's, set by `with_lock_retries`): a
     lock held while waiting for the next stalls the application behind it. A wait that runs out lets
     go of every lock taken and raises LockBusy naming who held that relation. Recorded as the one
-    `LOCK TABLE` statement it amounts to."""
+    `LOCK TABLE` statement it amounts to; none when there is nothing to lock (`LOCK TABLE` needs a name)."""
+    if not relations:
+        return
     sink.statements.append(
         sink.text(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(relations)))
     )

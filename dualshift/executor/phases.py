@@ -55,10 +55,6 @@ Body = Callable[[dict[tuple[str, str], SourceMapping], Sink, str], dict[str, Any
 RELOAD_POSTGREST = sql.SQL("NOTIFY pgrst, 'reload schema'")
 
 
-# Phases that create, hand over or drop no function role: an operator role without CREATEROLE may run them.
-ROLE_FREE_PHASES = ("switch-reads", "flags")
-
-
 def _table_readiness(around_wrapper: list, needs_triggers: bool) -> str:
     blocks = [f"{len(around_wrapper)} write(s) around the wrapper"] if around_wrapper else []
     blocks += ["merges its sources: needs the sync triggers"] if needs_triggers else []
@@ -100,11 +96,17 @@ class Executor:
     # ── the frame every phase runs in ──────────────────────────────────────────────────────────
 
     def _run(
-        self, phase: str, allowed: tuple[str, ...], body: Body, validation_plan: Plan | None = None
+        self,
+        phase: str,
+        allowed: tuple[str, ...],
+        body: Body,
+        validation_plan: Plan | None = None,
+        manages_roles: bool = True,
     ) -> dict[str, Any]:
         """Lock, check (order, plan hash, catalog against state row), validate, run `body(mappings, sink,
         current)`, audit. `validation_plan`: the plan to validate the live tables against when the old
-        tables are not where `self.plan` says (after cleanup, in the archive)."""
+        tables are not where `self.plan` says (after cleanup, in the archive). `manages_roles=False`: the
+        phase creates, hands over or drops no function role, so an executor without CREATEROLE may run it."""
         sink = Sink(self.conn, self.dry_run)
         with advisory_lock(self.conn):
             try:
@@ -112,7 +114,7 @@ class Executor:
                 require_phase(current, allowed, phase)
                 self._check_catalog(phase, current)
                 mappings = validate(self.conn, validation_plan or self.plan)  # before any SQL changes anything
-                if phase not in ROLE_FREE_PHASES:
+                if manages_roles:
                     owners.require_role_management(self.conn)
                 if not self.dry_run:
                     ensure_schema(self.conn)
@@ -337,7 +339,7 @@ class Executor:
             self._commit("switch.committed", effect, "switch-reads")
             return {"read_from_new_percent": percent, "scope": scope, "readiness": gate}
 
-        return self._run("switch-reads", ("verified", "switched"), body)
+        return self._run("switch-reads", ("verified", "switched"), body, manages_roles=False)
 
     def _gate(self, phase: str) -> dict[str, Any]:
         """The readiness gate: no write that can reach an old table may skip the wrapper, unless the sync
@@ -401,7 +403,7 @@ class Executor:
                 self._commit("flags.committed", effect, "flags")
                 return {"set": [f"{s}.{n}" for s, n, _ in others]}
 
-            self._run("flags", PHASES, body)
+            self._run("flags", PHASES, body, manages_roles=False)
         return {f"{s}.{n}": v for (s, n), v in flags(self.conn).items()}
 
     def cleanup(self, backup_dir: Path, timeouts: Timeouts | None = None) -> dict[str, Any]:

@@ -525,15 +525,16 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
     check = sql.SQL("IF NOT inside THEN {} END IF;").format(_outside_error(view))
     return sql.SQL(
         "#variable_conflict use_column\n"
-        "DECLARE\n  inside boolean;\n"
+        "DECLARE\n  inside boolean;\n  written boolean;\n"
         "BEGIN\n"
         "  {guards}\n"
         "  {via}\n"
         "  IF TG_OP = 'INSERT' THEN\n    {mark_insert}\n    {insert}\n    {unmark_insert}\n    {unset}\n"
         "    {check}\n    RETURN NEW;\n"
-        "  ELSIF TG_OP = 'UPDATE' THEN\n    {update}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n"
-        "    {check}\n    RETURN NEW;\n"
-        "  ELSE\n    {delete}\n    {unset}\n    IF NOT FOUND THEN RETURN NULL; END IF;\n    RETURN OLD;\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n    {update}\n    written := FOUND;\n    {unset}\n"
+        "    IF NOT written THEN RETURN NULL; END IF;\n    {check}\n    RETURN NEW;\n"
+        "  ELSE\n    {delete}\n    written := FOUND;\n    {unset}\n    IF NOT written THEN RETURN NULL; END IF;\n"
+        "    RETURN OLD;\n"
         "  END IF;\n"
         "END"
     ).format(
@@ -543,6 +544,7 @@ def write_body(view: CompatView, convert: Converter) -> sql.Composable:
             sql.Literal(names.VIA_SETTING), sql.Literal(f"{view.source.schema}.{view.source.table}")
         ),
         unset=sql.SQL("PERFORM pg_catalog.set_config({}, '', true);").format(sql.Literal(names.VIA_SETTING)),
+        # `written`: FOUND of the UPDATE or DELETE, read before `unset`, whose PERFORM sets FOUND true.
         # An insert that merges into a twin's row reaches the new table as an UPDATE: say it was an insert.
         mark_insert=sql.SQL("PERFORM pg_catalog.set_config({}, 'insert', true);").format(
             sql.Literal(names.VIA_INSERT_SETTING)
