@@ -567,11 +567,13 @@ class _PlanReader:
     def dependents(self, raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         for name, decision in raw.items():
             if decision not in DEPENDENT_DECISIONS:
-                raise self.fail(
+                # The entry's line, its key quoted either way TOML allows; else the section's line.
+                line = self.line_of(json.dumps(name)) or self.line_of(f"'{name}'") or self.line_of("[dependents]")
+                raise PlanError(
+                    self.path,
                     f"[dependents] {name!r}: the decision must be one of {', '.join(DEPENDENT_DECISIONS)}, not"
                     f" {decision!r}",
-                    json.dumps(name),
-                    "[dependents]",
+                    line,
                 )
         return tuple(raw.items())
 
