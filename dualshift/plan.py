@@ -426,6 +426,15 @@ class _PlanReader:
         for column in key:
             if column not in names:
                 raise self.fail(f"key column {column} of table {name} is not one of its columns", where, "key")
+        for column in columns:
+            if column.name in key and column.precedence == "coalesce":
+                raise self.fail(
+                    f'key column {name}.{column.name} cannot take precedence = "coalesce": every source holding'
+                    " a key has the same key",
+                    where,
+                    f'name = "{column.name}"',
+                    "precedence",
+                )
         sources = tuple(self.source(s, name, names, len(key)) for s in raw.get("sources", []))
         if not sources:
             raise self.fail(f"table {name} replaces no old table: add a [[tables.sources]] section", where)
@@ -567,11 +576,13 @@ class _PlanReader:
     def dependents(self, raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         for name, decision in raw.items():
             if decision not in DEPENDENT_DECISIONS:
-                raise self.fail(
+                # The entry's line, its key quoted either way TOML allows; else the section's line.
+                line = self.line_of(json.dumps(name)) or self.line_of(f"'{name}'") or self.line_of("[dependents]")
+                raise PlanError(
+                    self.path,
                     f"[dependents] {name!r}: the decision must be one of {', '.join(DEPENDENT_DECISIONS)}, not"
                     f" {decision!r}",
-                    json.dumps(name),
-                    "[dependents]",
+                    line,
                 )
         return tuple(raw.items())
 

@@ -56,6 +56,10 @@ class DependentsRefused(ExecutorError):
     """A dependent object cleanup cannot carry over; nothing has changed yet."""
 
 
+class PublicationsNotOwned(DependentsRefused):
+    """Cleanup must alter publications the executor role does not own (preflight reports it too)."""
+
+
 @dataclass(frozen=True)
 class DependentView:
     schema: str
@@ -684,10 +688,15 @@ ORDER BY 1, 2, 3
 
 
 def _publications(
-    conn: psycopg.Connection, plan: Plan, old: dict[int, tuple[str, str, str]], decided: dict[str, str]
+    conn: psycopg.Connection,
+    plan: Plan,
+    old: dict[int, tuple[str, str, str]],
+    decided: dict[str, str],
+    check_owners: bool = True,
 ) -> tuple[list[Membership], list[Dropped]]:
     """Each publication membership of an old table with the plan's decision (default: a whole membership
-    is carried to the new table, a filtered one kept on the archive), and the ones it drops."""
+    is carried to the new table, a filtered one kept on the archive), and the ones it drops; refused
+    (`check_owners`) when a publication to alter is not the executor role's."""
     located = {(schema, table): new for schema, table, new in old.values()}
     rows = conn.execute(
         PUBLICATIONS,
@@ -722,7 +731,8 @@ def _publications(
             altered.add(publication)
     if refused:
         raise DependentsRefused("cleanup cannot do what the plan says with: " + "; ".join(refused))
-    _refuse_publications_not_owned(conn, sorted(altered))
+    if check_owners:
+        _refuse_publications_not_owned(conn, sorted(altered))
     return found, dropped
 
 
@@ -744,7 +754,7 @@ def _refuse_publications_not_owned(conn: psycopg.Connection, publications: list[
     executor = rows[0][2]
     fixes = "; ".join(f"have {owner} run `ALTER PUBLICATION {name} OWNER TO {executor}`" for name, owner, _ in rows)
     names = ", ".join(f"{name} (owner {owner})" for name, owner, _ in rows)
-    raise DependentsRefused(
+    raise PublicationsNotOwned(
         f"cleanup must add the new tables to publication {names} and drop the archived tables from it, which only"
         f" its owner may do, not the executor role {executor}: {fixes}, or run dualshift as the owner, or decide"
         f" `archive` for these memberships in the plan"

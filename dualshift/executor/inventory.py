@@ -202,7 +202,8 @@ def _policies(conn: psycopg.Connection, plan: Plan, old: dict) -> list[Dependent
 
 def _publications(conn: psycopg.Connection, plan: Plan, old: dict) -> list[Dependent]:
     found = []
-    for member in dependents._publications(conn, plan, old, {})[0]:
+    # Every membership as it is (the plan's decisions are judged in `findings`, its owners in `_owners`).
+    for member in dependents._publications(conn, plan, old, {}, check_owners=False)[0]:
         table = f"{member.old_schema}.{member.old_table}"
         detail = "publishes it" if member.whole else "publishes it with a column list or row filter"
         if not member.explicit:
@@ -274,6 +275,8 @@ def findings(conn: psycopg.Connection, plan: Plan) -> tuple[list[Dependent], lis
         elif dependent.key in readers:
             message = f"{about}: dualshift cannot {decision} it: {readers[dependent.key]}"
             found.append(Finding("error", "dependent-decision", message, source=dependent.old_table, line=line))
+    if not found:
+        found += _owners(conn, plan, decided, section)
     listed = {d.key for d in inventory}
     if len(dependents._old_tables(conn, plan)) < len(plan.old_tables):
         return inventory, found  # an old table is missing (an error already): a decision about it is not stale
@@ -283,6 +286,16 @@ def findings(conn: psycopg.Connection, plan: Plan) -> tuple[list[Dependent], lis
             line = line_of(lines, f'"{key}"') if lines else section
             found.append(Finding("warning", "dependent-unknown", message, line=line))
     return inventory, found
+
+
+def _owners(conn: psycopg.Connection, plan: Plan, decided: dict[str, str], line: int | None) -> list[Finding]:
+    """What cleanup would refuse, under the plan's (valid) decisions, about publications it must alter
+    that the executor role does not own: reported now rather than at cleanup."""
+    try:
+        dependents._publications(conn, plan, dependents._old_tables(conn, plan), decided)
+    except dependents.PublicationsNotOwned as refused:
+        return [Finding("error", "dependent-owner", str(refused), line=line)]
+    return []
 
 
 def decided(inventory: list[Dependent], plan: Plan) -> list[dict]:

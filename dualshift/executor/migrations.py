@@ -126,6 +126,7 @@ class Emitter:
     def stage(self, conn: psycopg.Connection, phase: str, ran: list[tuple[str | None, str]]) -> list[MigrationFile]:
         """Inside the phase's transaction: each file recorded as applied and written as `.partial`."""
         self.discard()  # a retried transaction stages again
+        self.recover(conn)
         refuse_outside_transaction([statement for _, statement in ran])
         files = self.files(conn, phase, ran)
         if not files:
@@ -144,14 +145,38 @@ class Emitter:
         return files
 
     def publish(self) -> list[str]:
-        """After the commit: the files in place."""
+        """After the commit: the files in place. A rename that fails leaves a file recorded as applied but
+        still `.partial`: said with the way out (the next staging into this folder also renames it)."""
         published = []
-        for partial in self.staged:
+        staged, self.staged = self.staged, []
+        for partial in staged:
             target = partial.with_name(partial.name.removesuffix(".partial"))
-            partial.replace(target)
+            try:
+                partial.replace(target)
+            except OSError as exc:
+                left = ", ".join(str(p) for p in staged if p.exists())
+                raise ExecutorError(
+                    f"--emit-migrations: migrations are recorded as applied (committed), but {partial}"
+                    f" could not be renamed ({exc.strerror}); rename {left} without `.partial`"
+                ) from exc
             published.append(str(target))
-        self.staged = []
         return published
+
+    def recover(self, conn: psycopg.Connection) -> list[str]:
+        """`.partial` files a committed phase left (a crash or failed rename after its commit), put in place:
+        only those whose version the history records; any other is a transaction's that did not commit."""
+        if not self.directory.is_dir():
+            return []
+        if not conn.execute("SELECT pg_catalog.to_regclass('supabase_migrations.schema_migrations')").fetchone()[0]:
+            return []
+        left = {m.group(1): p for p in self.directory.glob("*.sql.partial") if (m := VERSIONED_FILE.match(p.stem))}
+        if not left:
+            return []
+        recorded = conn.execute(
+            sql.SQL("SELECT version FROM {} WHERE version = ANY(%s)").format(HISTORY), (list(left),)
+        ).fetchall()
+        self.staged = [left[version] for (version,) in recorded]
+        return self.publish()
 
     def discard(self) -> None:
         for partial in self.staged:

@@ -577,23 +577,19 @@ class _SourceChecks:
             self.conn.execute(sql.SQL("SELECT count(*) FROM {} o WHERE {}").format(self.relation, c)).fetchone()[0]
             for c in conditions
         )
-        if count:
-            names = ", ".join(f"{m.source.schema}.{m.source.table}" for m in earlier)
-            self.report(
-                "warning",
-                "set-aside",
-                f"{self.qualified}: {count} row(s) are set aside by precedence: their key is held by an earlier "
-                f"source ({names}) with other values, so they stay only in the archive"
-                + (
-                    ' (where a later source fills columns an earlier one leaves NULL, precedence = "coalesce"'
-                    " keeps each column's first non-NULL value)"
-                    if self.table.sources_are == "twins"
-                    else ""
-                ),
-                conditions,
-                count,
-                line=self.line(),
-            )
+        self.report_set_aside(
+            earlier,
+            count,
+            conditions,
+            "are set aside by precedence: their key is held by an earlier source ({names}) with other values, so"
+            " they stay only in the archive"
+            + (
+                ' (where a later source fills columns an earlier one leaves NULL, precedence = "coalesce"'
+                " keeps each column's first non-NULL value)"
+                if self.table.sources_are == "twins"
+                else ""
+            ),
+        )
 
     def set_aside_merged(self, earlier: list[SourceMapping]) -> None:
         """Under `precedence = "coalesce"`: rows of this source holding a value that an earlier source
@@ -604,19 +600,23 @@ class _SourceChecks:
             return
         condition = sql.SQL(" OR ").join(sql.SQL("({})").format(c) for c in conditions)
         count = self.conn.execute(sql.SQL("SELECT count(*) FROM {} o WHERE {}").format(self.relation, condition))
-        count = count.fetchone()[0]
+        self.report_set_aside(
+            earlier,
+            count.fetchone()[0],
+            condition,
+            "hold values that precedence sets aside: an earlier source ({names}) holds their key with conflicting"
+            ' non-NULL values in the same column (or another value in a column under precedence "first"), so'
+            " those values stay only in the archive",
+        )
+
+    def report_set_aside(
+        self, earlier: list[SourceMapping], count: int, condition: sql.Composable | list[sql.Composable], why: str
+    ) -> None:
+        """The `set-aside` warning: `count` rows of this source, `why` naming the earlier sources as {names}."""
         if count:
             names = ", ".join(f"{m.source.schema}.{m.source.table}" for m in earlier)
-            self.report(
-                "warning",
-                "set-aside",
-                f"{self.qualified}: {count} row(s) hold values that precedence sets aside: an earlier source"
-                f" ({names}) holds their key with conflicting non-NULL values in the same column (or another"
-                ' value in a column under precedence "first"), so those values stay only in the archive',
-                condition,
-                count,
-                line=self.line(),
-            )
+            message = f"{self.qualified}: {count} row(s) " + why.format(names=names)
+            self.report("warning", "set-aside", message, condition, count, line=self.line())
 
     def common_columns(self, other: SourceMapping) -> list[str]:
         """Non-key columns this source and the other both feed from their rows."""
@@ -655,10 +655,7 @@ class _SourceChecks:
 
     def differs(self, other: SourceMapping) -> sql.Composable | None:
         """The other source holds the key with different values in a column both feed from their rows."""
-        ours = self.fed()
-        other_columns = self.columns(other)
-        theirs = {new for old, new in self.table.column_mapping(other.source.table).items() if old in other_columns}
-        common = [c for c in self.table.column_names if c in ours and c in theirs and c not in self.table.key]
+        common = self.common_columns(other)
         if not common:
             return None
         row = sql.SQL("ROW({}) IS DISTINCT FROM ROW({})")

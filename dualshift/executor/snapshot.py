@@ -75,6 +75,8 @@ def write(snapshot: dict[str, Any], out_dir: Path, dsn: str) -> list[Path]:
     directory = cleanup.private_directory(out_dir)
     sql_path = directory / "PRODUCTION_SCHEMA_SNAPSHOT.sql"
     json_path = directory / "PRODUCTION_SCHEMA_SNAPSHOT.json"
+    # A run killed outright leaves its `.partial`, which run_pg_dump (O_EXCL) would refuse to reuse.
+    sql_path.with_name(sql_path.name + ".partial").unlink(missing_ok=True)
     cleanup.run_pg_dump(dump_command(pg_dump), cleanup.pg_environment(dsn), sql_path)
     _write_private(json_path, json.dumps(snapshot, indent=2, default=str) + "\n")
     return [sql_path, json_path]
