@@ -123,17 +123,24 @@ def _drop_database(admin_dsn: str, name: str) -> None:
 
 
 @contextmanager
+def _database(admin_dsn: str, name: str, template: str | None = None) -> Iterator[str]:
+    """A new database of that name (a copy of `template` if given), dropped on the way out."""
+    dsn = _create_database(admin_dsn, name, template)
+    try:
+        yield dsn
+    finally:
+        _drop_database(admin_dsn, name)
+
+
+@contextmanager
 def _loaded(admin_dsn: str, name: str, rows: int, dirt: tuple[str, ...], clean: bool) -> Iterator[str]:
     """A new database of that name holding the fixture (with the named dirt, then cleaned if asked)."""
-    dsn = _create_database(admin_dsn, name)
-    try:
+    with _database(admin_dsn, name) as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             load_supabase_data(conn, rows, dirt)
             if clean:
                 clean_dirt(conn)
         yield dsn
-    finally:
-        _drop_database(admin_dsn, name)
 
 
 @contextmanager
@@ -148,12 +155,8 @@ def template_database(
 
 @contextmanager
 def copy_of(admin_dsn: str, template: str, prefix: str = "supafix") -> Iterator[str]:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    dsn = _create_database(admin_dsn, name, template)
-    try:
+    with _database(admin_dsn, f"{prefix}_{uuid.uuid4().hex[:10]}", template) as dsn:
         yield dsn
-    finally:
-        _drop_database(admin_dsn, name)
 
 
 @contextmanager
