@@ -94,6 +94,15 @@ def _fmt(run: Run) -> str:
     return json.dumps(run.figures(), indent=1, default=str)[:6000]
 
 
+def _judge(run: Run, name: str) -> None:
+    """The check `name` on the run; when it fails, the run's figures come with what it names."""
+    _, function = CHECKS[name]
+    try:
+        function(run)
+    except AssertionError as exc:
+        raise AssertionError(f"{name}: {exc}\n{_fmt(run)}") from None
+
+
 # Each check's expected outcome on main as it is today; the lead flips them after merging.
 FAILS_TODAY: set[str] = set()
 
@@ -106,11 +115,7 @@ FAILS_TODAY: set[str] = set()
     ],
 )
 def test_supabase_migration_under_writers(supabase_run: Run, name: str) -> None:
-    _, function = CHECKS[name]
-    try:
-        function(supabase_run)
-    except AssertionError as exc:
-        raise AssertionError(f"{name}: {exc}\n{_fmt(supabase_run)}") from None
+    _judge(supabase_run, name)
 
 
 # ─── (c) the same run, the executor not superuser as on hosted Supabase ─────────────────────────
@@ -138,11 +143,7 @@ def test_hosted_executor_is_not_superuser_and_owns_what_it_migrates(
     ],
 )
 def test_supabase_migration_under_writers_with_a_hosted_executor(hosted_supabase_run: Run, name: str) -> None:
-    _, function = CHECKS[name]
-    try:
-        function(hosted_supabase_run)
-    except AssertionError as exc:
-        raise AssertionError(f"{name}: {exc}\n{_fmt(hosted_supabase_run)}") from None
+    _judge(hosted_supabase_run, name)
 
 
 # ─── finalize, at the end of a second run ────────────────────────────────────────────────────
