@@ -550,16 +550,19 @@ def verdicts(run: Run) -> dict[str, str | None]:
 def refusals(admin_dsn: str, rows: int = SEED_ROWS) -> dict[str, list[Step]]:
     """Each kind of dirt alone in a fresh database, taken through create, backfill and verify until
     a phase refuses; the steps run, per kind."""
-    found: dict[str, list[Step]] = {}
-    for kind in DIRT_KINDS:
-        steps: list[Step] = []
-        with loaded_database(admin_dsn, rows, dirt=(kind,)) as dsn:
-            for args in (("create",), ("backfill", "--sync", "triggers"), ("verify",)):
-                steps.append(migrate_here(dsn, *args))
-                if not steps[-1].ok:
-                    break
-        found[kind] = steps
-    return found
+    return {kind: dirt_steps(admin_dsn, kind, rows) for kind in DIRT_KINDS}
+
+
+def dirt_steps(admin_dsn: str, kind: str, rows: int = SEED_ROWS) -> list[Step]:
+    """That kind of dirt alone in a fresh database, taken through create, backfill and verify until a
+    phase refuses; the steps run."""
+    steps: list[Step] = []
+    with loaded_database(admin_dsn, rows, dirt=(kind,)) as dsn:
+        for args in (("create",), ("backfill", "--sync", "triggers"), ("verify",)):
+            steps.append(migrate_here(dsn, *args))
+            if not steps[-1].ok:
+                break
+    return steps
 
 
 def refusal_problem(kind: str, steps: list[Step]) -> str | None:

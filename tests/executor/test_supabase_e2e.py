@@ -33,6 +33,7 @@ from .supabase_scenario import (
     CHECKS,
     SEED_ROWS,
     Run,
+    dirt_steps,
     hand_to_hosted_roles,
     hosted_roles,
     loaded_database,
@@ -75,13 +76,7 @@ def _xfail(reason: str) -> Any:
     ],
 )
 def test_dirty_rows_are_refused_with_a_clear_message(admin_dsn: str, kind: str) -> None:
-    with loaded_database(admin_dsn, dirt=(kind,)) as dsn:
-        steps = []
-        for args in (("create",), ("backfill", "--sync", "triggers"), ("verify",)):
-            steps.append(migrate_here(dsn, *args))
-            if not steps[-1].ok:
-                break
-    problem = refusal_problem(kind, steps)
+    problem = refusal_problem(kind, dirt_steps(admin_dsn, kind))
     assert problem is None, problem
 
 
