@@ -515,6 +515,7 @@ def _none_found(run: Run, points: tuple[str, ...], prefix: str, kinds: tuple[str
         per = run.findings.get(point)
         assert per is not None, f"never measured {point}: " + "; ".join(s.line() for s in run.steps[-1:])
         chosen = {k: v for k, v in per.items() if k.startswith(prefix)}
+        assert chosen, f"{point}: no relation named {prefix}… was measured"
         counts = {kind: lg.total(chosen, kind) for kind in kinds}
         if any(counts.values()):
             sample = next((s for f in chosen.values() for s in f.samples if s.split(":")[0] in kinds), "")
