@@ -123,17 +123,24 @@ def _drop_database(admin_dsn: str, name: str) -> None:
 
 
 @contextmanager
+def _database(admin_dsn: str, name: str, template: str | None = None) -> Iterator[str]:
+    """A new database of that name (a copy of `template` if given), dropped on the way out."""
+    dsn = _create_database(admin_dsn, name, template)
+    try:
+        yield dsn
+    finally:
+        _drop_database(admin_dsn, name)
+
+
+@contextmanager
 def _loaded(admin_dsn: str, name: str, rows: int, dirt: tuple[str, ...], clean: bool) -> Iterator[str]:
     """A new database of that name holding the fixture (with the named dirt, then cleaned if asked)."""
-    dsn = _create_database(admin_dsn, name)
-    try:
+    with _database(admin_dsn, name) as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             load_supabase_data(conn, rows, dirt)
             if clean:
                 clean_dirt(conn)
         yield dsn
-    finally:
-        _drop_database(admin_dsn, name)
 
 
 @contextmanager
@@ -148,12 +155,8 @@ def template_database(
 
 @contextmanager
 def copy_of(admin_dsn: str, template: str, prefix: str = "supafix") -> Iterator[str]:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    dsn = _create_database(admin_dsn, name, template)
-    try:
+    with _database(admin_dsn, f"{prefix}_{uuid.uuid4().hex[:10]}", template) as dsn:
         yield dsn
-    finally:
-        _drop_database(admin_dsn, name)
 
 
 @contextmanager
@@ -512,6 +515,7 @@ def _none_found(run: Run, points: tuple[str, ...], prefix: str, kinds: tuple[str
         per = run.findings.get(point)
         assert per is not None, f"never measured {point}: " + "; ".join(s.line() for s in run.steps[-1:])
         chosen = {k: v for k, v in per.items() if k.startswith(prefix)}
+        assert chosen, f"{point}: no relation named {prefix}… was measured"
         counts = {kind: lg.total(chosen, kind) for kind in kinds}
         if any(counts.values()):
             sample = next((s for f in chosen.values() for s in f.samples if s.split(":")[0] in kinds), "")
@@ -547,16 +551,19 @@ def verdicts(run: Run) -> dict[str, str | None]:
 def refusals(admin_dsn: str, rows: int = SEED_ROWS) -> dict[str, list[Step]]:
     """Each kind of dirt alone in a fresh database, taken through create, backfill and verify until
     a phase refuses; the steps run, per kind."""
-    found: dict[str, list[Step]] = {}
-    for kind in DIRT_KINDS:
-        steps: list[Step] = []
-        with loaded_database(admin_dsn, rows, dirt=(kind,)) as dsn:
-            for args in (("create",), ("backfill", "--sync", "triggers"), ("verify",)):
-                steps.append(migrate_here(dsn, *args))
-                if not steps[-1].ok:
-                    break
-        found[kind] = steps
-    return found
+    return {kind: dirt_steps(admin_dsn, kind, rows) for kind in DIRT_KINDS}
+
+
+def dirt_steps(admin_dsn: str, kind: str, rows: int = SEED_ROWS) -> list[Step]:
+    """That kind of dirt alone in a fresh database, taken through create, backfill and verify until a
+    phase refuses; the steps run."""
+    steps: list[Step] = []
+    with loaded_database(admin_dsn, rows, dirt=(kind,)) as dsn:
+        for args in (("create",), ("backfill", "--sync", "triggers"), ("verify",)):
+            steps.append(migrate_here(dsn, *args))
+            if not steps[-1].ok:
+                break
+    return steps
 
 
 def refusal_problem(kind: str, steps: list[Step]) -> str | None:

@@ -134,3 +134,16 @@ class Writer(threading.Thread):
         self.conn.close()
         if self.error:
             raise self.error
+
+
+def commit_once_blocked(
+    db: psycopg.Connection, holder: psycopg.Connection, waiter: Writer, application: str | None = None
+) -> None:
+    """Start `waiter`, wait until it blocks on a lock `holder`'s open transaction holds, then commit and
+    close `holder` and let `waiter` finish. With `application`, wait for a backend of that application
+    (the work opens its own connection, as the backfill does) rather than the waiter's own."""
+    waiter.start()
+    assert wait_until_blocked(db, None if application else waiter.pid, application)
+    holder.commit()
+    waiter.finish()
+    holder.close()

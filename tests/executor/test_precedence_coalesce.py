@@ -26,7 +26,7 @@ from dualshift.executor.connection import ExecutorError
 from dualshift.executor.preflight import check_all
 from dualshift.plan import PlanError, parse_plan
 
-from .sync_helpers import Writer, executor, install_triggers, items_database, wait_until_blocked
+from .sync_helpers import Writer, commit_once_blocked, executor, install_triggers, items_database
 
 SCHEMA = """
 CREATE TABLE public.content_metadata (
@@ -336,11 +336,7 @@ def test_a_later_twin_insert_that_waited_on_a_first_twin_insert_fills_only_its_g
             (key, uuid.UUID(int=5)),
         ),
     )
-    second.start()
-    assert wait_until_blocked(db, second.pid)
-    first.commit()
-    second.finish()
-    first.close()
+    commit_once_blocked(db, first, second)
     row = dict(zip(COLUMNS, actual(db)[key], strict=True))
     assert (row["content"], row["raw_topic"], row["owner_id"]) == ("first", "ai", uuid.UUID(int=5))
     assert actual(db) == expected(db)
@@ -356,11 +352,7 @@ def test_deleting_the_first_twin_row_while_the_other_changes_leaves_the_other_va
         "UPDATE content_generation_metadata_comprehensive SET content = 'twin, edited' WHERE decision_id = %s", (key,)
     )
     deleter = Writer(dsn, lambda c: c.execute("DELETE FROM content_metadata WHERE decision_id = %s", (key,)))
-    deleter.start()
-    assert wait_until_blocked(db, deleter.pid)
-    holder.commit()
-    deleter.finish()
-    holder.close()
+    commit_once_blocked(db, holder, deleter)
     row = dict(zip(COLUMNS, actual(db)[key], strict=True))
     assert row["content"] == "twin, edited" and row["generator_name"] is None and row["scheduled_at"] is None
     assert actual(db) == expected(db)
@@ -387,11 +379,7 @@ def test_rekeying_the_first_twin_row_merges_it_under_the_new_key_and_unmerges_th
             (uuid.UUID(int=8), new_key),
         ),
     )
-    later.start()
-    assert wait_until_blocked(db, later.pid)
-    holder.commit()
-    later.finish()
-    holder.close()
+    commit_once_blocked(db, holder, later)
     rows = {k: dict(zip(COLUMNS, v, strict=True)) for k, v in actual(db).items()}
     assert (rows[old_key]["content"], rows[old_key]["generator_name"]) == ("twin at 1", None)
     assert (rows[new_key]["content"], rows[new_key]["generator_name"], rows[new_key]["owner_id"]) == (
@@ -421,11 +409,7 @@ def test_a_backfill_batch_that_waited_on_a_first_twin_insert_merges_it(twins) ->
     )
     plan = ex.plan
     backfill = Writer(dsn, lambda c: executor(dsn, plan).backfill(BackfillOptions(batch_size=10)))
-    backfill.start()
-    assert wait_until_blocked(db, application="dualshift")
-    first.commit()
-    backfill.finish()
-    first.close()
+    commit_once_blocked(db, first, backfill, application="dualshift")
     row = dict(zip(COLUMNS, actual(db)[keys[24]], strict=True))
     assert (row["content"], row["generator_name"], row["raw_topic"]) == ("first", "claude", "ai")
     assert actual(db) == expected(db)

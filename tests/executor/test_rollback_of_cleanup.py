@@ -68,6 +68,7 @@ def test_rollback_of_cleanup_turns_the_sync_triggers_back_on_and_leaves_the_new_
             finally:
                 crashes = team.finish()
     assert not crashes, crashes
+    assert not book.failures, book.failures[:5]  # no application write failed meanwhile
     assert with_triggers == old_tables
     assert "'switched'" in steps[-1].output or '"switched"' in steps[-1].output, steps[-1].output
     assert verified.ok, verified.output[-2000:]
@@ -107,14 +108,20 @@ def _archived(conn: psycopg.Connection, twin: str, column: str, key: str) -> tup
     ).fetchone()
 
 
-def test_twins_after_cleanup_share_one_row(dsn: str, db: psycopg.Connection, tmp_path: Path) -> None:
-    """xbot: content_metadata holds d0…d2999, its comprehensive twin d900…d3899."""
+def _cleaned_up(dsn: str, backup_dir: Path) -> Executor:
+    """The xbot plan taken through cleanup (the triggers on during backfill), its executor kept open."""
     ex = Executor(connect(dsn), load_plan(PLAN), dsn)
     ex.create()
     ex.backfill(BackfillOptions(), sync_triggers=True)
     assert ex.verify()["passed"]
     ex.switch_reads(100)
-    ex.cleanup(tmp_path)
+    ex.cleanup(backup_dir)
+    return ex
+
+
+def test_twins_after_cleanup_share_one_row(dsn: str, db: psycopg.Connection, tmp_path: Path) -> None:
+    """xbot: content_metadata holds d0…d2999, its comprehensive twin d900…d3899."""
+    ex = _cleaned_up(dsn, tmp_path)
     assert _archived(db, SECOND, "generator_name", _key(1000)) == ("gen_0",)  # the first twin's is "contrarian"
     # An update through the first twin's old name reaches the second, with the columns it changed only.
     _through(db, FIRST, f"UPDATE public.content_queue SET content = 'edited' WHERE decision_id = '{_key(1000)}'")
@@ -146,12 +153,7 @@ def test_finalize_keeps_a_sequence_of_the_archive_that_a_view_default_draws_from
 ) -> None:
     """A default under an old name drawing ids from the archived table's sequence keeps working after
     finalize drops the archive: the sequence comes back where the old table was, at the same value."""
-    ex = Executor(connect(dsn), load_plan(PLAN), dsn)
-    ex.create()
-    ex.backfill(BackfillOptions(), sync_triggers=True)
-    assert ex.verify()["passed"]
-    ex.switch_reads(100)
-    ex.cleanup(tmp_path)
+    ex = _cleaned_up(dsn, tmp_path)
     db.execute("GRANT USAGE ON SEQUENCE archive_xbot.content_metadata_id_seq TO PUBLIC")
     db.execute(
         "ALTER VIEW public.content_metadata ALTER COLUMN id"

@@ -33,6 +33,7 @@ from .supabase_scenario import (
     CHECKS,
     SEED_ROWS,
     Run,
+    dirt_steps,
     hand_to_hosted_roles,
     hosted_roles,
     loaded_database,
@@ -75,13 +76,7 @@ def _xfail(reason: str) -> Any:
     ],
 )
 def test_dirty_rows_are_refused_with_a_clear_message(admin_dsn: str, kind: str) -> None:
-    with loaded_database(admin_dsn, dirt=(kind,)) as dsn:
-        steps = []
-        for args in (("create",), ("backfill", "--sync", "triggers"), ("verify",)):
-            steps.append(migrate_here(dsn, *args))
-            if not steps[-1].ok:
-                break
-    problem = refusal_problem(kind, steps)
+    problem = refusal_problem(kind, dirt_steps(admin_dsn, kind))
     assert problem is None, problem
 
 
@@ -92,6 +87,15 @@ def _fmt(run: Run) -> str:
     import json
 
     return json.dumps(run.figures(), indent=1, default=str)[:6000]
+
+
+def _judge(run: Run, name: str) -> None:
+    """The check `name` on the run; when it fails, the run's figures come with what it names."""
+    _, function = CHECKS[name]
+    try:
+        function(run)
+    except AssertionError as exc:
+        raise AssertionError(f"{name}: {exc}\n{_fmt(run)}") from None
 
 
 # Each check's expected outcome on main as it is today; the lead flips them after merging.
@@ -106,11 +110,7 @@ FAILS_TODAY: set[str] = set()
     ],
 )
 def test_supabase_migration_under_writers(supabase_run: Run, name: str) -> None:
-    _, function = CHECKS[name]
-    try:
-        function(supabase_run)
-    except AssertionError as exc:
-        raise AssertionError(f"{name}: {exc}\n{_fmt(supabase_run)}") from None
+    _judge(supabase_run, name)
 
 
 # ─── (c) the same run, the executor not superuser as on hosted Supabase ─────────────────────────
@@ -138,11 +138,7 @@ def test_hosted_executor_is_not_superuser_and_owns_what_it_migrates(
     ],
 )
 def test_supabase_migration_under_writers_with_a_hosted_executor(hosted_supabase_run: Run, name: str) -> None:
-    _, function = CHECKS[name]
-    try:
-        function(hosted_supabase_run)
-    except AssertionError as exc:
-        raise AssertionError(f"{name}: {exc}\n{_fmt(hosted_supabase_run)}") from None
+    _judge(hosted_supabase_run, name)
 
 
 # ─── finalize, at the end of a second run ────────────────────────────────────────────────────

@@ -18,6 +18,7 @@ from dualshift.executor.backfill import BackfillOptions
 from .sync_helpers import (
     Writer,
     actual,
+    commit_once_blocked,
     executor,
     expected,
     install_triggers,
@@ -49,11 +50,7 @@ def test_deleting_the_winning_row_hands_the_key_to_the_next_source_while_it_chan
     holder = psycopg.connect(dsn)
     holder.execute("UPDATE second_items SET value = 'second, edited' WHERE id = 1")  # its trigger holds key 1
     deleter = Writer(dsn, lambda c: c.execute("DELETE FROM first_items WHERE id = 1"))
-    deleter.start()
-    assert wait_until_blocked(db, deleter.pid)
-    holder.commit()
-    deleter.finish()
-    holder.close()
+    commit_once_blocked(db, holder, deleter)
     assert actual(db)[1] == ("second, edited", "second")
     db.execute("DELETE FROM second_items WHERE id = 3")
     assert actual(db) == expected(db)
@@ -67,11 +64,7 @@ def test_rekeying_the_winning_row_moves_it_and_hands_the_old_key_on(items) -> No
     holder = psycopg.connect(dsn)
     holder.execute("UPDATE first_items SET id = 2 WHERE id = 1")  # holds keys 1 and 2
     later = Writer(dsn, lambda c: c.execute("UPDATE second_items SET value = 'second at 2, edited' WHERE id = 2"))
-    later.start()
-    assert wait_until_blocked(db, later.pid)
-    holder.commit()
-    later.finish()
-    holder.close()
+    commit_once_blocked(db, holder, later)
     assert actual(db) == expected(db) == {1: ("second", "second"), 2: ("first", "first")}
 
 
@@ -81,11 +74,7 @@ def test_a_later_source_insert_that_waited_on_a_first_source_insert_does_not_ove
     first = psycopg.connect(dsn)
     first.execute("INSERT INTO first_items VALUES (7, 'first')")  # mirrored, not yet committed
     second = Writer(dsn, lambda c: c.execute("INSERT INTO second_items VALUES (7, 'second')"))
-    second.start()
-    assert wait_until_blocked(db, second.pid)
-    first.commit()
-    second.finish()
-    first.close()
+    commit_once_blocked(db, first, second)
     assert actual(db) == expected(db) == {7: ("first", "first")}
 
 
@@ -101,11 +90,7 @@ def test_a_backfill_batch_that_waited_on_a_first_source_insert_does_not_overwrit
     first.execute("INSERT INTO first_items VALUES (25, 'first')")  # mirrored, not yet committed
     plan = ex.plan
     backfill = Writer(dsn, lambda c: executor(dsn, plan).backfill(BackfillOptions(batch_size=10)))
-    backfill.start()
-    assert wait_until_blocked(db, application="dualshift")
-    first.commit()
-    backfill.finish()
-    first.close()
+    commit_once_blocked(db, first, backfill, application="dualshift")
     assert actual(db)[25] == ("first", "first")
     assert actual(db) == expected(db)
 
