@@ -152,6 +152,19 @@ def test_a_single_row_update_through_a_partition_changes_one_row(xbot: Plan, db:
     assert one(db, "SELECT count(*) FROM engagement_metrics WHERE tweet_id = %s", tweet) == other
 
 
+def test_a_write_through_a_view_that_reaches_no_row_reports_none(xbot: Plan, db: psycopg.Connection) -> None:
+    """An UPDATE or DELETE the new table skips (here its own BEFORE trigger) is no row written through the view."""
+    tweet = one(db, "SELECT tweet_id FROM tweet_metrics ORDER BY tweet_id LIMIT 1")
+    db.execute(
+        "CREATE FUNCTION public.skip_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;"
+        " CREATE TRIGGER skip_row BEFORE UPDATE OR DELETE ON public.engagement_metrics"
+        " FOR EACH ROW EXECUTE FUNCTION public.skip_row()"
+    )
+    assert db.execute("UPDATE tweet_metrics SET like_count = 7 WHERE tweet_id = %s", (tweet,)).rowcount == 0
+    assert db.execute("DELETE FROM tweet_metrics WHERE tweet_id = %s", (tweet,)).rowcount == 0
+    assert one(db, "SELECT count(*) FROM tweet_metrics WHERE tweet_id = %s", tweet) == 1
+
+
 def test_inserts_through_a_view_add_the_source_constants_and_return_the_old_row(
     xbot: Plan, db: psycopg.Connection
 ) -> None:

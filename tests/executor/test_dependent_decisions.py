@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from dualshift.executor import inventory
 from dualshift.executor.supabase_data import PLAN
@@ -198,11 +197,3 @@ def test_a_view_may_be_dropped_only_with_the_views_that_read_it(admin_dsn: str, 
     assert [f.message.split(": ", 1)[1] for f in found] == [
         "dualshift cannot drop it: view public.tweet_text_count read(s) it: drop them too, or choose recreate"
     ]
-
-
-def test_a_pg_cron_job_can_be_kept_or_dropped(admin_dsn: str) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'").fetchone()
-    if not available:
-        pytest.skip("pg_cron is not installed on this server: a cron job's drop (cron.unschedule) cannot be tested")
-    pytest.skip("pg_cron must be in shared_preload_libraries of the test server, which the fixtures do not set")
