@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dualshift.cli import app
+from dualshift.codemods import runner
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = str(REPO / "fixtures" / "xbot" / "dualshift.toml")
@@ -203,3 +204,24 @@ def test_a_caller_through_an_alias_is_one_of_the_helpers_callers(tmp_path: Path)
     assert (root / "src/jobs/again.ts").read_text() == aliased.replace("'outcomes'", "'engagement_metrics'")
     assert (root / "src/db/likes.ts").read_text() == HELPER
     assert _tsc_errors(root) == []
+
+
+def test_a_write_that_fails_mid_group_puts_back_the_files_already_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _service(tmp_path)
+    before = _snapshot(root)
+    real_write = runner.write_atomically
+
+    def full_disk_on_replay(path: Path, text: str) -> None:
+        if path.name == "replay.ts" and text != before["src/jobs/replay.ts"].decode():
+            raise OSError(28, "No space left on device")
+        real_write(path, text)
+
+    monkeypatch.setattr(runner, "write_atomically", full_disk_on_replay)
+    code, report = _unwrap(root, "--apply")
+    assert code == 1
+    statuses = {f["path"]: (f["status"], f["reason"]) for f in report["files"]}
+    assert statuses["src/jobs/replay.ts"] == ("failed", "cannot write: No space left on device")
+    assert statuses["src/db/likes.ts"] == ("failed", "not written: src/jobs/replay.ts could not be")
+    assert _snapshot(root) == before
