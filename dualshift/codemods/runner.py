@@ -120,7 +120,7 @@ def run_codemod(
     groups: list[frozenset[str]] = []
     if prepare is not None:
         every_call = [call for calls in calls_by_file.values() for call in calls]
-        groups = prepare(every_call, lambda rel: not chosen or rel in chosen)
+        groups = _joined(prepare(every_call, lambda rel: not chosen or rel in chosen))
         files = sorted(set(files).union(*groups))
     targets = [Path(rel).as_posix() for rel in options.files] or files
     computed = {
@@ -142,6 +142,15 @@ def run_codemod(
     finally:  # an interrupted run keeps the record of the files it did write, for revert
         ledger.save()
     return [handled[rel] for rel in targets]
+
+
+def _joined(groups: list[frozenset[str]]) -> list[frozenset[str]]:
+    """Groups that share a file made one: that file's rewrite carries the edits of both."""
+    joined: list[frozenset[str]] = []
+    for group in groups:
+        touching = [g for g in joined if not g.isdisjoint(group)]
+        joined = [g for g in joined if g.isdisjoint(group)] + [group.union(*touching)]
+    return joined
 
 
 def _fail_broken_groups(computed: Computed, groups: list[frozenset[str]]) -> None:
