@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from dualshift.analyzer.postgrest import COLUMN_FILTERS, from_python
@@ -42,6 +42,64 @@ def analyze_python(rel_path: str, source: bytes) -> FileResult:
     facts = analyze_module(rel_path, source)
     failure = ParseFailure(rel_path, facts.syntax_error) if facts.syntax_error else None
     return FileResult(rel_path, resolve({rel_path: facts}), list(facts.side_calls), failure)
+
+
+@dataclass
+class ChainRead:
+    """What one chain's method calls name: columns read, written and filtered on, and embedded tables."""
+
+    select: list[str]
+    write: list[str]
+    filters: list[Filter]
+    conflict: list[str]
+    embedded: list[str]
+
+
+def chain_record(
+    rel: str,
+    source: bytes,
+    position: tuple[int, int],
+    spans: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
+    methods: list[str],
+    read: ChainRead,
+    code: str,
+    function: str | None,
+) -> CallSite:
+    """The record of one chain, its table not yet resolved, from what a reading of the source found:
+    (line, column), byte spans of the whole call, its client and its table argument. A pure data step,
+    shared with the LibCST reading the tests compare this module with (tests/analyzer/cst_reference.py)."""
+    (start, end), (receiver_start, receiver_end), (arg_start, arg_end) = spans
+    operation = next((w for w in WRITES if w in methods), "select" if "select" in methods else "unknown")
+    columns = list(read.select)
+    for name in [*read.write, *(f.column for f in read.filters if f.column), *read.conflict]:
+        if name not in columns:
+            columns.append(name)
+    return CallSite(
+        file=rel,
+        line=position[0],
+        column=position[1],
+        start_byte=start,
+        end_byte=end,
+        receiver_start=receiver_start,
+        receiver_end=receiver_end,
+        table_arg_start=arg_start,
+        table_arg_end=arg_end,
+        table=None,
+        table_kind="dynamic",
+        table_expression=source[arg_start:arg_end].decode("utf-8", "replace"),
+        operation=operation,
+        chain=("from", *methods),
+        client=source[receiver_start:receiver_end].decode("utf-8", "replace"),
+        language="python",
+        code=code,
+        function=function,
+        columns=tuple(columns),
+        select_columns=tuple(read.select),
+        write_columns=tuple(read.write),
+        filters=tuple(read.filters),
+        on_conflict=tuple(read.conflict),
+        embedded=tuple(read.embedded),
+    )
 
 
 class _PythonFacts(ModuleFacts):
@@ -690,38 +748,6 @@ class _Module:
                 text = string(first)
                 names = columns_in_filter_expression(text) if text else ()
                 filters.extend(Filter("or", n, text) for n in names)
-        methods = [m for m, _ in steps]
-        operation = next((w for w in WRITES if w in methods), "select" if "select" in methods else "unknown")
-        columns = list(select)
-        for name in [*write, *(f.column for f in filters if f.column), *conflict]:
-            if name not in columns:
-                columns.append(name)
-        start, end = self.text.span(top)
-        receiver_start, receiver_end = self.text.span(receiver)
-        arg_start, arg_end = self.text.span(table_arg)
-        return CallSite(
-            file=self.rel,
-            line=position[0],
-            column=position[1],
-            start_byte=start,
-            end_byte=end,
-            receiver_start=receiver_start,
-            receiver_end=receiver_end,
-            table_arg_start=arg_start,
-            table_arg_end=arg_end,
-            table=None,
-            table_kind="dynamic",
-            table_expression=self.source[arg_start:arg_end].decode("utf-8", "replace"),
-            operation=operation,
-            chain=("from", *methods),
-            client=self.source[receiver_start:receiver_end].decode("utf-8", "replace"),
-            language="python",
-            code=code,
-            function=qualified,
-            columns=tuple(columns),
-            select_columns=tuple(select),
-            write_columns=tuple(write),
-            filters=tuple(filters),
-            on_conflict=tuple(conflict),
-            embedded=tuple(embedded),
-        )
+        spans = (self.text.span(top), self.text.span(receiver), self.text.span(table_arg))
+        read = ChainRead(select, write, filters, conflict, embedded)
+        return chain_record(self.rel, self.source, position, spans, [m for m, _ in steps], read, code, qualified)

@@ -241,19 +241,8 @@ def unwrap_python_source(
     raw = source.encode("utf-8")
     edits: list[Edit] = []
     skipped: list[SkippedSite] = []
-    done = 0
-    seen: set[int] = set()
-    for call in calls:
-        if not is_wrapped(call) or call.receiver_start in seen:
-            continue
-        seen.add(call.receiver_start)
-        if call.table_kind == "callers":
-            kept = retargets.kept_site(rel_path, call, plan)
-            if kept is None:
-                done += 1
-            else:
-                skipped.append(kept)
-            continue
+    own, done = retargets.own_sites(rel_path, calls, plan, skipped)
+    for call in own:
         table = plan.new_table_for(call.table or "")
         arg = tree.table_arg(call) if tree is not None else None
         if table is None or arg is None:

@@ -56,9 +56,18 @@ def git_dirty(root: Path, path: Path) -> bool:
 def write_atomically(path: Path, text: str) -> None:
     mode = path.stat().st_mode & 0o7777
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, newline="") as handle:
-        handle.write(text)
-    os.chmod(handle.name, mode)
-    os.replace(handle.name, path)
+        try:
+            handle.write(text)
+        except OSError:  # a full disk: leave no temporary file in the user's tree
+            handle.close()
+            os.unlink(handle.name)
+            raise
+    try:
+        os.chmod(handle.name, mode)
+        os.replace(handle.name, path)
+    except OSError:
+        os.unlink(handle.name)
+        raise
 
 
 def _new_syntax_errors(rel: str, before: str, after: str) -> int:
@@ -111,7 +120,7 @@ def run_codemod(
     groups: list[frozenset[str]] = []
     if prepare is not None:
         every_call = [call for calls in calls_by_file.values() for call in calls]
-        groups = prepare(every_call, lambda rel: not chosen or rel in chosen)
+        groups = _joined(prepare(every_call, lambda rel: not chosen or rel in chosen))
         files = sorted(set(files).union(*groups))
     targets = [Path(rel).as_posix() for rel in options.files] or files
     computed = {
@@ -121,16 +130,27 @@ def run_codemod(
     _fail_broken_groups(computed, groups)
     handled: dict[str, FileOutcome] = {}
     quit_requested = False
-    for rel in targets:
-        if rel in handled:
-            continue
-        if quit_requested:
-            handled[rel] = FileOutcome(rel, "skipped", "quit before this file")
-            continue
-        together = next((sorted(g) for g in groups if rel in g and computed[rel][0].status == "changed"), [rel])
-        quit_requested = _handle(name, root, together, computed, options, ledger, decide, handled)
-    ledger.save()
+    try:
+        for rel in targets:
+            if rel in handled:
+                continue
+            if quit_requested:
+                handled[rel] = FileOutcome(rel, "skipped", "quit before this file")
+                continue
+            together = next((sorted(g) for g in groups if rel in g and computed[rel][0].status == "changed"), [rel])
+            quit_requested = _handle(name, root, together, computed, options, ledger, decide, handled)
+    finally:  # an interrupted run keeps the record of the files it did write, for revert
+        ledger.save()
     return [handled[rel] for rel in targets]
+
+
+def _joined(groups: list[frozenset[str]]) -> list[frozenset[str]]:
+    """Groups that share a file made one: that file's rewrite carries the edits of both."""
+    joined: list[frozenset[str]] = []
+    for group in groups:
+        touching = [g for g in joined if not g.isdisjoint(group)]
+        joined = [g for g in joined if g.isdisjoint(group)] + [group.union(*touching)]
+    return joined
 
 
 def _fail_broken_groups(computed: Computed, groups: list[frozenset[str]]) -> None:
@@ -198,7 +218,10 @@ def _handle(
 def _refusal(root: Path, rel: str, old_text: str, ledger: Ledger, force: bool) -> str | None:
     path = root / rel
     previewed = ledger.previews.get(rel)
-    current = path.read_text(encoding="utf-8")
+    try:
+        current = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # deleted or rewritten since the dry run
+        return "changed on disk since the dry run; run the dry run again"
     if current != old_text or (previewed and previewed["sha"] != digest(current)):
         return "changed on disk since the dry run; run the dry run again"
     if not force and git_dirty(root, path):
@@ -216,11 +239,16 @@ def _write_group(
         try:
             write_atomically(root / rel, new_text)
         except OSError as exc:
-            for done in written:
-                write_atomically(root / done, computed[done][2])
             for other in changed:
                 why = f"cannot write: {exc.strerror}" if other == rel else f"not written: {rel} could not be"
                 handled[other] = FileOutcome(other, "failed", why, computed[other][0].diff)
+            for done in written:
+                try:
+                    write_atomically(root / done, computed[done][2])
+                except OSError as undo:  # still rewritten: in the ledger, so that revert can put it back
+                    ledger.record(done, name, computed[done][2], computed[done][1])
+                    why = f"rewritten, and could not be put back after {rel} failed ({undo.strerror}): revert it"
+                    handled[done] = FileOutcome(done, "failed", why, computed[done][0].diff)
             return
         written.append(rel)
     for rel in changed:

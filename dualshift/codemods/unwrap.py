@@ -162,6 +162,27 @@ class CallerRetargets:
     groups: list[frozenset[str]] = field(default_factory=list)
     arguments: Counter[str] = field(default_factory=Counter)  # file → callers' arguments retargeted
 
+    def own_sites(
+        self, rel_path: str, calls: list[CallSite], plan: Plan, skipped: list[SkippedSite]
+    ) -> tuple[list[CallSite], int]:
+        """The wrapped sites of one file a transform unwraps on its own, each once, and how many of the
+        others (those whose table the callers pass, settled by these decisions) are unwrapped; those kept
+        go to `skipped`. Shared by the TypeScript and Python transforms."""
+        own: list[CallSite] = []
+        done = 0
+        seen: set[int] = set()
+        for call in calls:
+            if not is_wrapped(call) or call.receiver_start in seen:
+                continue
+            seen.add(call.receiver_start)
+            if call.table_kind != "callers":
+                own.append(call)
+            elif (kept := self.kept_site(rel_path, call, plan)) is None:
+                done += 1
+            else:
+                skipped.append(kept)
+        return own, done
+
     def kept_site(self, rel_path: str, call: CallSite, plan: Plan) -> SkippedSite | None:
         """A site whose table its callers pass: None when it is unwrapped with its callers' arguments,
         else the site as it stays, and why (the same words in both languages)."""
@@ -329,19 +350,8 @@ def unwrap_typescript(
     quote = detect_style(source).quote
     edits: list[Edit] = []
     skipped: list[SkippedSite] = []
-    done = 0
-    seen: set[int] = set()
-    for call in calls:
-        if not is_wrapped(call) or call.receiver_start in seen:
-            continue
-        seen.add(call.receiver_start)
-        if call.table_kind == "callers":
-            kept = retargets.kept_site(rel_path, call, plan)
-            if kept is None:
-                done += 1
-            else:
-                skipped.append(kept)
-            continue
+    own, done = retargets.own_sites(rel_path, calls, plan, skipped)
+    for call in own:
         if call.table is None and call.resolution:
             skipped.append(SkippedSite(call.line, None, f"{call.resolution}: remove dualWrite( ) by hand"))
             continue

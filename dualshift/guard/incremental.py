@@ -370,8 +370,9 @@ def _store_changes(db: sqlite3.Connection, changes: Changes) -> None:
                 json.dumps(row.callees),
             ),
         )
-        if facts is None:
+        if facts is None:  # no facts, so no findings: its old ones must not be kept as an unaffected file's
             db.execute("DELETE FROM facts WHERE rel = ?", (rel,))
+            db.execute("DELETE FROM findings WHERE rel = ?", (rel,))
         else:
             db.execute("INSERT OR REPLACE INTO facts VALUES (?, ?)", (rel, pickle.dumps(facts)))
 

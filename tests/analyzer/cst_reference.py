@@ -6,7 +6,9 @@ times faster); this module is the reading it replaced, kept unchanged because th
 rewrite with LibCST (`codemods/python_rewrite.py`) at the byte spans these records carry, and
 `tests/analyzer/test_python.py` asserts that both readings give identical facts (records, byte and
 character positions, symbols, imports, call arguments) on the fixtures, tricky code and generated
-modules. A change to what the scanner records is made here and there alike.
+modules. A change to what the scanner records is made here and there alike. Only the last, pure data
+step, making the record from what was read (`python.chain_record`), is shared: the reading itself
+(strings, dict keys, positions, byte spans, chains, scopes) stays LibCST's own.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from libcst.metadata import (
 )
 
 from dualshift.analyzer.postgrest import COLUMN_FILTERS, from_python
+from dualshift.analyzer.python import ChainRead, chain_record
 from dualshift.analyzer.records import CallSite, FileResult, Filter, ParseFailure, SideCall
 from dualshift.analyzer.resolve import resolve
 from dualshift.analyzer.select_string import columns_in_filter_expression, filter_column, parse_select
@@ -401,40 +404,11 @@ class _Visitor(cst.CSTVisitor):
                 text = _string(first)
                 names = columns_in_filter_expression(text) if text else ()
                 filters.extend(Filter("or", n, text) for n in names)
+        spans = (self._span(top), self._span(receiver), self._span(table_arg))
+        read = ChainRead(select, write, filters, conflict, embedded)
         methods = [m for m, _ in steps]
-        operation = next((w for w in WRITES if w in methods), "select" if "select" in methods else "unknown")
-        columns = list(select)
-        for name in [*write, *(f.column for f in filters if f.column), *conflict]:
-            if name not in columns:
-                columns.append(name)
-        start, end = self._span(top)
-        receiver_start, receiver_end = self._span(receiver)
-        arg_start, arg_end = self._span(table_arg)
-        return CallSite(
-            file=self.rel,
-            line=position.line,
-            column=position.column + 1,
-            start_byte=start,
-            end_byte=end,
-            receiver_start=receiver_start,
-            receiver_end=receiver_end,
-            table_arg_start=arg_start,
-            table_arg_end=arg_end,
-            table=None,
-            table_kind="dynamic",
-            table_expression=self.source[arg_start:arg_end].decode("utf-8", "replace"),
-            operation=operation,
-            chain=("from", *methods),
-            client=self.source[receiver_start:receiver_end].decode("utf-8", "replace"),
-            language="python",
-            code=code,
-            function=qualified,
-            columns=tuple(columns),
-            select_columns=tuple(select),
-            write_columns=tuple(write),
-            filters=tuple(filters),
-            on_conflict=tuple(conflict),
-            embedded=tuple(embedded),
+        return chain_record(
+            self.rel, self.source, (position.line, position.column + 1), spans, methods, read, code, qualified
         )
 
 

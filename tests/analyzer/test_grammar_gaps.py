@@ -115,3 +115,28 @@ def test_without_the_typescript_package_the_note_says_so(tmp_path: Path, monkeyp
     monkeypatch.setattr(scan, "HOME", tmp_path)  # nowhere a node_modules/typescript can be found
     (failure,) = scan_tree(root, use_cache=False, jobs=1).failures
     assert failure.kind == "syntax" and "(the typescript npm package is not installed)" in (failure.note or "")
+
+
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        ("echo 'FATAL ERROR: heap out of memory' >&2; exit 134", "node failed: FATAL ERROR: heap out of memory"),
+        ("exec sleep 5", "node did not answer: Command"),
+    ],
+    ids=["a crash", "a timeout"],
+)
+def test_a_node_that_crashes_or_hangs_leaves_a_syntax_error_that_says_why(
+    tmp_path: Path, monkeypatch, script: str, why: str
+) -> None:
+    from dualshift.analyzer import tscheck
+
+    root = _tree(tmp_path / "svc", {"src/menu.tsx": JSX_TEXT})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "node").write_text(f"#!/bin/sh\n{script}\n")
+    (bin_dir / "node").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(tscheck, "TIMEOUT_SECONDS", 0.5)
+    (failure,) = scan_tree(root, use_cache=False, jobs=1).failures
+    assert failure.kind == "syntax" and failure.counts_as_failed
+    assert f"the TypeScript compiler could not be asked ({why}" in (failure.note or ""), failure.note

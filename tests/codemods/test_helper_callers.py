@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dualshift.cli import app
+from dualshift.codemods import runner
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = str(REPO / "fixtures" / "xbot" / "dualshift.toml")
@@ -203,3 +204,56 @@ def test_a_caller_through_an_alias_is_one_of_the_helpers_callers(tmp_path: Path)
     assert (root / "src/jobs/again.ts").read_text() == aliased.replace("'outcomes'", "'engagement_metrics'")
     assert (root / "src/db/likes.ts").read_text() == HELPER
     assert _tsc_errors(root) == []
+
+
+def test_a_write_that_fails_mid_group_puts_back_the_files_already_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _service(tmp_path)
+    before = _snapshot(root)
+    real_write = runner.write_atomically
+
+    def full_disk_on_replay(path: Path, text: str) -> None:
+        if path.name == "replay.ts" and text != before["src/jobs/replay.ts"].decode():
+            raise OSError(28, "No space left on device")
+        real_write(path, text)
+
+    monkeypatch.setattr(runner, "write_atomically", full_disk_on_replay)
+    code, report = _unwrap(root, "--apply")
+    assert code == 1
+    statuses = {f["path"]: (f["status"], f["reason"]) for f in report["files"]}
+    assert statuses["src/jobs/replay.ts"] == ("failed", "cannot write: No space left on device")
+    assert statuses["src/db/likes.ts"] == ("failed", "not written: src/jobs/replay.ts could not be")
+    assert _snapshot(root) == before
+
+
+VIEWS = HELPER.replace("saveLikes", "saveViews").replace("LikeRow", "ViewRow")
+COLLECT_BOTH = """\
+import { saveLikes } from '../db/likes';
+import { saveViews } from '../db/views';
+
+export async function collect(tweetId: string, likes: number) {
+  await saveViews('outcomes', { tweet_id: tweetId, likes });
+  const { error } = await saveLikes('outcomes', { tweet_id: tweetId, likes });
+  if (error) throw error;
+}
+"""
+
+
+def test_groups_that_share_a_caller_file_are_written_together_or_not_at_all(tmp_path: Path) -> None:
+    """collect.ts passes the table to two helpers: its rewrite carries both arguments, so neither helper's
+    group may be written without the other."""
+    root = _service(tmp_path, {"src/db/views.ts": VIEWS, "src/jobs/collect.ts": COLLECT_BOTH})
+    views = root / "src/db/views.ts"
+    views.write_text(views.read_text() + "// uncommitted\n")
+    before = _snapshot(root)
+    code, report = _unwrap(root, "--apply")
+    assert code == 1
+    statuses = {f["path"]: f["status"] for f in report["files"]}
+    assert statuses["src/db/views.ts"] == "failed" and statuses["src/jobs/collect.ts"] == "failed", statuses
+    assert _snapshot(root) == before
+
+    _git(root, "checkout", "--", "src/db/views.ts")
+    code, applied = _unwrap(root, "--apply")
+    assert code == 0 and applied["counts"] == {"changed": 4}, applied
+    assert (root / "src/jobs/collect.ts").read_text() == COLLECT_BOTH.replace("'outcomes'", "'engagement_metrics'")

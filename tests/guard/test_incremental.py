@@ -151,3 +151,15 @@ def test_after_a_fresh_git_checkout_the_index_vouches_for_unchanged_files(servic
     _fresh_checkout(service)
     found, work = _warm(service, cache)
     assert found == _cold(service) and work.hashed > 80
+
+
+def test_a_file_that_can_no_longer_be_analyzed_keeps_no_stale_findings(service: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "scan"
+    first, _ = _warm(service, cache)
+    rel = first[0].file
+    path = service / rel
+    path.write_text(path.read_text() + "\n//" + "x" * (3 * 1024 * 1024) + "\n")  # past the size limit: no facts
+    found, work = _warm(service, cache)
+    assert work.analyzed == 1
+    assert not [f for f in found if f.file == rel]
+    assert found == _cold(service)
