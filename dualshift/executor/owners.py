@@ -67,11 +67,18 @@ def role_statements(conn: psycopg.Connection, role: str, groups: tuple[str, ...]
     needs to hand the role its functions."""
     who = sql.Identifier(role)
     # Idempotent, not conditional on this cluster: `--emit-migrations` replays the statement elsewhere.
+    # A role of that name someone else made with rights of its own is refused: the functions would run with them.
     statements: list[sql.Composable] = [
         sql.SQL(
-            "DO $dualshift$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {})"
-            " THEN CREATE ROLE {} NOLOGIN NOINHERIT; END IF; END $dualshift$"
-        ).format(sql.Literal(role), who)
+            "DO $dualshift$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {name})"
+            " THEN CREATE ROLE {who} NOLOGIN NOINHERIT;"
+            " ELSIF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {name} AND (rolcanlogin OR rolsuper"
+            " OR rolbypassrls OR rolcreaterole OR rolcreatedb OR rolreplication OR rolinherit)) THEN"
+            " RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE = pg_catalog.format("
+            "'role %s already exists with LOGIN, SUPERUSER, BYPASSRLS, CREATEROLE, CREATEDB, REPLICATION or"
+            " INHERIT; dualshift hands its SECURITY DEFINER functions only to a role it can trust to hold nothing"
+            " else: drop or rename that role', {name}); END IF; END $dualshift$"
+        ).format(name=sql.Literal(role), who=who)
     ]
     statements += [sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), who) for group in groups]
     superuser = conn.execute("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()[0]

@@ -559,3 +559,30 @@ def test_every_security_definer_function_is_owned_by_a_role_holding_only_what_it
     # the archive kept by finalize: exactly the grants and policies the old tables had
     # (posted_content's own two, and the compat role's, which stays with the views' write triggers)
     assert db.execute("SELECT count(*) FROM pg_policy").fetchone()[0] == policies + 3
+
+
+def test_a_role_squatting_the_function_roles_name_is_refused(dsn: str, db: psycopg.Connection) -> None:
+    """Someone made a LOGIN role under the name dualshift gives its sync role: the functions would run with
+    whatever it holds, so backfill refuses, keeping nothing."""
+    from dualshift.executor import owners
+
+    plan = load_plan(PLAN)
+    ex = Executor(connect(dsn), plan, dsn)
+    ex.create()
+    squatter = owners.role_name(db, plan, owners.SYNC)
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(squatter)))
+    try:
+        with pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match=r"^role dualshift_sync_\S+ already exists with LOGIN"
+        ):
+            ex.backfill(BackfillOptions(), sync_triggers=True)
+        owned = db.execute(
+            "SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_roles r ON r.oid = p.proowner"
+            " WHERE r.rolname = %s",
+            (squatter,),
+        ).fetchone()[0]
+        assert owned == 0
+        assert db.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'dualshift_sync'").fetchone()[0] == 0
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(squatter)))
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(squatter)))
